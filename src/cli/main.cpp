@@ -1,0 +1,52 @@
+// The `loom` binary: one subcommand per file (cmd_*.cpp).
+#include <fmt/core.h>
+
+#include <map>
+#include <string>
+
+#include "cli/command.h"
+#include "core/check.h"
+
+int main(int argc, char** argv) {
+  using namespace loom::cli;
+  CLI::App app{"loom: train and run GPT-style language models"};
+  app.require_subcommand(1);
+  struct Entry {
+    const char* name;
+    const char* help;
+    RunFn (*setup)(CLI::App&);
+  };
+  const Entry entries[] = {
+      {"prepare", "tokenize a text file into GPT-2 token shards", setup_prepare},
+      {"train", "train a GPT from a TOML config", setup_train},
+      {"eval", "mean cross-entropy of a checkpoint on a token shard", setup_eval},
+      {"generate", "sample text from a checkpoint", setup_generate},
+      {"export", "write a checkpoint as HF safetensors or an llm.c model file", setup_export},
+      {"import", "make a run directory from HF safetensors or an llm.c model file",
+       setup_import},
+      {"bench", "benchmarks: kernels | train", setup_bench},
+  };
+  std::map<CLI::App*, RunFn> runs;
+  for (const Entry& e : entries) {
+    CLI::App* sub = app.add_subcommand(e.name, e.help);
+    runs[sub] = e.setup(*sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  try {
+    for (auto& [sub, run] : runs) {
+      if (sub->parsed()) return run();
+    }
+  } catch (const loom::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return e.exit_code();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 1;
+}

@@ -1,0 +1,84 @@
+#include "core/file_io.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "core/check.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+
+std::vector<uint8_t> read_file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  LOOM_REQUIRE(in.good(), "cannot open '{}': {}", path.string(), std::strerror(errno));
+  std::streamsize size = in.tellg();
+  in.seekg(0);
+  std::vector<uint8_t> bytes(size_t(size));
+  LOOM_REQUIRE(in.read(reinterpret_cast<char*>(bytes.data()), size).good() || size == 0,
+               "cannot read '{}'", path.string());
+  return bytes;
+}
+
+std::string read_file_text(const fs::path& path) {
+  std::vector<uint8_t> bytes = read_file_bytes(path);
+  return std::string(bytes.begin(), bytes.end());
+}
+
+void fsync_dir(const fs::path& dir) {
+  int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+AtomicFile::AtomicFile(fs::path path) : path_(std::move(path)) {
+  tmp_ = path_;
+  tmp_ += fmt::format(".tmp.{}", ::getpid());
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  LOOM_REQUIRE(fd_ >= 0, "cannot create '{}': {}", tmp_.string(), std::strerror(errno));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::write(const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t n = ::write(fd_, p, bytes);
+    if (n < 0 && errno == EINTR) continue;
+    LOOM_REQUIRE(n > 0, "cannot write '{}': {}", tmp_.string(), std::strerror(errno));
+    p += n;
+    bytes -= size_t(n);
+  }
+}
+
+void AtomicFile::commit() {
+  LOOM_REQUIRE(::fsync(fd_) == 0, "cannot fsync '{}': {}", tmp_.string(), std::strerror(errno));
+  ::close(fd_);
+  fd_ = -1;
+  LOOM_REQUIRE(::rename(tmp_.c_str(), path_.c_str()) == 0, "cannot rename '{}' to '{}': {}",
+               tmp_.string(), path_.string(), std::strerror(errno));
+  fsync_dir(path_.parent_path());
+}
+
+void write_file_atomic(const fs::path& path, std::span<const uint8_t> bytes) {
+  AtomicFile f(path);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
+}
+
+void write_file_atomic(const fs::path& path, std::string_view text) {
+  write_file_atomic(path, std::span<const uint8_t>(
+                              reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+}  // namespace loom

@@ -1,0 +1,107 @@
+// CPU kernels for the GPT-2 family, forward and backward, fp32. Shapes use llm.c's letters:
+// B batch, T time, C channels, NH heads, HS = C/NH, V vocab, Vp padded vocab, N = B*T rows.
+// Kernels know nothing about parallelism: a tensor-parallel layer calls them on its shard.
+//
+// Conventions:
+//  - Weight matrices are (OC, C) row-major ("out, in"), so out = inp @ weight^T + bias.
+//  - Parameter gradients (dweight, dbias, dwte, ...) ACCUMULATE (+=): that is what gradient
+//    accumulation over micro-batches needs.
+//  - Activation gradients (dinp) are OVERWRITTEN unless the comment says "accumulates".
+//  - Everything is deterministic: the same inputs and thread count give bitwise the same
+//    outputs (no atomics; reductions in a fixed order).
+//  - Threads: OpenMP, honouring omp_set_num_threads / OMP_NUM_THREADS.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace loom::kernels {
+
+// ---- GEMM facade -------------------------------------------------------------------------
+enum class GemmBackend { kOneDnn, kOpenBlas };
+const char* gemm_backend_name(GemmBackend b);
+GemmBackend parse_gemm_backend(const std::string& name);  // "onednn" | "openblas"
+
+// Row-major C (M,N) = alpha * op(A) @ op(B) + beta * C, op = transpose if trans_*.
+// lda/ldb/ldc are row strides. Dispatches to the process-wide default backend unless one
+// is given.
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+          int lda, const float* B, int ldb, float beta, float* C, int ldc);
+void gemm(GemmBackend backend, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+          const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
+void set_default_gemm_backend(GemmBackend b);
+GemmBackend default_gemm_backend();
+
+// ---- embedding ---------------------------------------------------------------------------
+// out (B,T,C) = wte[inp[b,t]] + wpe[t]. wte (Vp,C), wpe (maxT,C), inp (B,T).
+void encoder_forward(float* out, const int32_t* inp, const float* wte, const float* wpe,
+                     int B, int T, int C);
+// dwte, dwpe accumulate. dout (B,T,C).
+void encoder_backward(float* dwte, float* dwpe, const float* dout, const int32_t* inp, int B,
+                      int T, int C);
+
+// ---- layernorm (eps = 1e-5, biased variance, as torch.nn.LayerNorm) ----------------------
+// out (N,C); mean, rstd (N) are saved for backward.
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                       const float* weight, const float* bias, int N, int C);
+// dinp ACCUMULATES (it is the residual stream's gradient); dweight, dbias accumulate.
+void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                        const float* inp, const float* weight, const float* mean,
+                        const float* rstd, int N, int C);
+
+// ---- linear ------------------------------------------------------------------------------
+// out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC); bias may be null.
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    int N, int C, int OC);
+// dinp (N,C) overwritten (skipped if null); dweight (OC,C), dbias (OC) accumulate (dbias may
+// be null).
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
+                     const float* inp, const float* weight, int N, int C, int OC);
+
+// ---- GELU, tanh approximation (torch.nn.functional.gelu(x, approximate="tanh")) ----------
+void gelu_forward(float* out, const float* inp, size_t n);
+// dinp overwritten.
+void gelu_backward(float* dinp, const float* inp, const float* dout, size_t n);
+
+// ---- residual ----------------------------------------------------------------------------
+// out = a + b (n elements).
+void residual_forward(float* out, const float* a, const float* b, size_t n);
+
+// ---- causal self-attention ---------------------------------------------------------------
+// qkv (B,T,3C): for each token, [q (C) | k (C) | v (C)], head h occupies columns
+// [h*HS, (h+1)*HS) of each part. out (B,T,C) with heads concatenated the same way.
+// att (B,NH,T,T) holds the softmax probabilities (row t valid for columns <= t; the rest
+// must be written as 0) and is saved for backward. Scale 1/sqrt(HS).
+void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
+// Floats of scratch that attention_backward needs for these sizes.
+size_t attention_backward_scratch(int B, int T, int C, int NH);
+// dqkv (B,T,3C) overwritten.
+void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                        const float* att, int B, int T, int C, int NH);
+
+// ---- softmax cross-entropy over the real vocab V of padded logits (N,Vp) -----------------
+// losses (N) = -log softmax(logits[i, :V])[targets[i]]. Columns >= V are ignored.
+void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int N,
+                          int V, int Vp);
+// Fused forward + backward: writes losses (N) and OVERWRITES logits in place with
+// dloss * (softmax - onehot(target)) for columns < V and 0 for columns >= V.
+// dloss is d(total loss)/d(loss_i), e.g. 1/(B*T*grad_accum) for a mean.
+void crossentropy_fused(float* losses, float* logits, const int32_t* targets, int N, int V,
+                        int Vp, float dloss);
+
+// ---- AdamW (torch.optim.AdamW, decoupled decay) ------------------------------------------
+// For i in [0,n): p *= (1 - lr*wd); m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+// p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), with g = grad[i] * grad_scale.
+// `t` is the 1-based step count. The operation order matches PyTorch 1.13's
+// _single_tensor_adamw so results agree to fp32 round-off.
+void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int t,
+                  float grad_scale);
+
+// Sum of squares of n floats, accumulated in double in a fixed order (deterministic).
+double sum_squares(const float* x, size_t n);
+// x *= s.
+void scale(float* x, size_t n, float s);
+
+}  // namespace loom::kernels

@@ -1,0 +1,133 @@
+#include "model/param_spec.h"
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include <cmath>
+#include <numeric>
+
+#include "core/check.h"
+#include "core/philox.h"
+
+namespace loom {
+
+int64_t ParamSpec::global_numel() const {
+  return std::accumulate(global_shape.begin(), global_shape.end(), int64_t{1},
+                         std::multiplies<>());
+}
+
+void GptConfig::validate() const {
+  LOOM_REQUIRE(n_layer >= 1 && n_head >= 1 && n_embd >= 1 && block_size >= 1 && vocab_size >= 1,
+               "model sizes must be >= 1: n_layer={} n_head={} n_embd={} block_size={} "
+               "vocab_size={}",
+               n_layer, n_head, n_embd, block_size, vocab_size);
+  LOOM_REQUIRE(n_embd % n_head == 0, "n_embd={} is not divisible by n_head={}", n_embd, n_head);
+}
+
+namespace {
+
+struct SpecBuilder {
+  std::vector<ParamSpec> specs;
+  size_t offset = 0;
+
+  ParamSpec& add(std::string name, std::vector<int64_t> shape, int layer, InitKind init,
+                 float std = 0.0f) {
+    ParamSpec p;
+    p.name = std::move(name);
+    p.global_shape = shape;
+    p.local_shape = shape;
+    p.offset = offset;
+    p.numel = size_t(p.global_numel());
+    p.layer = layer;
+    p.decay = shape.size() >= 2;
+    p.init = init;
+    p.init_std = std;
+    offset += p.numel;
+    specs.push_back(p);
+    return specs.back();
+  }
+};
+
+}  // namespace
+
+std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg) {
+  cfg.validate();
+  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab();
+  const float std = 0.02f;
+  // GPT-2 scales the residual projections by 1/sqrt(2L) (two per block).
+  const float proj_std = 0.02f / std::sqrt(2.0f * float(cfg.n_layer));
+  SpecBuilder b;
+  ParamSpec& wte = b.add("wte.weight", {Vp, C}, -1, InitKind::kNormal, std);
+  wte.tied = true;
+  wte.real_rows = cfg.vocab_size;
+  b.add("wpe.weight", {cfg.block_size, C}, -1, InitKind::kNormal, std);
+  for (int l = 0; l < cfg.n_layer; ++l) {
+    auto n = [l](const char* suffix) { return fmt::format("h.{}.{}", l, suffix); };
+    b.add(n("ln_1.weight"), {C}, l, InitKind::kOnes);
+    b.add(n("ln_1.bias"), {C}, l, InitKind::kZeros);
+    b.add(n("attn.c_attn.weight"), {3 * C, C}, l, InitKind::kNormal, std);
+    b.add(n("attn.c_attn.bias"), {3 * C}, l, InitKind::kZeros);
+    b.add(n("attn.c_proj.weight"), {C, C}, l, InitKind::kNormal, proj_std);
+    b.add(n("attn.c_proj.bias"), {C}, l, InitKind::kZeros);
+    b.add(n("ln_2.weight"), {C}, l, InitKind::kOnes);
+    b.add(n("ln_2.bias"), {C}, l, InitKind::kZeros);
+    b.add(n("mlp.c_fc.weight"), {4 * C, C}, l, InitKind::kNormal, std);
+    b.add(n("mlp.c_fc.bias"), {4 * C}, l, InitKind::kZeros);
+    b.add(n("mlp.c_proj.weight"), {C, 4 * C}, l, InitKind::kNormal, proj_std);
+    b.add(n("mlp.c_proj.bias"), {C}, l, InitKind::kZeros);
+  }
+  b.add("ln_f.weight", {C}, cfg.n_layer, InitKind::kOnes);
+  b.add("ln_f.bias", {C}, cfg.n_layer, InitKind::kZeros);
+  return b.specs;
+}
+
+size_t flat_size(const std::vector<ParamSpec>& specs) {
+  return specs.empty() ? 0 : specs.back().offset + specs.back().numel;
+}
+
+const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::string& name) {
+  for (const ParamSpec& p : specs)
+    if (p.name == name) return p;
+  LOOM_CHECK(false, "no parameter named '{}'", name);
+  __builtin_unreachable();
+}
+
+namespace {
+
+// Global flat index (row-major over global_shape) of local element i.
+int64_t global_index(const ParamSpec& p, int64_t i) {
+  if (p.split_dim < 0) return i;
+  int64_t g = 0, rem = i, stride = 1;
+  std::vector<int64_t> idx(p.local_shape.size());
+  for (int d = int(p.local_shape.size()) - 1; d >= 0; --d) {
+    idx[d] = rem % p.local_shape[d];
+    rem /= p.local_shape[d];
+  }
+  idx[p.split_dim] += p.split_start;
+  for (int d = int(p.global_shape.size()) - 1; d >= 0; --d) {
+    g += idx[d] * stride;
+    stride *= p.global_shape[d];
+  }
+  return g;
+}
+
+}  // namespace
+
+void init_params(const std::vector<ParamSpec>& specs, uint64_t seed, float* weights) {
+  for (const ParamSpec& p : specs) {
+    float* w = weights + p.offset;
+    const Philox rng(seed, name_hash(p.name));
+    const int64_t row_len = p.global_shape.size() >= 2 ? p.global_numel() / p.global_shape[0] : 1;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < int64_t(p.numel); ++i) {
+      int64_t g = global_index(p, i);
+      float value = 0.0f;
+      if (p.init == InitKind::kOnes) value = 1.0f;
+      if (p.init == InitKind::kNormal) value = p.init_std * rng.normal(uint64_t(g));
+      if (p.real_rows >= 0 && g / row_len >= p.real_rows) value = 0.0f;
+      w[i] = value;
+    }
+  }
+}
+
+}  // namespace loom

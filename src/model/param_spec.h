@@ -1,0 +1,57 @@
+// Every parameter knows its global name (Hugging Face GPT-2's, e.g. "h.3.attn.c_attn.weight"),
+// its global shape, which slice of it this rank holds, where that slice lives in the rank's
+// flat weight/grad buffers, and its flags. Buckets, ZeRO partitions and checkpoints are
+// views of the flat buffers described by these specs.
+//
+// Orientation: loom stores linear weights as (out, in) (llm.c's orientation; y = x W^T).
+// Hugging Face's Conv1D stores (in, out); import/export transposes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace loom {
+
+enum class InitKind { kNormal, kZeros, kOnes };
+
+struct ParamSpec {
+  std::string name;                   // HF GPT-2 global name
+  std::vector<int64_t> global_shape;  // loom orientation, unpadded for tp but Vp for wte
+  // The slice this rank holds: along split_dim (-1 = whole tensor), [split_start,
+  // split_start + local_shape[split_dim]).
+  int split_dim = -1;
+  int64_t split_start = 0;
+  std::vector<int64_t> local_shape;
+  size_t offset = 0;  // into the flat buffers, in floats
+  size_t numel = 0;   // local elements
+  int layer = -1;     // transformer block index; -1 = embeddings, n_layer = final LN
+  bool decay = false; // AdamW weight decay (2-D weights and embeddings; not biases/LN)
+  bool tied = false;  // wte doubles as lm_head
+  InitKind init = InitKind::kZeros;
+  float init_std = 0.0f;
+  // Rows [real_rows, global_shape[0]) are padding (wte's Vp - V rows): initialised to 0.
+  int64_t real_rows = -1;
+
+  int64_t global_numel() const;
+};
+
+// The parameters of a GPT-2 model in flat-buffer order: wte, wpe, then per block
+// ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj (weight before bias), then
+// ln_f. Per-block contiguity means a block's parameters are one range of the flat buffer
+// (pipeline stages, ZeRO-3 gathers and gradient buckets are ranges).
+std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg);
+
+// Total floats of the flat buffer for these specs.
+size_t flat_size(const std::vector<ParamSpec>& specs);
+
+// Finds a spec by name; throws if absent.
+const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::string& name);
+
+// Fills the flat weight buffer: element i of parameter P gets a value that depends only on
+// (seed, P.name, global index of i) through Philox, so any sharding initialises identically.
+void init_params(const std::vector<ParamSpec>& specs, uint64_t seed, float* weights);
+
+}  // namespace loom
