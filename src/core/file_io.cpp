@@ -17,7 +17,7 @@ std::vector<uint8_t> read_file_bytes(const fs::path& path) {
   LOOM_REQUIRE(in.good(), "cannot open '{}': {}", path.string(), std::strerror(errno));
   std::streamsize size = in.tellg();
   in.seekg(0);
-  std::vector<uint8_t> bytes(size_t(size));
+  std::vector<uint8_t> bytes(static_cast<size_t>(size));
   LOOM_REQUIRE(in.read(reinterpret_cast<char*>(bytes.data()), size).good() || size == 0,
                "cannot read '{}'", path.string());
   return bytes;

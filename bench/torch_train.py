@@ -1,0 +1,40 @@
+#!/usr/bin/env python3
+"""PyTorch side of `loom bench train` (run with Debian's /usr/bin/python3).
+
+usage: torch_train.py DIR THREADS STEPS WARMUP
+Rebuilds loom's model from DIR (spec.json, weights.bin, tokens.bin), runs WARMUP + STEPS
+training steps exactly as loom does (same weights, same batches, AdamW, clipping) with
+THREADS threads, and writes DIR/torch_result.json: the first step's loss (for validation
+against loom's) and each timed step's seconds. torch's fp32 matmul runs on OpenBLAS, whose
+threads follow OPENBLAS_NUM_THREADS; the caller sets it to THREADS.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+from torch_gpt import load_model, make_adamw, train_step  # noqa: E402
+
+
+def main(d, threads, steps, warmup):
+    torch.set_num_threads(threads)
+    spec, model, named = load_model(d)
+    t = spec["train"]
+    tokens = np.fromfile(f"{d}/tokens.bin", dtype=np.int32)
+    opt = make_adamw(spec, named, t)
+    losses, seconds = [], []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        losses.append(train_step(model, opt, tokens, t, step))
+        if step >= warmup:
+            seconds.append(time.perf_counter() - start)
+    json.dump({"losses": losses, "seconds": seconds, "torch": torch.__version__,
+               "threads": threads}, open(f"{d}/torch_result.json", "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))

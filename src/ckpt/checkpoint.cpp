@@ -1,0 +1,407 @@
+#include "ckpt/checkpoint.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+
+#include "ckpt/safetensors.h"
+#include "core/check.h"
+#include "core/file_io.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+using Json = nlohmann::ordered_json;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kModelFile = "model.safetensors";
+constexpr const char* kOptimizerFile = "optimizer.safetensors";
+constexpr const char* kTmpSuffix = ".tmp";
+
+struct Manifest {
+  CheckpointState state;
+  std::map<std::string, FileDigest> files;
+};
+
+// ---- manifest ---------------------------------------------------------------------------
+
+Json manifest_json(const CheckpointState& s, const std::map<std::string, FileDigest>& files) {
+  Json j;
+  j["magic"] = kCheckpointMagic;
+  j["version"] = kCheckpointVersion;
+  j["step"] = s.step;
+  j["next_batch"] = s.next_batch;
+  j["seed"] = s.seed;
+  j["model"] = {{"n_layer", s.model.n_layer},
+                {"n_head", s.model.n_head},
+                {"n_embd", s.model.n_embd},
+                {"block_size", s.model.block_size},
+                {"vocab_size", s.model.vocab_size}};
+  j["config_toml"] = s.config_toml;
+  Json fj = Json::object();
+  for (const auto& [name, d] : files)
+    fj[name] = {{"bytes", d.bytes}, {"xxh64", fmt::format("{:016x}", d.xxh64)}};
+  j["files"] = fj;
+  return j;
+}
+
+// Typed field access with errors that name the manifest and the field.
+const Json& field(const std::string& what, const Json& j, const char* key) {
+  LOOM_REQUIRE(j.is_object() && j.contains(key), "{}: field '{}' is missing", what, key);
+  return j[key];
+}
+
+uint64_t get_u64(const std::string& what, const Json& j, const char* key) {
+  const Json& f = field(what, j, key);
+  LOOM_REQUIRE(f.is_number_unsigned(), "{}: field '{}' must be a non-negative integer, found {}",
+               what, key, f.dump());
+  return f.get<uint64_t>();
+}
+
+int get_int(const std::string& what, const Json& j, const char* key) {
+  uint64_t value = get_u64(what, j, key);
+  LOOM_REQUIRE(value <= uint64_t(INT32_MAX), "{}: field '{}' = {} is too large", what, key, value);
+  return int(value);
+}
+
+std::string get_string(const std::string& what, const Json& j, const char* key) {
+  const Json& f = field(what, j, key);
+  LOOM_REQUIRE(f.is_string(), "{}: field '{}' must be a string, found {}", what, key, f.dump());
+  return f.get<std::string>();
+}
+
+uint64_t parse_hex64(const std::string& what, const std::string& name, const std::string& text) {
+  uint64_t value = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value, 16);
+  LOOM_REQUIRE(text.size() == 16 && ec == std::errc() && end == text.data() + text.size(),
+               "{}: files.{}.xxh64 '{}' is not 16 hex digits", what, name, text);
+  return value;
+}
+
+GptConfig parse_model(const std::string& what, const Json& j) {
+  const Json& m = field(what, j, "model");
+  GptConfig cfg;
+  cfg.n_layer = get_int(what, m, "n_layer");
+  cfg.n_head = get_int(what, m, "n_head");
+  cfg.n_embd = get_int(what, m, "n_embd");
+  cfg.block_size = get_int(what, m, "block_size");
+  cfg.vocab_size = get_int(what, m, "vocab_size");
+  try {
+    cfg.validate();
+  } catch (const InputError& e) {
+    throw InputError(fmt::format("{}: invalid model: {}", what, e.what()));
+  }
+  return cfg;
+}
+
+std::map<std::string, FileDigest> parse_files(const std::string& what, const Json& j) {
+  const Json& files = field(what, j, "files");
+  LOOM_REQUIRE(files.is_object(), "{}: field 'files' must be an object", what);
+  std::map<std::string, FileDigest> out;
+  for (const auto& [name, entry] : files.items()) {
+    // Only the files loom writes: a manifest must never point outside its directory.
+    LOOM_REQUIRE(name == kModelFile || name == kOptimizerFile,
+                 "{}: unknown file '{}' in 'files' (expected {} and optionally {})", what, name,
+                 kModelFile, kOptimizerFile);
+    const std::string fw = fmt::format("{} (files.{})", what, name);
+    out[name] = {get_u64(fw, entry, "bytes"),
+                 parse_hex64(what, name, get_string(fw, entry, "xxh64"))};
+  }
+  LOOM_REQUIRE(out.count(kModelFile), "{}: 'files' does not list {}", what, kModelFile);
+  return out;
+}
+
+Manifest parse_manifest(const fs::path& dir) {
+  const fs::path path = dir / kManifest;
+  LOOM_REQUIRE(fs::is_regular_file(path),
+               "checkpoint '{}': {} is missing (an incomplete save, or not a checkpoint "
+               "directory)",
+               dir.string(), kManifest);
+  const std::string what = fmt::format("checkpoint manifest '{}'", path.string());
+  Json j;
+  try {
+    j = Json::parse(read_file_text(path));
+  } catch (const Json::parse_error& e) {
+    throw InputError(fmt::format("{}: not valid JSON: {}", what, e.what()));
+  }
+  LOOM_REQUIRE(j.is_object(), "{}: not a JSON object", what);
+  const Json& magic = field(what, j, "magic");
+  LOOM_REQUIRE(magic.is_string() && magic.get<std::string>() == kCheckpointMagic,
+               "{}: bad magic {} (expected \"{}\"): not a loom checkpoint", what, magic.dump(),
+               kCheckpointMagic);
+  const Json& version = field(what, j, "version");
+  LOOM_REQUIRE(version == kCheckpointVersion,
+               "{}: unsupported version {} (this loom reads version {})", what, version.dump(),
+               kCheckpointVersion);
+  Manifest m;
+  const uint64_t step = get_u64(what, j, "step");
+  LOOM_REQUIRE(step <= uint64_t(INT64_MAX), "{}: step {} is too large", what, step);
+  m.state.step = int64_t(step);
+  m.state.next_batch = get_u64(what, j, "next_batch");
+  m.state.seed = get_u64(what, j, "seed");
+  m.state.config_toml = get_string(what, j, "config_toml");
+  m.state.model = parse_model(what, j);
+  m.files = parse_files(what, j);
+  m.state.has_optimizer = m.files.count(kOptimizerFile) != 0;
+  return m;
+}
+
+// ---- files ------------------------------------------------------------------------------
+
+// Presence and size first (cheap, and a clearer message than a parse error of a cut file).
+void check_file_size(const fs::path& dir, const std::string& name, const FileDigest& want) {
+  const fs::path path = dir / name;
+  LOOM_REQUIRE(fs::is_regular_file(path), "checkpoint '{}': {} listed in the manifest is missing",
+               dir.string(), name);
+  const uint64_t size = fs::file_size(path);
+  LOOM_REQUIRE(size == want.bytes,
+               "checkpoint '{}': {} is {} bytes but the manifest says {} ({})", dir.string(),
+               name, size, want.bytes, size < want.bytes ? "truncated" : "overwritten or appended");
+}
+
+void check_file_hash(const fs::path& dir, const std::string& name, const FileDigest& want,
+                     std::span<const uint8_t> bytes) {
+  const uint64_t got = xxh64_of(bytes);
+  LOOM_REQUIRE(got == want.xxh64,
+               "checkpoint '{}': checksum mismatch in {}: xxh64 {:016x}, manifest says {:016x} "
+               "(the file is corrupt)",
+               dir.string(), name, got, want.xxh64);
+}
+
+SafetensorsFile open_verified(const fs::path& dir, const std::string& name,
+                              const std::map<std::string, FileDigest>& files) {
+  const FileDigest& want = files.at(name);
+  check_file_size(dir, name, want);
+  SafetensorsFile f = SafetensorsFile::open(dir / name);
+  check_file_hash(dir, name, want, f.file_bytes());
+  return f;
+}
+
+// ---- tensors ----------------------------------------------------------------------------
+
+void check_unsharded(const std::vector<ParamSpec>& specs) {
+  for (const ParamSpec& p : specs)
+    LOOM_CHECK(p.split_dim < 0 && p.local_shape == p.global_shape,
+               "checkpoints hold whole tensors; '{}' is a shard (split_dim={})", p.name,
+               p.split_dim);
+}
+
+// The model sizes the specs were built from, compared field by field for a readable error.
+void check_model(const fs::path& dir, const GptConfig& ckpt, const std::vector<ParamSpec>& specs) {
+  auto mismatch = [&](const char* field, int64_t have, int64_t want) {
+    LOOM_REQUIRE(have == want, "checkpoint '{}': checkpoint has {}={} but the model has {}={}",
+                 dir.string(), field, have, field, want);
+  };
+  int64_t n_layer = 0;
+  for (const ParamSpec& p : specs) n_layer = std::max<int64_t>(n_layer, p.layer);
+  mismatch("n_layer", ckpt.n_layer, n_layer);
+  for (const ParamSpec& p : specs) {
+    if (p.name == "wte.weight") {
+      mismatch("n_embd", ckpt.n_embd, p.global_shape.at(1));
+      mismatch("vocab_size", ckpt.vocab_size, p.real_rows >= 0 ? p.real_rows : p.global_shape[0]);
+    }
+    if (p.name == "wpe.weight") mismatch("block_size", ckpt.block_size, p.global_shape.at(0));
+  }
+  // Anything the sizes above do not capture shows up as a different parameter list.
+  const std::vector<ParamSpec> want = gpt2_param_specs(ckpt);
+  LOOM_REQUIRE(want.size() == specs.size(),
+               "checkpoint '{}': checkpoint has {} parameters but the model has {}",
+               dir.string(), want.size(), specs.size());
+  for (size_t i = 0; i < specs.size(); ++i)
+    LOOM_REQUIRE(want[i].name == specs[i].name && want[i].global_shape == specs[i].global_shape,
+                 "checkpoint '{}': checkpoint parameter {} is '{}' {} but the model has '{}' {}",
+                 dir.string(), i, want[i].name, shape_str(want[i].global_shape), specs[i].name,
+                 shape_str(specs[i].global_shape));
+}
+
+// Validates names, dtypes and shapes of every tensor before any is copied, so a bad file
+// never leaves the caller's buffers half overwritten.
+void check_tensors(const SafetensorsFile& f, const std::vector<std::string>& prefixes,
+                   const std::vector<ParamSpec>& specs) {
+  for (const std::string& prefix : prefixes) {
+    for (const ParamSpec& p : specs) {
+      const auto& t = f.tensor(prefix + p.name);
+      LOOM_REQUIRE(t.dtype == "F32" && t.shape == p.global_shape,
+                   "'{}': tensor '{}' is {} {} but the model expects F32 {}", f.path().string(),
+                   t.name, t.dtype, shape_str(t.shape), shape_str(p.global_shape));
+    }
+  }
+  std::set<std::string> expected;
+  for (const std::string& prefix : prefixes)
+    for (const ParamSpec& p : specs) expected.insert(prefix + p.name);
+  for (const auto& t : f.tensors())
+    LOOM_REQUIRE(expected.count(t.name), "'{}': unexpected tensor '{}' (not a parameter of this "
+                 "model)", f.path().string(), t.name);
+}
+
+void read_tensors(const SafetensorsFile& f, const std::string& prefix,
+                  const std::vector<ParamSpec>& specs, float* flat) {
+  for (const ParamSpec& p : specs) f.read(prefix + p.name, flat + p.offset, p.global_shape);
+}
+
+FileDigest write_tensors(const fs::path& path, const std::vector<ParamSpec>& specs,
+                         const std::vector<std::pair<std::string, const float*>>& groups) {
+  SafetensorsWriter w;
+  for (const auto& [prefix, flat] : groups)
+    for (const ParamSpec& p : specs) w.add(prefix + p.name, p.global_shape, flat + p.offset);
+  return w.write(path);
+}
+
+// ---- directories ------------------------------------------------------------------------
+
+// Parses "step_<digits>" exactly (no suffix); nullopt for anything else.
+std::optional<int64_t> parse_step_dir(const std::string& name) {
+  if (!name.starts_with("step_") || name.size() == 5) return std::nullopt;
+  int64_t step = 0;
+  const char* first = name.data() + 5;
+  const char* last = name.data() + name.size();
+  auto [end, ec] = std::from_chars(first, last, step);
+  if (ec != std::errc() || end != last || step < 0) return std::nullopt;
+  return step;
+}
+
+struct Listing {
+  std::vector<std::pair<int64_t, fs::path>> checkpoints;  // ascending step
+  std::vector<fs::path> temporaries;                       // leftovers of interrupted saves
+};
+
+Listing list_checkpoint_dirs(const fs::path& root) {
+  Listing out;
+  for (const fs::directory_entry& e : fs::directory_iterator(root)) {
+    if (!e.is_directory()) continue;
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("step_") && name.ends_with(kTmpSuffix)) out.temporaries.push_back(e.path());
+    if (auto step = parse_step_dir(name)) out.checkpoints.emplace_back(*step, e.path());
+  }
+  std::sort(out.checkpoints.begin(), out.checkpoints.end());
+  std::sort(out.temporaries.begin(), out.temporaries.end());
+  return out;
+}
+
+void prune_checkpoints(const fs::path& root, int keep_last) {
+  if (keep_last <= 0) return;
+  std::vector<fs::path> complete;
+  for (const auto& [step, dir] : list_checkpoint_dirs(root).checkpoints)
+    if (fs::is_regular_file(dir / kManifest)) complete.push_back(dir);
+  const size_t keep = size_t(keep_last);
+  for (size_t i = 0; i + keep < complete.size(); ++i) {
+    std::error_code ec;
+    fs::remove_all(complete[i], ec);
+    // A failed prune wastes disk but loses nothing: warn rather than fail the run.
+    if (ec) fmt::print(stderr, "loom: cannot remove old checkpoint '{}': {}\n",
+                       complete[i].string(), ec.message());
+  }
+}
+
+}  // namespace
+
+std::string checkpoint_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
+
+fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& specs,
+                         const float* weights, const float* m, const float* v,
+                         const CheckpointState& state, int keep_last) {
+  check_unsharded(specs);
+  LOOM_CHECK((m == nullptr) == (v == nullptr), "save_checkpoint: m and v must both be given or "
+                                               "both be null");
+  LOOM_CHECK(state.step >= 0, "save_checkpoint: negative step {}", state.step);
+  check_model(run_dir, state.model, specs);
+  const fs::path root = run_dir / "checkpoints";
+  fs::create_directories(root);
+  fsync_dir(run_dir);
+  const fs::path final_dir = root / checkpoint_dir_name(state.step);
+  fs::path tmp_dir = final_dir;
+  tmp_dir += kTmpSuffix;
+  fs::remove_all(tmp_dir);  // the leftover of an interrupted save of this step
+  fs::create_directory(tmp_dir);
+
+  std::map<std::string, FileDigest> files;
+  files[kModelFile] = write_tensors(tmp_dir / kModelFile, specs, {{"", weights}});
+  if (m != nullptr)
+    files[kOptimizerFile] =
+        write_tensors(tmp_dir / kOptimizerFile, specs, {{"exp_avg.", m}, {"exp_avg_sq.", v}});
+  write_file_atomic(tmp_dir / kManifest, manifest_json(state, files).dump(2) + "\n");
+  fsync_dir(tmp_dir);
+
+  // rename() cannot replace a non-empty directory. Re-saving a step (a resumed run reaching
+  // it again) removes the old one first; a crash in between loses only that step.
+  if (fs::exists(final_dir)) fs::remove_all(final_dir);
+  fs::rename(tmp_dir, final_dir);
+  fsync_dir(root);
+  prune_checkpoints(root, keep_last);
+  return final_dir;
+}
+
+CheckpointState read_checkpoint_manifest(const fs::path& ckpt_dir) {
+  return parse_manifest(ckpt_dir).state;
+}
+
+CheckpointState verify_checkpoint(const fs::path& ckpt_dir) {
+  Manifest man = parse_manifest(ckpt_dir);
+  for (const auto& [name, digest] : man.files) check_file_size(ckpt_dir, name, digest);
+  for (const auto& [name, digest] : man.files) {
+    MappedFile f(ckpt_dir / name);
+    check_file_hash(ckpt_dir, name, digest, f.bytes());
+  }
+  return man.state;
+}
+
+CheckpointState load_checkpoint(const fs::path& ckpt_dir, const std::vector<ParamSpec>& specs,
+                                float* weights, float* m, float* v) {
+  check_unsharded(specs);
+  LOOM_CHECK((m == nullptr) == (v == nullptr), "load_checkpoint: m and v must both be given or "
+                                               "both be null");
+  Manifest man = parse_manifest(ckpt_dir);
+  check_model(ckpt_dir, man.state.model, specs);
+  for (const auto& [name, digest] : man.files) check_file_size(ckpt_dir, name, digest);
+
+  SafetensorsFile model = open_verified(ckpt_dir, kModelFile, man.files);
+  check_tensors(model, {""}, specs);
+  std::optional<SafetensorsFile> optim;
+  if (m != nullptr && man.state.has_optimizer) {
+    optim.emplace(open_verified(ckpt_dir, kOptimizerFile, man.files));
+    check_tensors(*optim, {"exp_avg.", "exp_avg_sq."}, specs);
+  }
+  // Everything validated: only now write into the caller's buffers.
+  read_tensors(model, "", specs, weights);
+  if (optim) {
+    read_tensors(*optim, "exp_avg.", specs, m);
+    read_tensors(*optim, "exp_avg_sq.", specs, v);
+  }
+  return man.state;
+}
+
+fs::path resolve_checkpoint(const fs::path& path) {
+  if (fs::is_regular_file(path / kManifest)) {
+    verify_checkpoint(path);  // an explicitly named checkpoint must be valid: no fallback
+    return path;
+  }
+  LOOM_REQUIRE(fs::is_directory(path), "'{}' is neither a checkpoint nor a run directory",
+               path.string());
+  const fs::path root = fs::is_directory(path / "checkpoints") ? path / "checkpoints" : path;
+  const Listing listing = list_checkpoint_dirs(root);
+  for (const fs::path& tmp : listing.temporaries)
+    fmt::print(stderr, "loom: skipping '{}': an interrupted save (temporary directory)\n",
+               tmp.string());
+  for (auto it = listing.checkpoints.rbegin(); it != listing.checkpoints.rend(); ++it) {
+    try {
+      verify_checkpoint(it->second);
+      return it->second;
+    } catch (const InputError& e) {
+      fmt::print(stderr, "loom: skipping '{}': {}\n", it->second.string(), e.what());
+    }
+  }
+  throw InputError(fmt::format(
+      "no valid checkpoint under '{}' (looked for {}/step_*/{}; {} candidate(s), {} "
+      "interrupted save(s))",
+      path.string(), root.string(), kManifest, listing.checkpoints.size(),
+      listing.temporaries.size()));
+}
+
+}  // namespace loom

@@ -1,0 +1,74 @@
+// Training checkpoints. One directory per save:
+//
+//   run_dir/checkpoints/step_00000100/
+//     model.safetensors       weights: loom names (ParamSpec::name), loom (out, in)
+//                             orientation, wte with all Vp rows
+//     optimizer.safetensors   AdamW moments "exp_avg.<name>", "exp_avg_sq.<name>" (optional)
+//     manifest.json           written last: magic, version, step, data position, seed,
+//                             model sizes, the resolved config, size + xxh64 of every file
+//
+// A save writes step_XXXXXXXX.tmp/, fsyncs every file, renames the directory into place and
+// fsyncs the parent, so a crash mid-save never leaves a half checkpoint under a final name.
+// Loading validates the manifest, every file's size and checksum, and every tensor's name
+// and shape against the model before touching the caller's buffers' contents.
+//
+// Weights are whole (unsharded) tensors: the specs must describe full tensors
+// (split_dim == -1). Sharded layouts gather before saving and slice after loading.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/param_spec.h"
+
+namespace loom {
+
+inline constexpr const char* kCheckpointMagic = "loom-checkpoint";
+inline constexpr int kCheckpointVersion = 1;
+
+struct CheckpointState {
+  int64_t step = 0;         // optimizer steps completed
+  uint64_t next_batch = 0;  // data loader position: index of the next micro-batch (k) to read
+  uint64_t seed = 0;        // the run's seed
+  std::string config_toml;  // the resolved run config, verbatim
+  GptConfig model;          // model sizes
+  // Set by load/read: whether the checkpoint holds optimizer state (imported models do not).
+  bool has_optimizer = false;
+};
+
+// Writes run_dir/checkpoints/step_%08d (returned) as described above. m and v are the AdamW
+// moments in the flat layout of `weights` (both null: no optimizer file). Keeps only the
+// newest `keep_last` complete checkpoints (0 = keep all). Replaces an existing checkpoint
+// of the same step.
+std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir,
+                                      const std::vector<ParamSpec>& specs, const float* weights,
+                                      const float* m, const float* v, const CheckpointState& state,
+                                      int keep_last);
+
+// Validates the manifest (magic, version, fields), the size and xxh64 of every file, the
+// model sizes and every tensor's name and shape against `specs`; then fills weights and, if
+// m and v are non-null and the checkpoint has optimizer state, m and v (otherwise they are
+// left untouched; see CheckpointState::has_optimizer).
+CheckpointState load_checkpoint(const std::filesystem::path& ckpt_dir,
+                                const std::vector<ParamSpec>& specs, float* weights, float* m,
+                                float* v);
+
+// Reads only the manifest (validated): the model config and state, to build the model first.
+CheckpointState read_checkpoint_manifest(const std::filesystem::path& ckpt_dir);
+
+// read_checkpoint_manifest plus every listed file's presence, size and xxh64.
+CheckpointState verify_checkpoint(const std::filesystem::path& ckpt_dir);
+
+// Accepts a checkpoint directory (has manifest.json), a run directory, or a run's
+// checkpoints/ directory. For the latter two returns the newest complete checkpoint that
+// verifies, skipping *.tmp directories and invalid checkpoints (saying on stderr which and
+// why). Throws InputError if there is none.
+std::filesystem::path resolve_checkpoint(const std::filesystem::path& path);
+
+// "step_00000100".
+std::string checkpoint_dir_name(int64_t step);
+
+}  // namespace loom

@@ -1,0 +1,40 @@
+// AdamW with decoupled weight decay over the model's flat buffers. Moments m and v are flat
+// buffers in the same layout as the weights (a ZeRO partition is a range of them).
+// Whether a parameter decays comes from its spec's flag, never from an index list.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "model/param_spec.h"
+#include "train/run_config.h"
+
+namespace loom {
+
+class AdamW {
+ public:
+  AdamW(const TrainConfig& cfg, size_t n) : cfg_(cfg), m_(n, 0.0f), v_(n, 0.0f) {}
+
+  // One update with learning rate lr; grads are multiplied by grad_scale first (the clip
+  // coefficient). `t` is the 1-based step count.
+  void update(const std::vector<ParamSpec>& specs, std::span<float> weights,
+              std::span<const float> grads, double lr, float grad_scale, int t);
+
+  std::span<float> m() { return m_; }
+  std::span<float> v() { return v_; }
+
+ private:
+  TrainConfig cfg_;
+  std::vector<float> m_;  // first moments, flat
+  std::vector<float> v_;  // second moments, flat
+};
+
+// Global L2 norm of the gradient buffer and the clip coefficient torch's
+// clip_grad_norm_ applies: min(1, max_norm / (norm + 1e-6)); 1 when max_norm == 0.
+struct ClipResult {
+  float norm;
+  float scale;
+};
+ClipResult clip_coefficient(std::span<const float> grads, double max_norm);
+
+}  // namespace loom

@@ -1,0 +1,185 @@
+#include "train/run_config.h"
+
+#include <toml++/toml.h>
+
+#include <sstream>
+#include <variant>
+
+#include "core/check.h"
+#include "core/file_io.h"
+
+namespace loom {
+namespace {
+
+using FieldPtr = std::variant<int*, int64_t*, uint64_t*, double*, bool*, std::string*>;
+struct Field {
+  const char* section;
+  const char* key;
+  FieldPtr ptr;
+};
+
+std::vector<Field> fields(RunConfig& c) {
+  GptConfig& m = c.model;
+  TrainConfig& t = c.train;
+  return {
+      {"model", "n_layer", &m.n_layer},       {"model", "n_head", &m.n_head},
+      {"model", "n_embd", &m.n_embd},         {"model", "block_size", &m.block_size},
+      {"model", "vocab_size", &m.vocab_size}, {"train", "micro_batch", &t.micro_batch},
+      {"train", "seq_len", &t.seq_len},       {"train", "grad_accum", &t.grad_accum},
+      {"train", "steps", &t.steps},           {"train", "lr", &t.lr},
+      {"train", "min_lr", &t.min_lr},         {"train", "warmup_steps", &t.warmup_steps},
+      {"train", "lr_schedule", &t.lr_schedule}, {"train", "weight_decay", &t.weight_decay},
+      {"train", "beta1", &t.beta1},           {"train", "beta2", &t.beta2},
+      {"train", "eps", &t.eps},               {"train", "grad_clip", &t.grad_clip},
+      {"train", "seed", &t.seed},             {"train", "shuffle", &t.shuffle},
+      {"train", "eval_every", &t.eval_every}, {"train", "eval_tokens", &t.eval_tokens},
+      {"train", "checkpoint_every", &t.checkpoint_every},
+      {"data", "train", &c.data.train},       {"data", "val", &c.data.val},
+      {"run", "dir", &c.run.dir},             {"run", "threads", &c.run.threads},
+      {"run", "keep_last", &c.run.keep_last}, {"run", "gemm", &c.run.gemm},
+  };
+}
+
+std::string where(const std::string& source, const char* section, const char* key) {
+  return fmt::format("{}: [{}] {}", source, section, key);
+}
+
+void assign(const Field& f, const toml::node& node, const std::string& source) {
+  const std::string at = where(source, f.section, f.key);
+  std::visit(
+      [&](auto* p) {
+        using T = std::remove_pointer_t<decltype(p)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          auto v = node.value<std::string>();
+          LOOM_REQUIRE(v.has_value(), "{} must be a string", at);
+          *p = *v;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          LOOM_REQUIRE(node.is_boolean(), "{} must be true or false", at);
+          *p = *node.value<bool>();
+        } else if constexpr (std::is_same_v<T, double>) {
+          LOOM_REQUIRE(node.is_number(), "{} must be a number", at);
+          *p = *node.value<double>();
+        } else {
+          LOOM_REQUIRE(node.is_integer(), "{} must be an integer", at);
+          int64_t v = *node.value<int64_t>();
+          LOOM_REQUIRE(std::is_signed_v<T> || v >= 0, "{} must be >= 0, got {}", at, v);
+          *p = T(v);
+        }
+      },
+      f.ptr);
+}
+
+std::string known_keys(std::vector<Field>& fs, const std::string& section) {
+  std::string out;
+  for (const Field& f : fs)
+    if (section == f.section) out += (out.empty() ? "" : ", ") + std::string(f.key);
+  return out;
+}
+
+void apply_table(RunConfig& c, const toml::table& root, const std::string& source) {
+  std::vector<Field> fs = fields(c);
+  for (auto&& [section_key, section_node] : root) {
+    const std::string section(section_key.str());
+    std::string keys = known_keys(fs, section);
+    LOOM_REQUIRE(!keys.empty(), "{}: unknown section [{}] (known: model, train, data, run)",
+                 source, section);
+    const toml::table* tbl = section_node.as_table();
+    LOOM_REQUIRE(tbl != nullptr, "{}: [{}] must be a table", source, section);
+    for (auto&& [key, node] : *tbl) {
+      const Field* field = nullptr;
+      for (const Field& f : fs)
+        if (section == f.section && key.str() == f.key) field = &f;
+      LOOM_REQUIRE(field != nullptr, "{}: unknown key '{}' in [{}] (known: {})", source,
+                   key.str(), section, keys);
+      assign(*field, node, source);
+    }
+  }
+}
+
+// "section.key=value": the value is parsed as TOML, or taken as a bare string.
+void apply_override(toml::table& root, const std::string& text) {
+  const size_t eq = text.find('='), dot = text.find('.');
+  LOOM_REQUIRE(eq != std::string::npos && dot != std::string::npos && dot < eq,
+               "--set '{}' must look like section.key=value", text);
+  const std::string section = text.substr(0, dot), key = text.substr(dot + 1, eq - dot - 1);
+  const std::string value = text.substr(eq + 1);
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    parsed = toml::table{{"v", value}};
+  }
+  if (!root.contains(section)) root.insert(section, toml::table{});
+  root[section].as_table()->insert_or_assign(key, *parsed.get("v"));
+}
+
+}  // namespace
+
+void RunConfig::validate() const {
+  model.validate();
+  const TrainConfig& t = train;
+  LOOM_REQUIRE(t.micro_batch >= 1, "[train] micro_batch={} must be >= 1", t.micro_batch);
+  LOOM_REQUIRE(t.seq_len >= 1 && t.seq_len <= model.block_size,
+               "[train] seq_len={} must be in [1, block_size={}]", t.seq_len, model.block_size);
+  LOOM_REQUIRE(t.grad_accum >= 1, "[train] grad_accum={} must be >= 1", t.grad_accum);
+  LOOM_REQUIRE(t.steps >= 0, "[train] steps={} must be >= 0", t.steps);
+  LOOM_REQUIRE(t.lr > 0 && t.min_lr >= 0 && t.min_lr <= t.lr,
+               "[train] need 0 <= min_lr <= lr and lr > 0 (lr={}, min_lr={})", t.lr, t.min_lr);
+  LOOM_REQUIRE(t.warmup_steps >= 0, "[train] warmup_steps={} must be >= 0", t.warmup_steps);
+  LOOM_REQUIRE(t.lr_schedule == "cosine" || t.lr_schedule == "constant",
+               "[train] lr_schedule='{}' must be 'cosine' or 'constant'", t.lr_schedule);
+  LOOM_REQUIRE(t.beta1 >= 0 && t.beta1 < 1 && t.beta2 >= 0 && t.beta2 < 1,
+               "[train] beta1={} and beta2={} must be in [0, 1)", t.beta1, t.beta2);
+  LOOM_REQUIRE(t.eps > 0 && t.weight_decay >= 0 && t.grad_clip >= 0,
+               "[train] eps={} must be > 0, weight_decay={} and grad_clip={} >= 0", t.eps,
+               t.weight_decay, t.grad_clip);
+  LOOM_REQUIRE(t.eval_every >= 0 && t.checkpoint_every >= 0 && t.eval_tokens >= 0,
+               "[train] eval_every, eval_tokens and checkpoint_every must be >= 0");
+  LOOM_REQUIRE(!data.train.empty(), "[data] train: the path of the train shard is required");
+  LOOM_REQUIRE(run.threads >= 0 && run.keep_last >= 0,
+               "[run] threads={} and keep_last={} must be >= 0", run.threads, run.keep_last);
+  LOOM_REQUIRE(run.gemm == "onednn" || run.gemm == "openblas",
+               "[run] gemm='{}' must be 'onednn' or 'openblas'", run.gemm);
+}
+
+std::string RunConfig::to_toml() const {
+  RunConfig copy = *this;
+  toml::table root;
+  for (const Field& f : fields(copy)) {
+    if (!root.contains(f.section)) root.insert(f.section, toml::table{});
+    toml::table& t = *root[f.section].as_table();
+    std::visit(
+        [&](auto* p) {
+          using T = std::remove_pointer_t<decltype(p)>;
+          if constexpr (std::is_same_v<T, uint64_t>) t.insert(f.key, int64_t(*p));
+          else t.insert(f.key, *p);
+        },
+        f.ptr);
+  }
+  std::ostringstream out;
+  out << root << "\n";
+  return out.str();
+}
+
+RunConfig parse_run_config(const std::string& toml_text, const std::string& source,
+                           const std::vector<std::string>& overrides) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, source);
+  } catch (const toml::parse_error& e) {
+    const auto& b = e.source().begin;
+    throw InputError(fmt::format("{}:{}:{}: invalid TOML: {}", source, b.line, b.column,
+                                 e.description()));
+  }
+  for (const std::string& o : overrides) apply_override(root, o);
+  RunConfig c;
+  apply_table(c, root, source);
+  c.validate();
+  return c;
+}
+
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
+  return parse_run_config(read_file_text(path), path, overrides);
+}
+
+}  // namespace loom

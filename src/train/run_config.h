@@ -1,0 +1,65 @@
+// The run configuration: a TOML file with [model], [train], [data], [run] sections.
+// Every field carries a doc comment (unit, default); unknown keys are errors.
+// `--set section.key=value` overrides apply on top of the file.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace loom {
+
+struct TrainConfig {
+  int micro_batch = 4;          // B: rows per micro-batch (sequences)
+  int seq_len = 256;            // T: tokens per row; <= model.block_size
+  int grad_accum = 1;           // micro-batches per optimizer step
+  int steps = 100;              // optimizer steps to run (total, including resumed ones)
+  double lr = 6e-4;             // peak learning rate
+  double min_lr = 6e-5;         // final learning rate of the cosine schedule
+  int warmup_steps = 0;         // linear warm-up steps (lr * (s+1)/warmup)
+  std::string lr_schedule = "cosine";  // "cosine" | "constant" (after warm-up)
+  double weight_decay = 0.1;    // AdamW decoupled decay, on params whose spec says decay
+  double beta1 = 0.9;           // AdamW beta1
+  double beta2 = 0.95;          // AdamW beta2
+  double eps = 1e-8;            // AdamW epsilon
+  double grad_clip = 1.0;       // max global gradient L2 norm; 0 = no clipping
+  uint64_t seed = 1337;         // initialisation and shuffling seed
+  bool shuffle = false;         // false: llm.c's sequential order; true: per-epoch permutation
+  int eval_every = 0;           // steps between validation losses; 0 = never
+  int64_t eval_tokens = 32768;  // validation tokens per evaluation (from offset 0)
+  int checkpoint_every = 0;     // steps between checkpoints; 0 = only at the end
+};
+
+struct DataConfig {
+  std::string train;  // path of the train token shard (loom prepare's train_000000.bin)
+  std::string val;    // path of the validation shard; "" = no validation
+};
+
+struct RunSection {
+  std::string dir = "runs/default";  // run directory: config, metrics.jsonl, checkpoints
+  int threads = 0;                   // OpenMP threads; 0 = all cores
+  int keep_last = 2;                 // checkpoints kept; 0 = all
+  std::string gemm = "onednn";       // GEMM backend: "onednn" | "openblas"
+};
+
+struct RunConfig {
+  GptConfig model;
+  TrainConfig train;
+  DataConfig data;
+  RunSection run;
+
+  // Throws InputError on inconsistent values.
+  void validate() const;
+  // The resolved config as TOML (what the run directory records).
+  std::string to_toml() const;
+};
+
+// Parses TOML text (with `source` naming it in messages), then applies "section.key=value"
+// overrides. Unknown sections/keys, wrong types and invalid values -> InputError.
+RunConfig parse_run_config(const std::string& toml_text, const std::string& source,
+                           const std::vector<std::string>& overrides = {});
+RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+}  // namespace loom

@@ -1,0 +1,104 @@
+// Trainer::run: the user-facing loop around train_step — run directory, metrics.jsonl,
+// validation, checkpoints and the live progress line.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <fstream>
+
+#include "core/check.h"
+#include "core/file_io.h"
+#include "core/timer.h"
+#include "train/throughput.h"
+#include "train/trainer.h"
+
+namespace loom {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string format_eta(double seconds) {
+  const int s = int(seconds + 0.5);
+  if (s >= 3600) return fmt::format("{}h{:02}m", s / 3600, (s / 60) % 60);
+  if (s >= 60) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  return fmt::format("{}s", s);
+}
+
+class Progress {
+ public:
+  Progress(std::FILE* out, int total) : out_(out), total_(total), tty_(out && isatty(fileno(out))) {}
+
+  void step(const StepStats& s, double tokens_per_s, double mfu, double eta_s) {
+    if (!out_) return;
+    const std::string line = fmt::format(
+        "step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | mfu {:.1f}% | "
+        "eta {}",
+        s.step + 1, total_, s.loss, s.lr, s.grad_norm, tokens_per_s, 100.0 * mfu,
+        format_eta(eta_s));
+    const bool last = s.step + 1 == total_;
+    if (tty_) {
+      fmt::print(out_, "\r{}\x1b[K{}", line, last ? "\n" : "");
+    } else if (last || s.step % std::max(1, total_ / 40) == 0) {
+      fmt::print(out_, "{}\n", line);
+    }
+    std::fflush(out_);
+  }
+
+  void note(const std::string& text) {
+    if (!out_) return;
+    fmt::print(out_, "{}{}\n", tty_ ? "\r\x1b[K" : "", text);
+    std::fflush(out_);
+  }
+
+ private:
+  std::FILE* out_;
+  int total_;
+  bool tty_;
+};
+
+}  // namespace
+
+void Trainer::run(std::FILE* progress_out) {
+  const TrainConfig& t = cfg_.train;
+  const fs::path dir = cfg_.run.dir;
+  fs::create_directories(dir);
+  write_file_atomic(dir / "config.toml", cfg_.to_toml());
+  std::ofstream metrics(dir / "metrics.jsonl", std::ios::app);
+  LOOM_REQUIRE(metrics.good(), "cannot write {}", (dir / "metrics.jsonl").string());
+
+  const double peak = measure_gemm_peak_gflops() * 1e9;
+  const double flops = flops_per_token();
+  Progress progress(progress_out, t.steps);
+  progress.note(fmt::format(
+      "model: {:.2f}M params, L={} C={} NH={} T={}, B={} x accum {} | {:.0f} MFLOP/token ({}) | "
+      "GEMM peak {:.0f} GFLOP/s",
+      double(model_.flop_params()) / 1e6, cfg_.model.n_layer, cfg_.model.n_embd,
+      cfg_.model.n_head, t.seq_len, t.micro_batch, t.grad_accum, flops / 1e6, kFlopsFormula,
+      peak / 1e9));
+
+  Timer wall;
+  const int first = step_;
+  double ema_tps = 0.0;
+  while (step_ < t.steps) {
+    const StepStats s = train_step();
+    ema_tps = ema_tps == 0.0 ? s.tokens_per_s : 0.8 * ema_tps + 0.2 * s.tokens_per_s;
+    const double mfu = s.tokens_per_s * flops / peak;
+    const double eta = (wall.seconds() / (step_ - first)) * (t.steps - step_);
+    nlohmann::json rec = {{"step", s.step + 1}, {"loss", s.loss}, {"lr", s.lr},
+                          {"grad_norm", s.grad_norm}, {"tokens_per_s", s.tokens_per_s},
+                          {"mfu", mfu}};
+    progress.step(s, ema_tps, ema_tps * flops / peak, eta);
+    if (val_data_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || step_ == t.steps)) {
+      const float val = evaluate(t.eval_tokens);
+      rec["val_loss"] = val;
+      progress.note(fmt::format("step {:>5} | val_loss {:.4f}", step_, val));
+    }
+    metrics << rec.dump() << "\n";
+    metrics.flush();
+    if (t.checkpoint_every > 0 && step_ % t.checkpoint_every == 0 && step_ < t.steps)
+      progress.note(fmt::format("checkpoint {}", save_checkpoint().string()));
+  }
+  progress.note(fmt::format("checkpoint {}", save_checkpoint().string()));
+}
+
+}  // namespace loom

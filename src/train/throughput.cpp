@@ -1,0 +1,27 @@
+#include "train/throughput.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "core/timer.h"
+#include "kernels/kernels.h"
+
+namespace loom {
+
+double model_flops_per_token(int64_t n_params, const GptConfig& cfg, int T) {
+  return 6.0 * double(n_params) + 12.0 * cfg.n_layer * cfg.n_embd * double(T);
+}
+
+double measure_gemm_peak_gflops() {
+  const int M = 1024, N = 3072, K = 768;
+  std::vector<float> a(size_t(M) * K, 0.5f), b(size_t(N) * K, 0.25f), c(size_t(M) * N);
+  double best = 1e30;
+  for (int rep = 0; rep < 6; ++rep) {
+    Timer t;
+    kernels::gemm(false, true, M, N, K, 1.0f, a.data(), K, b.data(), K, 0.0f, c.data(), N);
+    best = std::min(best, t.seconds());
+  }
+  return 2.0 * M * N * K / best / 1e9;
+}
+
+}  // namespace loom

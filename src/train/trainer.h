@@ -1,0 +1,68 @@
+// The training loop: micro-batches with gradient accumulation, global-norm clipping,
+// AdamW, LR schedule, periodic validation, checkpoints, metrics.jsonl and a live
+// progress line. Deterministic: the same seed gives bitwise the same losses, and resuming
+// from a checkpoint continues bitwise as if never stopped.
+#pragma once
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include "comm/process_grid.h"
+#include "data/loader.h"
+#include "model/gpt.h"
+#include "train/optimizer.h"
+#include "train/run_config.h"
+
+namespace loom {
+
+struct StepStats {
+  int step = 0;         // 0-based index of the step just taken
+  float loss = 0;       // mean over the step's micro-batches
+  double lr = 0;
+  float grad_norm = 0;  // before clipping
+  double seconds = 0;
+  double tokens_per_s = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(const RunConfig& cfg, const ProcessGrid& grid);
+
+  // Loads weights, optimizer moments and position from a checkpoint directory.
+  void resume(const std::filesystem::path& ckpt_dir);
+
+  StepStats train_step();
+  // Mean loss over the first `tokens` tokens of the validation shard (batches of B*T
+  // advancing by B*T from offset 0).
+  float evaluate(int64_t tokens);
+  std::filesystem::path save_checkpoint();
+
+  // The whole run: steps until train.steps, with eval, checkpoints, metrics and progress.
+  void run(std::FILE* progress);
+
+  int next_step() const { return step_; }
+  Gpt& model() { return model_; }
+  AdamW& optimizer() { return opt_; }
+  const RunConfig& config() const { return cfg_; }
+  // Model FLOPs per token (6N + 12*L*C*T) and the measured GEMM peak used for MFU.
+  double flops_per_token() const;
+
+ private:
+  // Which batch slot of the shard micro-batch k reads (llm.c order, or shuffled per epoch).
+  uint64_t batch_slot(uint64_t k);
+
+  RunConfig cfg_;
+  const ProcessGrid* grid_;
+  Gpt model_;
+  AdamW opt_;
+  TokenLoader train_data_;
+  std::optional<TokenLoader> val_data_;
+  std::vector<int32_t> inputs_, targets_;  // (B,T)
+  int step_ = 0;                           // next optimizer step to run
+  std::vector<uint32_t> perm_;             // shuffled slot order of perm_epoch_
+  int64_t perm_epoch_ = -1;
+};
+
+}  // namespace loom
