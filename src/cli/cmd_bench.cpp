@@ -1,0 +1,76 @@
+// loom bench kernels | train — tables beside the competitor, JSON next to them.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include "cli/command.h"
+#include "core/file_io.h"
+#include "kernels/bench_kernels.h"
+#include "train/bench_train.h"
+
+#ifndef LOOM_SOURCE_DIR
+#define LOOM_SOURCE_DIR "."
+#endif
+
+namespace loom::cli {
+namespace {
+
+int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
+  omp_set_num_threads(threads);
+  fmt::print("bench kernels: fp32 GEMMs of GPT-2 124M (B=4, T=256), {} threads, median of {}\n",
+             threads, repeats);
+  const std::vector<kernels::KernelBenchRow> rows = kernels::bench_gemm_shapes(repeats);
+  fmt::print("{:<24} {:>6} {:>6} {:>6} {:<9} {:>10} {:>9}\n", "shape", "M", "N", "K", "backend",
+             "time(us)", "GFLOP/s");
+  nlohmann::json out = nlohmann::json::array();
+  for (const kernels::KernelBenchRow& r : rows) {
+    fmt::print("{:<24} {:>6} {:>6} {:>6} {:<9} {:>10.1f} {:>9.1f}\n", r.name, r.M, r.N, r.K,
+               r.backend, r.median_seconds * 1e6, r.gflops);
+    out.push_back({{"name", r.name}, {"M", r.M}, {"N", r.N}, {"K", r.K},
+                   {"backend", r.backend}, {"median_s", r.median_seconds},
+                   {"gflops", r.gflops}});
+  }
+  write_file_atomic(json_out, nlohmann::json{{"threads", threads}, {"gemm", out}}.dump(2));
+  fmt::print("wrote {}\n", json_out);
+  return 0;
+}
+
+}  // namespace
+
+RunFn setup_bench(CLI::App& sub) {
+  struct Opts {
+    int threads = 2, repeats = 10, steps = 5, warmup = 1;
+    std::string config = "configs/gpt2-124m.toml", json;
+    std::vector<std::string> overrides;
+    std::string torch_script = LOOM_SOURCE_DIR "/bench/torch_train.py";
+  };
+  auto o = std::make_shared<Opts>();
+  sub.require_subcommand(1);
+  CLI::App* k = sub.add_subcommand("kernels", "GEMM GFLOP/s for the model's shapes, per backend");
+  k->add_option("--threads", o->threads, "threads")->capture_default_str();
+  k->add_option("--repeats", o->repeats, "timed repeats per shape")->capture_default_str();
+  k->add_option("--json", o->json, "JSON output (default loom-bench-kernels.json)");
+  CLI::App* t = sub.add_subcommand("train", "training step throughput beside PyTorch");
+  t->add_option("--config", o->config, "model/train config (TOML)")->capture_default_str();
+  t->add_option("--set", o->overrides, "override a config value: section.key=value");
+  t->add_option("--threads", o->threads, "threads for both loom and PyTorch")
+      ->capture_default_str();
+  t->add_option("--steps", o->steps, "timed steps")->capture_default_str();
+  t->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
+  t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
+  t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
+  return [o, k, t] {
+    if (k->parsed())
+      return run_bench_kernels(o->threads, o->repeats,
+                               o->json.empty() ? "loom-bench-kernels.json" : o->json);
+    TrainBenchOptions opt;
+    opt.threads = o->threads;
+    opt.steps = o->steps;
+    opt.warmup = o->warmup;
+    opt.torch_script = o->torch_script;
+    opt.json_out = o->json.empty() ? "loom-bench-train.json" : o->json;
+    return bench_train(load_run_config(o->config, o->overrides), opt);
+  };
+}
+
+}  // namespace loom::cli
