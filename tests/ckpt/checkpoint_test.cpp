@@ -64,7 +64,10 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
   EXPECT_TRUE(fs::is_regular_file(dir / "optimizer.safetensors"));
   EXPECT_FALSE(fs::exists(tmp / "run" / "checkpoints" / "step_00000007.tmp"));
 
-  std::vector<float> w(t.weights.size(), 9.0f), m(w.size(), 9.0f), v(w.size(), 9.0f);
+  const size_t n = t.weights.size();
+  std::vector<float> w(n, 9.0f);
+  std::vector<float> m(n, 9.0f);
+  std::vector<float> v(n, 9.0f);
   const CheckpointState s = load_checkpoint(dir, t.specs, w.data(), m.data(), v.data());
   EXPECT_TRUE(same_bits(w, t.weights));
   EXPECT_TRUE(same_bits(m, t.m));

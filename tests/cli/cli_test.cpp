@@ -1,0 +1,157 @@
+// The `loom` binary end to end, as a user runs it: prepare -> train -> eval -> generate ->
+// export/import, and every kind of bad input -> a clear message and a non-zero exit.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+namespace {
+namespace fs = std::filesystem;
+
+struct Result {
+  int code;
+  std::string output;  // stdout + stderr
+};
+
+Result run(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " " LOOM_BINARY " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return Result{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+bool contains(const std::string& s, const std::string& what) {
+  return s.find(what) != std::string::npos;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("loom_cli_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream text(dir_ / "corpus.txt");
+    for (int i = 0; i < 400; ++i)
+      text << "In the beginning God created the heaven and the earth. Verse " << i << ".\n";
+    text.close();
+    std::ofstream cfg(dir_ / "tiny.toml");
+    cfg << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 16\nblock_size = 32\n"
+        << "[train]\nmicro_batch = 2\nseq_len = 16\nsteps = 4\neval_every = 2\n"
+        << "eval_tokens = 64\ncheckpoint_every = 2\n"
+        << "[data]\ntrain = \"" << (dir_ / "data/train_000000.bin").string() << "\"\n"
+        << "val = \"" << (dir_ / "data/val_000000.bin").string() << "\"\n"
+        << "[run]\ndir = \"" << (dir_ / "run").string() << "\"\nthreads = 1\n";
+    cfg.close();
+    // CTest runs each test in its own process: every test starts from a prepared corpus
+    // and a trained tiny run.
+    prepared_ = run("prepare --text " + (dir_ / "corpus.txt").string() + " --out " +
+                    (dir_ / "data").string() + " --val-fraction 0.1");
+    trained_ = run("train --config " + (dir_ / "tiny.toml").string());
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+  static fs::path dir_;
+  static Result prepared_, trained_;
+};
+fs::path Cli::dir_;
+Result Cli::prepared_, Cli::trained_;
+
+TEST_F(Cli, PrepareTrainEvalGenerateExportImport) {
+  Result r = prepared_;
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "MB/s")) << r.output;
+  ASSERT_TRUE(fs::exists(dir_ / "data/train_000000.bin"));
+
+  r = trained_;
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "val_loss")) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ / "run/metrics.jsonl"));
+  EXPECT_TRUE(fs::exists(dir_ / "run/config.toml"));
+  EXPECT_TRUE(fs::exists(dir_ / "run/checkpoints/step_00000004/manifest.json"));
+
+  r = run("eval --ckpt " + (dir_ / "run").string() + " --data " +
+          (dir_ / "data/val_000000.bin").string() + " --batch 2 --seq-len 16 --tokens 64");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "val_loss ")) << r.output;
+
+  r = run("generate --ckpt " + (dir_ / "run").string() +
+          " --prompt 'In the beginning' --max-tokens 8 --seed 3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "In the beginning")) << r.output;
+  const Result again = run("generate --ckpt " + (dir_ / "run").string() +
+                           " --prompt 'In the beginning' --max-tokens 8 --seed 3");
+  EXPECT_EQ(again.output, r.output) << "same seed, same sample";
+
+  for (const std::string fmt : {"safetensors", "llmc"}) {
+    const fs::path a = dir_ / ("a." + fmt), b = dir_ / ("b." + fmt), run2 = dir_ / ("imp_" + fmt);
+    r = run("export --ckpt " + (dir_ / "run").string() + " --format " + fmt + " --out " + a.string());
+    ASSERT_EQ(r.code, 0) << r.output;
+    r = run("import --format " + fmt + " --in " + a.string() + " --out " + run2.string());
+    ASSERT_EQ(r.code, 0) << r.output;
+    r = run("export --ckpt " + run2.string() + " --format " + fmt + " --out " + b.string());
+    ASSERT_EQ(r.code, 0) << r.output;
+    EXPECT_EQ(slurp(a), slurp(b)) << fmt << " export -> import -> export is not exact";
+  }
+}
+
+TEST_F(Cli, BadInputGivesAClearMessageAndExitCode2) {
+  std::ofstream(dir_ / "bad.toml") << "[model\nn_layer = 2\n";
+  Result r = run("train --config " + (dir_ / "bad.toml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "invalid TOML")) << r.output;
+
+  std::ofstream(dir_ / "heads.toml") << "[model]\nn_head = 5\n[data]\ntrain = \"x.bin\"\n";
+  r = run("train --config " + (dir_ / "heads.toml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "not divisible by n_head=5")) << r.output;
+
+  r = run("train --config " + (dir_ / "tiny.toml").string() + " --set data.train=/nonexistent.bin");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "/nonexistent.bin")) << r.output;
+
+  r = run("train --config " + (dir_ / "missing.toml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+
+  std::ofstream(dir_ / "corrupt.bin") << "not a shard at all";
+  r = run("eval --ckpt " + (dir_ / "run").string() + " --data " + (dir_ / "corrupt.bin").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "corrupt.bin")) << r.output;
+
+  r = run("prepare --text " + (dir_ / "corpus.txt").string() + " --out " +
+              (dir_ / "d2").string(),
+          "LOOM_TOKENIZER_DIR=/nonexistent/tok");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "encoder.json")) << r.output;
+
+  r = run("generate --ckpt " + (dir_ / "nothing_here").string() + " --prompt x");
+  EXPECT_EQ(r.code, 2) << r.output;
+
+  r = run("frobnicate");
+  EXPECT_EQ(r.code, 2) << r.output;
+}
+
+TEST_F(Cli, CorruptCheckpointIsRejected) {
+  const fs::path run_dir = dir_ / "run";
+  ASSERT_TRUE(fs::exists(run_dir / "checkpoints/step_00000004/model.safetensors"))
+      << trained_.output;
+  const fs::path broken = dir_ / "broken";
+  fs::remove_all(broken);
+  fs::copy(run_dir / "checkpoints/step_00000004", broken, fs::copy_options::recursive);
+  fs::resize_file(broken / "model.safetensors", fs::file_size(broken / "model.safetensors") - 7);
+  Result r = run("generate --ckpt " + broken.string() + " --prompt x --max-tokens 2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "model.safetensors")) << r.output;
+}
+
+}  // namespace
