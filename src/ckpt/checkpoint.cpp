@@ -161,9 +161,9 @@ void check_file_size(const fs::path& dir, const std::string& name, const FileDig
   LOOM_REQUIRE(fs::is_regular_file(path), "checkpoint '{}': {} listed in the manifest is missing",
                dir.string(), name);
   const uint64_t size = fs::file_size(path);
-  LOOM_REQUIRE(size == want.bytes,
-               "checkpoint '{}': {} is {} bytes but the manifest says {} ({})", dir.string(),
-               name, size, want.bytes, size < want.bytes ? "truncated" : "overwritten or appended");
+  LOOM_REQUIRE(size == want.bytes, "checkpoint '{}': {} is {} bytes but the manifest says {} ({})",
+               dir.string(), name, size, want.bytes,
+               size < want.bytes ? "truncated" : "overwritten or appended");
 }
 
 void check_file_hash(const fs::path& dir, const std::string& name, const FileDigest& want,
@@ -212,8 +212,8 @@ void check_model(const fs::path& dir, const GptConfig& ckpt, const std::vector<P
   // Anything the sizes above do not capture shows up as a different parameter list.
   const std::vector<ParamSpec> want = gpt2_param_specs(ckpt);
   LOOM_REQUIRE(want.size() == specs.size(),
-               "checkpoint '{}': checkpoint has {} parameters but the model has {}",
-               dir.string(), want.size(), specs.size());
+               "checkpoint '{}': checkpoint has {} parameters but the model has {}", dir.string(),
+               want.size(), specs.size());
   for (size_t i = 0; i < specs.size(); ++i)
     LOOM_REQUIRE(want[i].name == specs[i].name && want[i].global_shape == specs[i].global_shape,
                  "checkpoint '{}': checkpoint parameter {} is '{}' {} but the model has '{}' {}",
@@ -237,8 +237,9 @@ void check_tensors(const SafetensorsFile& f, const std::vector<std::string>& pre
   for (const std::string& prefix : prefixes)
     for (const ParamSpec& p : specs) expected.insert(prefix + p.name);
   for (const auto& t : f.tensors())
-    LOOM_REQUIRE(expected.count(t.name), "'{}': unexpected tensor '{}' (not a parameter of this "
-                 "model)", f.path().string(), t.name);
+    LOOM_REQUIRE(expected.count(t.name),
+                 "'{}': unexpected tensor '{}' (not a parameter of this model)",
+                 f.path().string(), t.name);
 }
 
 void read_tensors(const SafetensorsFile& f, const std::string& prefix,
@@ -269,7 +270,7 @@ std::optional<int64_t> parse_step_dir(const std::string& name) {
 
 struct Listing {
   std::vector<std::pair<int64_t, fs::path>> checkpoints;  // ascending step
-  std::vector<fs::path> temporaries;                       // leftovers of interrupted saves
+  std::vector<std::pair<int64_t, fs::path>> temporaries;  // interrupted (or running) saves
 };
 
 Listing list_checkpoint_dirs(const fs::path& root) {
@@ -277,27 +278,36 @@ Listing list_checkpoint_dirs(const fs::path& root) {
   for (const fs::directory_entry& e : fs::directory_iterator(root)) {
     if (!e.is_directory()) continue;
     const std::string name = e.path().filename().string();
-    if (name.starts_with("step_") && name.ends_with(kTmpSuffix)) out.temporaries.push_back(e.path());
     if (auto step = parse_step_dir(name)) out.checkpoints.emplace_back(*step, e.path());
+    if (name.ends_with(kTmpSuffix)) {
+      if (auto step = parse_step_dir(name.substr(0, name.size() - 4)))
+        out.temporaries.emplace_back(*step, e.path());
+    }
   }
   std::sort(out.checkpoints.begin(), out.checkpoints.end());
   std::sort(out.temporaries.begin(), out.temporaries.end());
   return out;
 }
 
-void prune_checkpoints(const fs::path& root, int keep_last) {
+// A failed removal wastes disk but loses nothing: warn rather than fail the run.
+void remove_or_warn(const fs::path& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (ec) fmt::print(stderr, "loom: cannot remove '{}': {}\n", dir.string(), ec.message());
+}
+
+// Removes all but the newest keep_last complete checkpoints (keep_last 0: none), and the
+// temporary directories of saves older than `saved`: those were interrupted, since saves
+// happen in step order.
+void prune_checkpoints(const fs::path& root, int keep_last, int64_t saved) {
+  const Listing listing = list_checkpoint_dirs(root);
+  for (const auto& [step, dir] : listing.temporaries)
+    if (step < saved) remove_or_warn(dir);
   if (keep_last <= 0) return;
   std::vector<fs::path> complete;
-  for (const auto& [step, dir] : list_checkpoint_dirs(root).checkpoints)
+  for (const auto& [step, dir] : listing.checkpoints)
     if (fs::is_regular_file(dir / kManifest)) complete.push_back(dir);
-  const size_t keep = size_t(keep_last);
-  for (size_t i = 0; i + keep < complete.size(); ++i) {
-    std::error_code ec;
-    fs::remove_all(complete[i], ec);
-    // A failed prune wastes disk but loses nothing: warn rather than fail the run.
-    if (ec) fmt::print(stderr, "loom: cannot remove old checkpoint '{}': {}\n",
-                       complete[i].string(), ec.message());
-  }
+  for (size_t i = 0; i + size_t(keep_last) < complete.size(); ++i) remove_or_warn(complete[i]);
 }
 
 }  // namespace
@@ -308,10 +318,16 @@ fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& 
                          const float* weights, const float* m, const float* v,
                          const CheckpointState& state, int keep_last) {
   check_unsharded(specs);
-  LOOM_CHECK((m == nullptr) == (v == nullptr), "save_checkpoint: m and v must both be given or "
-                                               "both be null");
+  LOOM_CHECK((m == nullptr) == (v == nullptr),
+             "save_checkpoint: m and v must both be given or "
+             "both be null");
   LOOM_CHECK(state.step >= 0, "save_checkpoint: negative step {}", state.step);
-  check_model(run_dir, state.model, specs);
+  try {
+    check_model(run_dir, state.model, specs);
+  } catch (const InputError& e) {
+    LOOM_CHECK(false, "save_checkpoint: CheckpointState::model disagrees with the specs: {}",
+               e.what());
+  }
   const fs::path root = run_dir / "checkpoints";
   fs::create_directories(root);
   fsync_dir(run_dir);
@@ -334,7 +350,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& 
   if (fs::exists(final_dir)) fs::remove_all(final_dir);
   fs::rename(tmp_dir, final_dir);
   fsync_dir(root);
-  prune_checkpoints(root, keep_last);
+  prune_checkpoints(root, keep_last, state.step);
   return final_dir;
 }
 
@@ -355,8 +371,9 @@ CheckpointState verify_checkpoint(const fs::path& ckpt_dir) {
 CheckpointState load_checkpoint(const fs::path& ckpt_dir, const std::vector<ParamSpec>& specs,
                                 float* weights, float* m, float* v) {
   check_unsharded(specs);
-  LOOM_CHECK((m == nullptr) == (v == nullptr), "load_checkpoint: m and v must both be given or "
-                                               "both be null");
+  LOOM_CHECK((m == nullptr) == (v == nullptr),
+             "load_checkpoint: m and v must both be given or "
+             "both be null");
   Manifest man = parse_manifest(ckpt_dir);
   check_model(ckpt_dir, man.state.model, specs);
   for (const auto& [name, digest] : man.files) check_file_size(ckpt_dir, name, digest);
@@ -386,7 +403,7 @@ fs::path resolve_checkpoint(const fs::path& path) {
                path.string());
   const fs::path root = fs::is_directory(path / "checkpoints") ? path / "checkpoints" : path;
   const Listing listing = list_checkpoint_dirs(root);
-  for (const fs::path& tmp : listing.temporaries)
+  for (const auto& [step, tmp] : listing.temporaries)
     fmt::print(stderr, "loom: skipping '{}': an interrupted save (temporary directory)\n",
                tmp.string());
   for (auto it = listing.checkpoints.rbegin(); it != listing.checkpoints.rend(); ++it) {
@@ -397,11 +414,11 @@ fs::path resolve_checkpoint(const fs::path& path) {
       fmt::print(stderr, "loom: skipping '{}': {}\n", it->second.string(), e.what());
     }
   }
-  throw InputError(fmt::format(
-      "no valid checkpoint under '{}' (looked for {}/step_*/{}; {} candidate(s), {} "
-      "interrupted save(s))",
-      path.string(), root.string(), kManifest, listing.checkpoints.size(),
-      listing.temporaries.size()));
+  throw InputError(
+      fmt::format("no valid checkpoint under '{}' (looked for {}/step_*/{}; {} candidate(s), {} "
+                  "interrupted save(s))",
+                  path.string(), root.string(), kManifest, listing.checkpoints.size(),
+                  listing.temporaries.size()));
 }
 
 }  // namespace loom

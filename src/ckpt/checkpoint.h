@@ -41,8 +41,9 @@ struct CheckpointState {
 
 // Writes run_dir/checkpoints/step_%08d (returned) as described above. m and v are the AdamW
 // moments in the flat layout of `weights` (both null: no optimizer file). Keeps only the
-// newest `keep_last` complete checkpoints (0 = keep all). Replaces an existing checkpoint
-// of the same step.
+// newest `keep_last` complete checkpoints (0 = keep all) and removes the temporary
+// directories of interrupted saves of earlier steps. Replaces an existing checkpoint of the
+// same step.
 std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir,
                                       const std::vector<ParamSpec>& specs, const float* weights,
                                       const float* m, const float* v, const CheckpointState& state,

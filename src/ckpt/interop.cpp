@@ -43,8 +43,8 @@ std::vector<int64_t> hf_shape(const ParamSpec& p, const GptConfig& cfg) {
 
 void check_specs(const GptConfig& cfg, const std::vector<ParamSpec>& specs) {
   const std::vector<ParamSpec> want = gpt2_param_specs(cfg);
-  LOOM_CHECK(want.size() == specs.size(), "specs have {} parameters, the config {}",
-             specs.size(), want.size());
+  LOOM_CHECK(want.size() == specs.size(), "specs have {} parameters, the config {}", specs.size(),
+             want.size());
   for (size_t i = 0; i < specs.size(); ++i)
     LOOM_CHECK(specs[i].name == want[i].name && specs[i].global_shape == want[i].global_shape &&
                    specs[i].local_shape == specs[i].global_shape,
@@ -104,8 +104,8 @@ std::map<std::string, std::string> hf_names(const SafetensorsFile& f, std::strin
     }
     if (std::regex_match(name, kBuffer)) continue;  // the causal mask, not a parameter
     LOOM_REQUIRE(names.emplace(name, file_name).second,
-                 "safetensors file '{}': '{}' and '{}' are the same parameter",
-                 f.path().string(), names[name], file_name);
+                 "safetensors file '{}': '{}' and '{}' are the same parameter", f.path().string(),
+                 names[name], file_name);
   }
   return names;
 }
@@ -201,15 +201,16 @@ constexpr size_t kLlmcHeaderBytes = kLlmcHeaderInts * sizeof(int32_t);
 // The parameters in llm.c's file order: wte, wpe, then each per-layer tensor over all
 // layers (ln1w for layers 0..L-1, ln1b for 0..L-1, ...), then lnfw, lnfb.
 std::vector<const ParamSpec*> llmc_order(const std::vector<ParamSpec>& specs, int n_layer) {
-  static const char* kPerLayer[] = {
-      "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-      "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-      "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias"};
+  static const char* kPerLayer[] = {"ln_1.weight",      "ln_1.bias",          "attn.c_attn.weight",
+                                    "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+                                    "ln_2.weight",      "ln_2.bias",          "mlp.c_fc.weight",
+                                    "mlp.c_fc.bias",    "mlp.c_proj.weight",  "mlp.c_proj.bias"};
   std::map<std::string, const ParamSpec*> by_name;
   for (const ParamSpec& p : specs) by_name[p.name] = &p;
   std::vector<const ParamSpec*> order = {by_name.at("wte.weight"), by_name.at("wpe.weight")};
   for (const char* suffix : kPerLayer)
-    for (int l = 0; l < n_layer; ++l) order.push_back(by_name.at(fmt::format("h.{}.{}", l, suffix)));
+    for (int l = 0; l < n_layer; ++l)
+      order.push_back(by_name.at(fmt::format("h.{}.{}", l, suffix)));
   order.push_back(by_name.at("ln_f.weight"));
   order.push_back(by_name.at("ln_f.bias"));
   return order;
@@ -227,11 +228,11 @@ LlmcHeader parse_llmc_header(const MappedFile& file) {
                file.size(), kLlmcHeaderBytes);
   std::array<int32_t, kLlmcHeaderInts> h{};
   std::memcpy(h.data(), file.bytes().data(), kLlmcHeaderBytes);
-  LOOM_REQUIRE(h[0] == kLlmcMagic, "{}: bad magic {} (expected {}): not an llm.c model file",
-               what, h[0], kLlmcMagic);
+  LOOM_REQUIRE(h[0] == kLlmcMagic, "{}: bad magic {} (expected {}): not an llm.c model file", what,
+               h[0], kLlmcMagic);
   LOOM_REQUIRE(h[1] == kLlmcVersion,
-               "{}: unsupported version {} (loom reads version {}, fp32; version 5 is bf16)",
-               what, h[1], kLlmcVersion);
+               "{}: unsupported version {} (loom reads version {}, fp32; version 5 is bf16)", what,
+               h[1], kLlmcVersion);
   LlmcHeader out;
   out.cfg.block_size = h[2];
   out.cfg.vocab_size = h[3];
@@ -281,8 +282,8 @@ ImportedModel import_llmc(const fs::path& path) {
   // because a corrupt header's C*C*L can overflow 64 bits.
   using u128 = unsigned __int128;
   const u128 C = u128(cfg.n_embd), L = u128(cfg.n_layer);
-  const u128 numel = u128(header.padded_vocab) * C + u128(cfg.block_size) * C +
-                     L * (12 * C * C + 13 * C) + 2 * C;
+  const u128 numel =
+      u128(header.padded_vocab) * C + u128(cfg.block_size) * C + L * (12 * C * C + 13 * C) + 2 * C;
   const u128 expected = kLlmcHeaderBytes + numel * sizeof(float);
   LOOM_REQUIRE(u128(file.size()) == expected,
                "llm.c model file '{}': file is {} bytes but its header (L={} C={} V={} Vp={} "

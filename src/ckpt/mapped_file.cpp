@@ -57,8 +57,6 @@ void MappedFile::release() {
   size_ = 0;
 }
 
-uint64_t xxh64_of(std::span<const uint8_t> bytes) {
-  return XXH64(bytes.data(), bytes.size(), 0);
-}
+uint64_t xxh64_of(std::span<const uint8_t> bytes) { return XXH64(bytes.data(), bytes.size(), 0); }
 
 }  // namespace loom

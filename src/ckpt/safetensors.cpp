@@ -28,9 +28,9 @@ constexpr uint64_t kHeaderLenBytes = 8;
 // but non-F32 dtypes parse (so the file validates) and fail only when read.
 int dtype_size(const std::string& dtype) {
   static const std::map<std::string, int> sizes = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"I16", 2},
-      {"U16", 2},  {"F16", 2}, {"BF16", 2}, {"I32", 4},    {"U32", 4},     {"F32", 4},
-      {"F64", 8},  {"I64", 8}, {"U64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
+      {"I16", 2},  {"U16", 2}, {"F16", 2}, {"BF16", 2},    {"I32", 4},
+      {"U32", 4},  {"F32", 4}, {"F64", 8}, {"I64", 8},     {"U64", 8}};
   auto it = sizes.find(dtype);
   return it == sizes.end() ? 0 : it->second;
 }
@@ -74,9 +74,8 @@ std::string SafetensorsWriter::header_json() const {
   }
   uint64_t offset = 0;
   for (const Entry& e : entries_) {
-    header[e.name] = {{"dtype", "F32"},
-                      {"shape", e.shape},
-                      {"data_offsets", {offset, offset + e.bytes}}};
+    header[e.name] = {
+        {"dtype", "F32"}, {"shape", e.shape}, {"data_offsets", {offset, offset + e.bytes}}};
     offset += e.bytes;
   }
   std::string text = header.dump();
@@ -89,7 +88,7 @@ FileDigest SafetensorsWriter::write(const fs::path& path) const {
   const std::string header = header_json();
   const uint64_t header_len = header.size();
   std::unique_ptr<XXH64_state_t, decltype(&XXH64_freeState)> hash(XXH64_createState(),
-                                                                   &XXH64_freeState);
+                                                                  &XXH64_freeState);
   XXH64_reset(hash.get(), 0);
   FileDigest digest;
   AtomicFile out(path);
@@ -130,8 +129,7 @@ SafetensorsFile::Tensor parse_entry(const std::string& what, const std::string& 
                                     const Json& j) {
   const std::string where = fmt::format("{}: tensor '{}'", what, name);
   LOOM_REQUIRE(j.is_object(), "{}: entry is not a JSON object", where);
-  LOOM_REQUIRE(j.contains("dtype") && j["dtype"].is_string(), "{}: missing string 'dtype'",
-               where);
+  LOOM_REQUIRE(j.contains("dtype") && j["dtype"].is_string(), "{}: missing string 'dtype'", where);
   LOOM_REQUIRE(j.contains("shape") && j["shape"].is_array(), "{}: missing array 'shape'", where);
   LOOM_REQUIRE(j.contains("data_offsets") && j["data_offsets"].is_array() &&
                    j["data_offsets"].size() == 2 && j["data_offsets"][0].is_number_unsigned() &&
@@ -148,18 +146,18 @@ SafetensorsFile::Tensor parse_entry(const std::string& what, const std::string& 
     LOOM_REQUIRE(d.is_number_unsigned(), "{}: shape {} has a non-integer or negative dim", where,
                  j["shape"].dump());
     const uint64_t dim = d.get<uint64_t>();
-    LOOM_REQUIRE(dim == 0 || bytes <= (uint64_t{1} << 62) / dim, "{}: shape {} is too large",
-                 where, j["shape"].dump());
+    LOOM_REQUIRE(dim == 0 || bytes <= (uint64_t{1} << 62) / dim, "{}: shape {} is too large", where,
+                 j["shape"].dump());
     bytes *= dim;
     t.shape.push_back(int64_t(dim));
   }
   t.begin = j["data_offsets"][0].get<uint64_t>();
   t.end = j["data_offsets"][1].get<uint64_t>();
-  LOOM_REQUIRE(t.begin <= t.end, "{}: data_offsets [{}, {}] end before they begin", where,
-               t.begin, t.end);
+  LOOM_REQUIRE(t.begin <= t.end, "{}: data_offsets [{}, {}] end before they begin", where, t.begin,
+               t.end);
   LOOM_REQUIRE(t.end - t.begin == bytes,
-               "{}: data_offsets [{}, {}] span {} bytes but dtype {} with shape {} needs {}",
-               where, t.begin, t.end, t.end - t.begin, t.dtype, shape_str(t.shape), bytes);
+               "{}: data_offsets [{}, {}] span {} bytes but dtype {} with shape {} needs {}", where,
+               t.begin, t.end, t.end - t.begin, t.dtype, shape_str(t.shape), bytes);
   return t;
 }
 
@@ -183,8 +181,8 @@ void SafetensorsFile::parse() {
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes.data(), kHeaderLenBytes);
   LOOM_REQUIRE(header_len <= bytes.size() - kHeaderLenBytes,
-               "{}: header length {} is larger than the {} bytes after it (truncated file?)",
-               what, header_len, bytes.size() - kHeaderLenBytes);
+               "{}: header length {} is larger than the {} bytes after it (truncated file?)", what,
+               header_len, bytes.size() - kHeaderLenBytes);
   data_start_ = kHeaderLenBytes + header_len;
   const char* text = reinterpret_cast<const char*>(bytes.data() + kHeaderLenBytes);
   Json header;
@@ -213,8 +211,8 @@ void SafetensorsFile::parse() {
                  "{}: tensor '{}' data_offsets [{}, {}] run past the {}-byte data section "
                  "(truncated file?)",
                  what, t.name, t.begin, t.end, data_size);
-    LOOM_REQUIRE(t.begin >= cursor, "{}: tensor '{}' [{}, {}] overlaps tensor '{}' [{}, {}]",
-                 what, t.name, t.begin, t.end, tensors_[i - 1].name, tensors_[i - 1].begin,
+    LOOM_REQUIRE(t.begin >= cursor, "{}: tensor '{}' [{}, {}] overlaps tensor '{}' [{}, {}]", what,
+                 t.name, t.begin, t.end, tensors_[i - 1].name, tensors_[i - 1].begin,
                  tensors_[i - 1].end);
     LOOM_REQUIRE(t.begin == cursor, "{}: {} unused bytes before tensor '{}' at data offset {}",
                  what, t.begin - cursor, t.name, cursor);
@@ -235,8 +233,8 @@ std::vector<std::string> SafetensorsFile::names() const {
 
 const SafetensorsFile::Tensor& SafetensorsFile::tensor(const std::string& name) const {
   auto it = index_.find(name);
-  LOOM_REQUIRE(it != index_.end(), "safetensors file '{}': no tensor named '{}'",
-               path().string(), name);
+  LOOM_REQUIRE(it != index_.end(), "safetensors file '{}': no tensor named '{}'", path().string(),
+               name);
   return tensors_[it->second];
 }
 
@@ -250,10 +248,10 @@ void SafetensorsFile::read(const std::string& name, float* dst,
   const Tensor& t = tensor(name);
   LOOM_REQUIRE(t.dtype == "F32", "safetensors file '{}': tensor '{}' has dtype {}; loom reads F32",
                path().string(), name, t.dtype);
-  LOOM_REQUIRE(std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(),
-                          expected_shape.end()),
-               "safetensors file '{}': tensor '{}' has shape {} but {} was expected",
-               path().string(), name, shape_str(t.shape), shape_str(expected_shape));
+  LOOM_REQUIRE(
+      std::equal(t.shape.begin(), t.shape.end(), expected_shape.begin(), expected_shape.end()),
+      "safetensors file '{}': tensor '{}' has shape {} but {} was expected", path().string(), name,
+      shape_str(t.shape), shape_str(expected_shape));
   std::span<const uint8_t> src = data(name);
   if (!src.empty()) std::memcpy(dst, src.data(), src.size());
 }

@@ -15,6 +15,11 @@ namespace loom::cli {
 
 namespace {
 
+// Parameters without wte's padding rows (Vp - V of them).
+size_t real_params(const GptConfig& cfg, size_t flat) {
+  return flat - size_t(cfg.padded_vocab() - cfg.vocab_size) * size_t(cfg.n_embd);
+}
+
 struct ExportOptions {
   std::string ckpt;
   std::string format;
@@ -35,8 +40,8 @@ int run_export(const ExportOptions& o) {
   }
   fmt::print("wrote {} ({}, {} parameters, L={} NH={} C={} V={} maxT={}) from {} (step {})\n",
              o.out, o.format == "safetensors" ? "HF GPT-2 safetensors" : "llm.c model file v3",
-             weights.size(), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.block_size,
-             dir.string(), manifest.step);
+             real_params(cfg, weights.size()), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size,
+             cfg.block_size, dir.string(), manifest.step);
   return 0;
 }
 
@@ -44,8 +49,9 @@ int run_export(const ExportOptions& o) {
 
 RunFn setup_export(CLI::App& sub) {
   auto o = std::make_shared<ExportOptions>();
-  sub.add_option("--ckpt", o->ckpt, "run directory (newest valid checkpoint) or checkpoint "
-                                    "directory")
+  sub.add_option("--ckpt", o->ckpt,
+                 "run directory (newest valid checkpoint) or checkpoint "
+                 "directory")
       ->required();
   sub.add_option("--format", o->format, "safetensors (HF GPT-2 names) or llmc (llm.c model file)")
       ->required()

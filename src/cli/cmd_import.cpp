@@ -17,6 +17,11 @@ namespace loom::cli {
 
 namespace {
 
+// Parameters without wte's padding rows (Vp - V of them).
+size_t real_params(const GptConfig& cfg, size_t flat) {
+  return flat - size_t(cfg.padded_vocab() - cfg.vocab_size) * size_t(cfg.n_embd);
+}
+
 struct ImportOptions {
   std::string format;
   std::string in;
@@ -30,11 +35,10 @@ int run_import(const ImportOptions& o) {
   // different model from the run's history: refuse rather than guess.
   LOOM_REQUIRE(!fs::exists(fs::path(o.out) / "checkpoints"),
                "'{}' already has checkpoints; import into a new run directory", o.out);
-  ImportedModel model = o.format == "safetensors"
-                            ? import_hf_safetensors(o.in, o.n_head > 0
-                                                              ? std::optional<int>(o.n_head)
-                                                              : std::nullopt)
-                            : import_llmc(o.in);
+  ImportedModel model =
+      o.format == "safetensors"
+          ? import_hf_safetensors(o.in, o.n_head > 0 ? std::optional<int>(o.n_head) : std::nullopt)
+          : import_llmc(o.in);
   const GptConfig& cfg = model.config;
   if (o.format == "llmc" && o.n_head > 0)
     LOOM_REQUIRE(o.n_head == cfg.n_head, "--n-head {} contradicts the llm.c header's n_head={}",
@@ -46,7 +50,7 @@ int run_import(const ImportOptions& o) {
       save_checkpoint(o.out, specs, model.weights.data(), nullptr, nullptr, state, 0);
   fmt::print("imported {} ({}): L={} NH={} C={} V={} maxT={}, {} parameters\n", o.in, o.format,
              cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.block_size,
-             model.weights.size());
+             real_params(cfg, model.weights.size()));
   fmt::print("wrote {}\n", dir.string());
   return 0;
 }

@@ -1,4 +1,5 @@
 // loom train --config FILE.toml [--set section.key=value ...] [--resume auto|DIR]
+#include <fmt/core.h>
 #include <omp.h>
 
 #include <filesystem>

@@ -41,11 +41,11 @@ double decimal_double(float x) {
 }
 
 struct AdamScalars {
-  float decay;           // 1 - lr * wd
+  float decay;  // 1 - lr * wd
   float beta1, beta2;
   float one_minus_beta1, one_minus_beta2;
-  float bc2_sqrt;        // sqrt(1 - beta2^t)
-  float neg_step_size;   // -lr / (1 - beta1^t)
+  float bc2_sqrt;       // sqrt(1 - beta2^t)
+  float neg_step_size;  // -lr / (1 - beta1^t)
   float eps;
   float grad_scale;
 };
@@ -72,7 +72,8 @@ void adamw_range(float* p, const float* g, float* m, float* v, size_t i0, size_t
   if (i == i1) return;
   float tp[8] = {}, tg[8] = {}, tm[8] = {}, tv[8] = {};
   const size_t r = i1 - i;
-  for (size_t j = 0; j < r; ++j) tp[j] = p[i + j], tg[j] = g[i + j], tm[j] = m[i + j], tv[j] = v[i + j];
+  for (size_t j = 0; j < r; ++j)
+    tp[j] = p[i + j], tg[j] = g[i + j], tm[j] = m[i + j], tv[j] = v[i + j];
   adamw8(tp, tg, tm, tv, s);
   for (size_t j = 0; j < r; ++j) p[i + j] = tp[j], m[i + j] = tm[j], v[i + j] = tv[j];
 }

@@ -22,12 +22,12 @@ constexpr int kRowBlock = 64;
 // Strided views of one (b, h) pair.
 struct HeadView {
   int T, HS;
-  int ld_qkv;        // row stride of qkv / dqkv: 3C
-  int ld_out;        // row stride of out / dout: C
-  const float* q;    // (T,HS) stride ld_qkv
-  const float* k;    // (T,HS) stride ld_qkv
-  const float* v;    // (T,HS) stride ld_qkv
-  float scale;       // 1/sqrt(HS)
+  int ld_qkv;      // row stride of qkv / dqkv: 3C
+  int ld_out;      // row stride of out / dout: C
+  const float* q;  // (T,HS) stride ld_qkv
+  const float* k;  // (T,HS) stride ld_qkv
+  const float* v;  // (T,HS) stride ld_qkv
+  float scale;     // 1/sqrt(HS)
 };
 
 HeadView head_view(const float* qkv, int b, int h, int T, int C, int NH) {
@@ -53,13 +53,12 @@ void head_forward(float* out, float* att, const HeadView& hv) {
     float* att_blk = att + static_cast<size_t>(r0) * T;  // (r1-r0, T)
     // att[r0:r1, 0:r1] = scale * q[r0:r1] @ k[0:r1]^T
     detail::gemm_in_thread(false, true, r1 - r0, r1, hv.HS, hv.scale,
-                           hv.q + static_cast<size_t>(r0) * hv.ld_qkv, hv.ld_qkv, hv.k,
-                           hv.ld_qkv, 0.0f, att_blk, T);
+                           hv.q + static_cast<size_t>(r0) * hv.ld_qkv, hv.ld_qkv, hv.k, hv.ld_qkv,
+                           0.0f, att_blk, T);
     for (int t = r0; t < r1; ++t) softmax_causal_row(att + static_cast<size_t>(t) * T, t + 1, T);
     // out[r0:r1] = att[r0:r1, 0:r1] @ v[0:r1]
-    detail::gemm_in_thread(false, false, r1 - r0, hv.HS, r1, 1.0f, att_blk, T, hv.v,
-                           hv.ld_qkv, 0.0f, out + static_cast<size_t>(r0) * hv.ld_out,
-                           hv.ld_out);
+    detail::gemm_in_thread(false, false, r1 - r0, hv.HS, r1, 1.0f, att_blk, T, hv.v, hv.ld_qkv,
+                           0.0f, out + static_cast<size_t>(r0) * hv.ld_out, hv.ld_out);
   }
 }
 
@@ -81,9 +80,8 @@ void head_backward(float* dq, float* dk, float* dv, float* dpre, const float* do
     const int r1 = std::min(T, r0 + kRowBlock);
     float* dpre_blk = dpre + static_cast<size_t>(r0) * T;  // (r1-r0, T)
     // datt[r0:r1, 0:r1] = dout[r0:r1] @ v[0:r1]^T
-    detail::gemm_in_thread(false, true, r1 - r0, r1, HS, 1.0f,
-                           dout + static_cast<size_t>(r0) * ldo, ldo, hv.v, ldq, 0.0f,
-                           dpre_blk, T);
+    detail::gemm_in_thread(false, true, r1 - r0, r1, HS, 1.0f, dout + static_cast<size_t>(r0) * ldo,
+                           ldo, hv.v, ldq, 0.0f, dpre_blk, T);
     for (int t = r0; t < r1; ++t) {
       const size_t off = static_cast<size_t>(t) * T;
       softmax_backward_row(dpre + off, att + off, t + 1, r1, hv.scale);
@@ -137,7 +135,7 @@ void attention_backward(float* dqkv, float* scratch, const float* dout, const fl
   for (int bh = 0; bh < B * NH; ++bh) {
     const int b = bh / NH, h = bh % NH;
     const size_t head_off = static_cast<size_t>(h) * HS;
-    float* dq = dqkv + static_cast<size_t>(b) * T * 3 * C + head_off;  // (T,HS) stride 3C
+    float* dq = dqkv + static_cast<size_t>(b) * T * 3 * C + head_off;         // (T,HS) stride 3C
     const float* dout_bh = dout + static_cast<size_t>(b) * T * C + head_off;  // stride C
     const size_t tt_off = static_cast<size_t>(bh) * T * T;
     head_backward(dq, dq + C, dq + 2 * C, scratch + tt_off, dout_bh, att + tt_off,

@@ -12,8 +12,8 @@ namespace {
 void check_targets(const char* what, const int32_t* targets, int N, int V, int Vp) {
   LOOM_CHECK(N >= 0 && V > 0 && Vp >= V, "{}: bad sizes N={} V={} Vp={}", what, N, V, Vp);
   for (int n = 0; n < N; ++n)
-    LOOM_CHECK(targets[n] >= 0 && targets[n] < V, "{}: target {} at row {} outside [0, {})",
-               what, targets[n], n, V);
+    LOOM_CHECK(targets[n] >= 0 && targets[n] < V, "{}: target {} at row {} outside [0, {})", what,
+               targets[n], n, V);
 }
 
 // One row: returns the loss, overwrites row (Vp) with dloss * (softmax - onehot(target))
@@ -33,8 +33,8 @@ float crossentropy_fused_row(float* row, int target, int V, int Vp, float dloss)
 
 }  // namespace
 
-void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int N,
-                          int V, int Vp) {
+void crossentropy_forward(float* losses, const float* logits, const int32_t* targets, int N, int V,
+                          int Vp) {
   check_targets("crossentropy_forward", targets, N, V, Vp);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
@@ -45,8 +45,8 @@ void crossentropy_forward(float* losses, const float* logits, const int32_t* tar
   }
 }
 
-void crossentropy_fused(float* losses, float* logits, const int32_t* targets, int N, int V,
-                        int Vp, float dloss) {
+void crossentropy_fused(float* losses, float* logits, const int32_t* targets, int N, int V, int Vp,
+                        float dloss) {
   check_targets("crossentropy_fused", targets, N, V, Vp);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {

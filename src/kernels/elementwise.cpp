@@ -40,7 +40,8 @@ inline f32x8 gelu_grad8(f32x8 x) {
 template <class F>
 void map8(float* out, const float* a, const float* b, size_t i0, size_t i1, F f) {
   size_t i = i0;
-  for (; i + 8 <= i1; i += 8) detail::store8(out + i, f(detail::load8(a + i), detail::load8(b + i)));
+  for (; i + 8 <= i1; i += 8)
+    detail::store8(out + i, f(detail::load8(a + i), detail::load8(b + i)));
   if (i == i1) return;
   float ta[8] = {}, tb[8] = {}, to[8];
   for (size_t j = i; j < i1; ++j) ta[j - i] = a[j], tb[j - i] = b[j];
@@ -89,8 +90,7 @@ double sum_squares(const float* x, size_t n) {
     double acc[detail::kLanes] = {};
     size_t i = i0;
     for (; i + detail::kLanes <= i1; i += detail::kLanes)
-      for (int j = 0; j < detail::kLanes; ++j)
-        acc[j] += static_cast<double>(x[i + j]) * x[i + j];
+      for (int j = 0; j < detail::kLanes; ++j) acc[j] += static_cast<double>(x[i + j]) * x[i + j];
     for (int j = 0; i < i1; ++i, ++j) acc[j] += static_cast<double>(x[i]) * x[i];
     double s = 0.0;
     for (int j = 0; j < detail::kLanes; ++j) s += acc[j];

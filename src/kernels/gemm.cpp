@@ -19,21 +19,18 @@ namespace {
 // The one piece of process-wide state the kernels keep.
 std::atomic<GemmBackend> g_default_backend{GemmBackend::kOneDnn};
 
-void gemm_onednn(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                 const float* A, int lda, const float* B, int ldb, float beta, float* C,
-                 int ldc) {
-  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A,
-                                lda, B, ldb, beta, C, ldc);
+void gemm_onednn(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                 int lda, const float* B, int ldb, float beta, float* C, int ldc) {
+  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
+                                ldb, beta, C, ldc);
   LOOM_CHECK(st == dnnl_success, "dnnl_sgemm failed with status {} (M={} N={} K={})",
              static_cast<int>(st), M, N, K);
 }
 
-void gemm_openblas(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                   const float* A, int lda, const float* B, int ldb, float beta, float* C,
-                   int ldc) {
+void gemm_openblas(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                   int lda, const float* B, int ldb, float beta, float* C, int ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
-              ldc);
+              trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 // C (M,N) = beta * C, with beta == 0 writing zeros (BLAS semantics: C is not read).
@@ -44,16 +41,15 @@ void scale_c(int M, int N, float beta, float* C, int ldc) {
   }
 }
 
-void check_gemm_args(bool trans_a, bool trans_b, int M, int N, int K, int lda, int ldb,
-                     int ldc) {
+void check_gemm_args(bool trans_a, bool trans_b, int M, int N, int K, int lda, int ldb, int ldc) {
   LOOM_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm: negative size M={} N={} K={}", M, N, K);
   // Row-major: op(A) is (M,K), so A is stored (K,M) when transposed, (M,K) otherwise.
   int a_cols = trans_a ? M : K;
   int b_cols = trans_b ? K : N;
-  LOOM_CHECK(lda >= std::max(1, a_cols), "gemm: lda={} < {} (trans_a={} M={} K={})", lda,
-             a_cols, trans_a, M, K);
-  LOOM_CHECK(ldb >= std::max(1, b_cols), "gemm: ldb={} < {} (trans_b={} K={} N={})", ldb,
-             b_cols, trans_b, K, N);
+  LOOM_CHECK(lda >= std::max(1, a_cols), "gemm: lda={} < {} (trans_a={} M={} K={})", lda, a_cols,
+             trans_a, M, K);
+  LOOM_CHECK(ldb >= std::max(1, b_cols), "gemm: ldb={} < {} (trans_b={} K={} N={})", ldb, b_cols,
+             trans_b, K, N);
   LOOM_CHECK(ldc >= std::max(1, N), "gemm: ldc={} < N={}", ldc, N);
 }
 
@@ -95,25 +91,23 @@ void gemm(GemmBackend backend, bool trans_a, bool trans_b, int M, int N, int K, 
   }
 }
 
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
-          int lda, const float* B, int ldb, float beta, float* C, int ldc) {
-  gemm(default_gemm_backend(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C,
-       ldc);
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
+          const float* B, int ldb, float beta, float* C, int ldc) {
+  gemm(default_gemm_backend(), trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 namespace detail {
 
-void gemm_in_thread(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                    const float* A, int lda, const float* B, int ldb, float beta, float* C,
-                    int ldc) {
+void gemm_in_thread(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                    int lda, const float* B, int ldb, float beta, float* C, int ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
   // Errors cannot be thrown out of a parallel region; the callers pass checked sizes.
-  dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta,
-             C, ldc);
+  dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C,
+             ldc);
 }
 
 }  // namespace detail

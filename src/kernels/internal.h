@@ -1,16 +1,16 @@
 // Helpers shared by the kernel implementations (not part of the public API).
 //
 // The build uses IEEE arithmetic (no -ffast-math), so the compiler may not reorder a plain
-// `s += x[i]` reduction and leaves it scalar. The helpers below spell the vector lanes out
-// (kLanes interleaved partial sums, then the lanes summed in order): the compiler
-// vectorises them, and the order of operations is fixed, so results are reproducible.
+// `s += x[i]` reduction and leaves it scalar. The reductions below keep 16 interleaved
+// partial sums in two 8-float vectors and add the lanes in order at the end: they run at
+// SIMD speed, and the order of operations is fixed, so results are reproducible.
 #pragma once
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cmath>
 #include <cstring>
 
 #if defined(__AVX__)
@@ -19,6 +19,7 @@
 
 // The vector types are passed by value only between inline functions; without AVX GCC
 // warns that such an ABI would differ, which does not matter here.
+#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace loom::kernels::detail {
@@ -27,8 +28,8 @@ inline constexpr int kLanes = 16;
 
 // Eight floats as one value (GCC/Clang vector extension): element-wise arithmetic and
 // comparisons compile to SIMD instructions (AVX on this machine, pairs of SSE without it).
-// Used where the auto-vectoriser gives up on a clamp (it will not if-convert a float
-// comparison under -ftrapping-math).
+// Written out because the auto-vectoriser gives up on these loops: it will not reorder
+// float sums, and will not if-convert a float comparison under -ftrapping-math.
 using f32x8 = float __attribute__((vector_size(32)));
 using i32x8 = int32_t __attribute__((vector_size(32)));
 
@@ -90,98 +91,119 @@ inline f32x8 exp8(f32x8 x) {
   return p * std::bit_cast<f32x8>(e);
 }
 
-// Scalar exp for loop tails: the same arithmetic as exp8.
-inline float exp_approx(float x) {
-  f32x8 v = {x};
-  return exp8(v)[0];
+// Sixteen floats as two vectors: the unit of the reductions below.
+struct Block16 {
+  f32x8 lo, hi;
+};
+
+// The 16 floats at p, or the first `count` < 16 of them followed by `pad`.
+inline Block16 load16(const float* p, size_t count, float pad = 0.0f) {
+  if (count == 16) return {load8(p), load8(p + 8)};
+  float t[16];
+  for (size_t j = 0; j < 16; ++j) t[j] = j < count ? p[j] : pad;
+  return {load8(t), load8(t + 8)};
 }
+
+// Stores the first `count` lanes of b at p.
+inline void store16(float* p, size_t count, const Block16& b) {
+  if (count == 16) {
+    store8(p, b.lo);
+    store8(p + 8, b.hi);
+    return;
+  }
+  float t[16];
+  store8(t, b.lo);
+  store8(t + 8, b.hi);
+  for (size_t j = 0; j < count; ++j) p[j] = t[j];
+}
+
+// Calls f(i, count) for the blocks of 16 covering [0, n): count is 16 except for a ragged
+// last block. Loads and stores through load16/store16 handle both.
+template <class F>
+inline void for_each16(size_t n, F&& f) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) f(i, size_t{16});
+  if (i < n) f(i, n - i);
+}
+
+// Sixteen partial sums; total() adds them in lane order.
+struct Acc16 {
+  f32x8 lo = {}, hi = {};
+  void add(const Block16& b) {
+    lo += b.lo;
+    hi += b.hi;
+  }
+  float total() const {
+    float s = 0.0f;
+    for (int j = 0; j < 8; ++j) s += lo[j];
+    for (int j = 0; j < 8; ++j) s += hi[j];
+    return s;
+  }
+};
+
+inline Block16 operator*(const Block16& a, const Block16& b) { return {a.lo * b.lo, a.hi * b.hi}; }
 
 // sum x[0..n).
 inline float sum_lanes(const float* x, size_t n) {
-  float acc[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j];
-  for (int j = 0; i < n; ++i, ++j) acc[j] += x[i];
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
+  Acc16 acc;
+  for_each16(n, [&](size_t i, size_t c) { acc.add(load16(x + i, c)); });
+  return acc.total();
 }
 
 // sum a[i] * b[i].
 inline float dot_lanes(const float* a, const float* b, size_t n) {
-  float acc[kLanes] = {};
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
-  for (int j = 0; i < n; ++i, ++j) acc[j] += a[i] * b[i];
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
+  Acc16 acc;
+  for_each16(n, [&](size_t i, size_t c) { acc.add(load16(a + i, c) * load16(b + i, c)); });
+  return acc.total();
 }
 
 // max x[0..n), n >= 1.
 inline float max_lanes(const float* x, size_t n) {
-  float acc[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = x[0];
-  size_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] = std::max(acc[j], x[i + j]);
-  for (int j = 0; i < n; ++i, ++j) acc[j] = std::max(acc[j], x[i]);
-  float m = acc[0];
-  for (int j = 1; j < kLanes; ++j) m = std::max(m, acc[j]);
+  f32x8 lo = f32x8{} + x[0], hi = lo;
+  for_each16(n, [&](size_t i, size_t c) {
+    Block16 b = load16(x + i, c, x[0]);
+    lo = b.lo > lo ? b.lo : lo;
+    hi = b.hi > hi ? b.hi : hi;
+  });
+  float m = lo[0];
+  for (int j = 0; j < 8; ++j) m = std::max(m, std::max(lo[j], hi[j]));
   return m;
 }
 
-// y[i] = exp(x[i] - shift); returns sum of y (16 lanes, then in order). y may alias x.
+// exp(b - shift) lane-wise, with lanes >= count set to 0.
+inline Block16 exp_shift16(const Block16& b, float shift, size_t count) {
+  Block16 e{exp8(b.lo - shift), exp8(b.hi - shift)};
+  for (size_t j = count; j < 16; ++j) (j < 8 ? e.lo[j] : e.hi[j - 8]) = 0.0f;
+  return e;
+}
+
+// y[i] = exp(x[i] - shift); returns sum of y. y may alias x.
 inline float exp_shift_sum(float* y, const float* x, size_t n, float shift) {
-  f32x8 acc0 = {}, acc1 = {};
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    f32x8 e0 = exp8(load8(x + i) - shift);
-    f32x8 e1 = exp8(load8(x + i + 8) - shift);
-    store8(y + i, e0);
-    store8(y + i + 8, e1);
-    acc0 += e0;
-    acc1 += e1;
-  }
-  float acc[kLanes];
-  std::memcpy(acc, &acc0, sizeof acc0);
-  std::memcpy(acc + 8, &acc1, sizeof acc1);
-  for (int j = 0; i < n; ++i, ++j) {
-    y[i] = exp_approx(x[i] - shift);
-    acc[j] += y[i];
-  }
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
+  Acc16 acc;
+  for_each16(n, [&](size_t i, size_t c) {
+    Block16 e = exp_shift16(load16(x + i, c), shift, c);
+    store16(y + i, c, e);
+    acc.add(e);
+  });
+  return acc.total();
 }
 
 // sum exp(x[i] - shift), as exp_shift_sum but without storing the exps.
 inline float sum_exp_shift(const float* x, size_t n, float shift) {
-  f32x8 acc0 = {}, acc1 = {};
-  size_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    acc0 += exp8(load8(x + i) - shift);
-    acc1 += exp8(load8(x + i + 8) - shift);
-  }
-  float acc[kLanes];
-  std::memcpy(acc, &acc0, sizeof acc0);
-  std::memcpy(acc + 8, &acc1, sizeof acc1);
-  for (int j = 0; i < n; ++i, ++j) acc[j] += exp_approx(x[i] - shift);
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s;
+  Acc16 acc;
+  for_each16(n, [&](size_t i, size_t c) { acc.add(exp_shift16(load16(x + i, c), shift, c)); });
+  return acc.total();
 }
 
 // Single-threaded oneDNN sgemm (row-major, same arguments as kernels::gemm) for use inside
 // an OpenMP parallel region: oneDNN's OpenMP runtime runs one thread there, and it does
 // not start threads of its own as OpenBLAS's pthread build would. No argument checks.
-void gemm_in_thread(bool trans_a, bool trans_b, int M, int N, int K, float alpha,
-                    const float* A, int lda, const float* B, int ldb, float beta, float* C,
-                    int ldc);
+void gemm_in_thread(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
+                    int lda, const float* B, int ldb, float beta, float* C, int ldc);
 
 // Number of blocks of `block` elements covering n.
 inline size_t ceil_div(size_t n, size_t block) { return (n + block - 1) / block; }
 
 }  // namespace loom::kernels::detail
+
+#pragma GCC diagnostic pop

@@ -94,7 +94,9 @@ void crossentropy_fused(float* losses, float* logits, const int32_t* targets, in
 // For i in [0,n): p *= (1 - lr*wd); m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
 // p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), with g = grad[i] * grad_scale.
 // `t` is the 1-based step count. The operation order matches PyTorch 1.13's
-// _single_tensor_adamw so results agree to fp32 round-off.
+// _single_tensor_adamw so results agree to fp32 round-off. (lr, beta1, beta2 and weight_decay
+// are read as the double of their shortest decimal spelling, 0.9f -> 0.9, as Python holds
+// them; with such values the update is bitwise torch's, fused multiply-adds included.)
 void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int t,
                   float grad_scale);

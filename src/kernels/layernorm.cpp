@@ -11,45 +11,37 @@ namespace {
 constexpr float kEps = 1e-5f;
 constexpr int kChannelBlock = 64;
 
-// sum (x[i] - mean)^2 in kLanes lanes.
+using detail::Acc16;
+using detail::Block16;
+
+// sum (x[i] - mean)^2.
 float sum_sq_dev(const float* x, int C, float mean) {
-  float acc[detail::kLanes] = {};
-  int i = 0;
-  for (; i + detail::kLanes <= C; i += detail::kLanes)
-    for (int j = 0; j < detail::kLanes; ++j) {
-      float d = x[i + j] - mean;
-      acc[j] += d * d;
-    }
-  for (int j = 0; i < C; ++i, ++j) {
-    float d = x[i] - mean;
-    acc[j] += d * d;
-  }
-  float s = 0.0f;
-  for (int j = 0; j < detail::kLanes; ++j) s += acc[j];
-  return s;
+  Acc16 acc;
+  detail::for_each16(C, [&](size_t i, size_t c) {
+    // Padding with the mean makes the missing lanes contribute exactly 0.
+    Block16 d = detail::load16(x + i, c, mean);
+    d.lo -= mean;
+    d.hi -= mean;
+    acc.add(d * d);
+  });
+  return acc.total();
 }
 
 // One row's dinp: dinp += (w*dout - mean(w*dout) - norm * mean(w*dout*norm)) * rstd,
 // norm = (x - mean) * rstd.
 void layernorm_backward_row(float* dinp, const float* dout, const float* x, const float* w,
                             float mean, float rstd, int C) {
-  float acc_d[detail::kLanes] = {}, acc_dn[detail::kLanes] = {};
-  int i = 0;
-  for (; i + detail::kLanes <= C; i += detail::kLanes)
-    for (int j = 0; j < detail::kLanes; ++j) {
-      float dnorm = w[i + j] * dout[i + j];
-      acc_d[j] += dnorm;
-      acc_dn[j] += dnorm * ((x[i + j] - mean) * rstd);
-    }
-  for (int j = 0; i < C; ++i, ++j) {
-    float dnorm = w[i] * dout[i];
-    acc_d[j] += dnorm;
-    acc_dn[j] += dnorm * ((x[i] - mean) * rstd);
-  }
-  float sum_d = 0.0f, sum_dn = 0.0f;
-  for (int j = 0; j < detail::kLanes; ++j) sum_d += acc_d[j], sum_dn += acc_dn[j];
-  const float dnorm_mean = sum_d / C;
-  const float dnorm_norm_mean = sum_dn / C;
+  Acc16 acc_d, acc_dn;
+  detail::for_each16(C, [&](size_t i, size_t c) {
+    Block16 dnorm = detail::load16(w + i, c) * detail::load16(dout + i, c);
+    Block16 norm = detail::load16(x + i, c, mean);
+    norm.lo = (norm.lo - mean) * rstd;
+    norm.hi = (norm.hi - mean) * rstd;
+    acc_d.add(dnorm);
+    acc_dn.add(dnorm * norm);
+  });
+  const float dnorm_mean = acc_d.total() / C;
+  const float dnorm_norm_mean = acc_dn.total() / C;
   for (int c = 0; c < C; ++c) {
     float norm = (x[c] - mean) * rstd;
     dinp[c] += (w[c] * dout[c] - dnorm_mean - norm * dnorm_norm_mean) * rstd;
@@ -59,8 +51,7 @@ void layernorm_backward_row(float* dinp, const float* dout, const float* x, cons
 // dweight[c] += sum_n dout[n,c] * norm[n,c], dbias[c] += sum_n dout[n,c] for c in
 // [c0, c1), rows summed in order in double.
 void layernorm_param_grads(float* dweight, float* dbias, const float* dout, const float* inp,
-                           const float* mean, const float* rstd, int N, int C, int c0,
-                           int c1) {
+                           const float* mean, const float* rstd, int N, int C, int c0, int c1) {
   double acc_w[kChannelBlock] = {}, acc_b[kChannelBlock] = {};
   const int width = c1 - c0;
   for (int n = 0; n < N; ++n) {
@@ -80,8 +71,8 @@ void layernorm_param_grads(float* dweight, float* dbias, const float* dout, cons
 
 }  // namespace
 
-void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                       const float* weight, const float* bias, int N, int C) {
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* weight,
+                       const float* bias, int N, int C) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const float* x = inp + static_cast<size_t>(n) * C;  // (C)
@@ -99,8 +90,8 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
 // second pass that gives each thread a block of channels, so they are summed in row order
 // whatever the thread count.
 void layernorm_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                        const float* inp, const float* weight, const float* mean,
-                        const float* rstd, int N, int C) {
+                        const float* inp, const float* weight, const float* mean, const float* rstd,
+                        int N, int C) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const size_t off = static_cast<size_t>(n) * C;

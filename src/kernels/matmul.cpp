@@ -26,8 +26,8 @@ void bias_grad_block(float* dbias, const float* dout, int N, int OC, int o0, int
 
 // With a bias, out's rows start as the bias and the GEMM adds the product (beta = 1), as
 // torch.addmm does; the fill is one parallel pass over out.
-void matmul_forward(float* out, const float* inp, const float* weight, const float* bias,
-                    int N, int C, int OC) {
+void matmul_forward(float* out, const float* inp, const float* weight, const float* bias, int N,
+                    int C, int OC) {
   LOOM_CHECK(N >= 0 && C > 0 && OC > 0, "matmul_forward: bad sizes N={} C={} OC={}", N, C, OC);
   float beta = 0.0f;
   if (bias != nullptr) {
@@ -40,10 +40,9 @@ void matmul_forward(float* out, const float* inp, const float* weight, const flo
   gemm(false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
 }
 
-void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout,
-                     const float* inp, const float* weight, int N, int C, int OC) {
-  LOOM_CHECK(N >= 0 && C > 0 && OC > 0, "matmul_backward: bad sizes N={} C={} OC={}", N, C,
-             OC);
+void matmul_backward(float* dinp, float* dweight, float* dbias, const float* dout, const float* inp,
+                     const float* weight, int N, int C, int OC) {
+  LOOM_CHECK(N >= 0 && C > 0 && OC > 0, "matmul_backward: bad sizes N={} C={} OC={}", N, C, OC);
   // dinp (N,C) = dout (N,OC) @ weight (OC,C)
   if (dinp != nullptr) gemm(false, false, N, C, OC, 1.0f, dout, OC, weight, C, 0.0f, dinp, C);
   // dweight (OC,C) += dout^T (OC,N) @ inp (N,C)

@@ -244,6 +244,8 @@ TEST(Checkpoint, KeepLastPrunesOldest) {
   TempDir tmp;
   TrainedTiny t;
   const fs::path run = tmp / "run";
+  // An interrupted save older than the next one: cleaned up by it.
+  fs::create_directories(run / "checkpoints" / "step_00000005.tmp");
   for (int step = 1; step <= 5; ++step) t.save(run, 2, step * 10);
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(run / "checkpoints"))

@@ -87,8 +87,8 @@ TEST(Safetensors, ReadChecksShapeNameAndDtype) {
                      "'layer.a'", "has shape [2, 3] but [3, 2] was expected");
   EXPECT_INPUT_ERROR(f.read("nope", buf.data(), std::vector<int64_t>{1}), "no tensor named 'nope'");
 
-  write_raw(dir / "f16.safetensors",
-            R"({"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", 4);
+  write_raw(dir / "f16.safetensors", R"({"h":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})",
+            4);
   const SafetensorsFile g = SafetensorsFile::open(dir / "f16.safetensors");  // valid file
   EXPECT_INPUT_ERROR(g.read("h", buf.data(), std::vector<int64_t>{2}), "'h'", "dtype F16");
 }
@@ -126,8 +126,7 @@ TEST(Safetensors, RejectsBadJson) {
 
 TEST(Safetensors, RejectsUnknownDtype) {
   TempDir dir;
-  write_raw(dir / "d.safetensors", R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})",
-            4);
+  write_raw(dir / "d.safetensors", R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", 4);
   EXPECT_INPUT_ERROR(SafetensorsFile::open(dir / "d.safetensors"), "d.safetensors", "'a'",
                      "unknown dtype 'F33'");
 }

@@ -86,10 +86,10 @@ std::string input_error(F&& f) {
 }  // namespace loom::test
 
 // The message of an InputError thrown by `stmt` contains every one of the strings.
-#define EXPECT_INPUT_ERROR(stmt, ...)                                                   \
-  do {                                                                                  \
-    const std::string loom_msg_ = ::loom::test::input_error([&] { stmt; });             \
-    for (const std::string& loom_sub_ : std::vector<std::string>{__VA_ARGS__})          \
-      EXPECT_NE(loom_msg_.find(loom_sub_), std::string::npos)                           \
-          << "message lacks '" << loom_sub_ << "': " << loom_msg_;                      \
+#define EXPECT_INPUT_ERROR(stmt, ...)                                          \
+  do {                                                                         \
+    const std::string loom_msg_ = ::loom::test::input_error([&] { stmt; });    \
+    for (const std::string& loom_sub_ : std::vector<std::string>{__VA_ARGS__}) \
+      EXPECT_NE(loom_msg_.find(loom_sub_), std::string::npos)                  \
+          << "message lacks '" << loom_sub_ << "': " << loom_msg_;             \
   } while (0)

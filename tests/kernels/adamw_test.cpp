@@ -48,8 +48,8 @@ TEST(AdamW, MatchesDoublePrecisionFormula) {
     std::vector<double> p = to_double(s.p), m(kN, 0.0), v(kN, 0.0);
     for (int t = 1; t <= kSteps; ++t) {
       auto g = to_double(grads_for_step(t));
-      ref::adamw(p.data(), g.data(), m.data(), v.data(), kN, h.lr, h.beta1, h.beta2, h.eps, h.wd,
-                 t, h.grad_scale);
+      ref::adamw(p.data(), g.data(), m.data(), v.data(), kN, h.lr, h.beta1, h.beta2, h.eps, h.wd, t,
+                 h.grad_scale);
     }
     run_kernel(s, h, kSteps);
     // Parameters move by ~lr per step: compare the change against the reference change.
@@ -67,7 +67,8 @@ TEST(AdamW, MatchesDoublePrecisionFormula) {
     double mmax = 0.0, vmax = 0.0, merr = 0.0, verr = 0.0;
     for (size_t i = 0; i < kN; ++i) {
       mmax = std::max(mmax, std::abs(m[i])), vmax = std::max(vmax, std::abs(v[i]));
-      merr = std::max(merr, std::abs(s.m[i] - m[i])), verr = std::max(verr, std::abs(s.v[i] - v[i]));
+      merr = std::max(merr, std::abs(s.m[i] - m[i])),
+      verr = std::max(verr, std::abs(s.v[i] - v[i]));
     }
     EXPECT_LT(merr / mmax, kTol);
     EXPECT_LT(verr / vmax, kTol);
@@ -87,13 +88,13 @@ void torch_order_step(State& s, const std::vector<float>& g, const Hyper& h, int
   const float neg_step = f32(-(h.lr / bc1)), bc2_sqrt = f32(std::sqrt(bc2));
   for (size_t i = 0; i < kN; ++i) {
     const float gi = f32(double(g[i]) * f32(h.grad_scale));
-    const float p = f32(double(s.p[i]) * decay);                        // param.mul_
+    const float p = f32(double(s.p[i]) * decay);                           // param.mul_
     const float m = std::fma(gi, one_minus_b1, f32(double(s.m[i]) * b1));  // mul_, add_
     const float gb = f32(double(gi) * one_minus_b2);
-    const float v = std::fma(gb, gi, f32(double(s.v[i]) * b2));         // mul_, addcmul_
+    const float v = std::fma(gb, gi, f32(double(s.v[i]) * b2));  // mul_, addcmul_
     const float denom = f32(double(f32(double(std::sqrt(v)) / bc2_sqrt)) + eps);
     const float upd = f32(double(f32(double(neg_step) * m)) / denom);
-    s.p[i] = f32(double(p) + upd);                                      // addcdiv_
+    s.p[i] = f32(double(p) + upd);  // addcdiv_
     s.m[i] = m;
     s.v[i] = v;
   }

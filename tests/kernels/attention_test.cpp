@@ -63,8 +63,8 @@ TEST(Attention, BackwardMatchesReference) {
     AttForward fwd = run_forward(s, qkv);
     auto qkv_d = to_double(qkv), dout_d = to_double(dout), att_d = to_double(fwd.att);
     std::vector<double> want(qkv_size(s));
-    ref::attention_backward(want.data(), dout_d.data(), qkv_d.data(), att_d.data(), s.B, s.T,
-                            s.C, s.NH);
+    ref::attention_backward(want.data(), dout_d.data(), qkv_d.data(), att_d.data(), s.B, s.T, s.C,
+                            s.NH);
     const size_t scratch_n = attention_backward_scratch(s.B, s.T, s.C, s.NH);
     EXPECT_GE(scratch_n, size_t(s.B) * s.NH * s.T * s.T);
     std::vector<float> first;
@@ -72,8 +72,8 @@ TEST(Attention, BackwardMatchesReference) {
       ScopedThreads scoped(threads);
       // NaN scratch: reading any scratch entry it has not written shows up in dqkv.
       Guarded dqkv(qkv_size(s), std::nanf("")), scratch(scratch_n, std::nanf(""));
-      attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), fwd.att.data(),
-                         s.B, s.T, s.C, s.NH);
+      attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), fwd.att.data(), s.B,
+                         s.T, s.C, s.NH);
       EXPECT_TRUE(scratch.guards_intact());
       EXPECT_LT(max_norm_err(dqkv, want), kTol) << "T=" << s.T << " threads=" << threads;
       if (first.empty()) first = dqkv.values();
@@ -102,8 +102,8 @@ TEST(Attention, GradientsMatchFiniteDifferences) {
     std::vector<float> qkv_f(qkv.begin(), qkv.end()), out_f(out.size()), att_f(att.size());
     attention_forward(out_f.data(), att_f.data(), qkv_f.data(), s.B, s.T, s.C, s.NH);
     std::vector<float> dqkv(qkv.size()), scratch(attention_backward_scratch(s.B, s.T, s.C, s.NH));
-    attention_backward(dqkv.data(), scratch.data(), R.data(), qkv_f.data(), att_f.data(), s.B,
-                       s.T, s.C, s.NH);
+    attention_backward(dqkv.data(), scratch.data(), R.data(), qkv_f.data(), att_f.data(), s.B, s.T,
+                       s.C, s.NH);
     EXPECT_LT(max_norm_err(dqkv, num), kTol) << "T=" << s.T;
   }
 }
@@ -115,11 +115,11 @@ TEST(Attention, RepeatedCallIsBitwiseIdentical) {
   std::vector<float> out1(out_size(s)), att1(att_size(s)), d1(qkv_size(s));
   std::vector<float> out2(out_size(s)), att2(att_size(s)), d2(qkv_size(s));
   attention_forward(out1.data(), att1.data(), qkv.data(), s.B, s.T, s.C, s.NH);
-  attention_backward(d1.data(), scratch.data(), dout.data(), qkv.data(), att1.data(), s.B, s.T,
-                     s.C, s.NH);
+  attention_backward(d1.data(), scratch.data(), dout.data(), qkv.data(), att1.data(), s.B, s.T, s.C,
+                     s.NH);
   attention_forward(out2.data(), att2.data(), qkv.data(), s.B, s.T, s.C, s.NH);
-  attention_backward(d2.data(), scratch.data(), dout.data(), qkv.data(), att2.data(), s.B, s.T,
-                     s.C, s.NH);
+  attention_backward(d2.data(), scratch.data(), dout.data(), qkv.data(), att2.data(), s.B, s.T, s.C,
+                     s.NH);
   EXPECT_TRUE(bitwise_equal(out1, out2));
   EXPECT_TRUE(bitwise_equal(att1, att2));
   EXPECT_TRUE(bitwise_equal(d1, d2));

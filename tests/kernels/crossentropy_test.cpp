@@ -28,8 +28,8 @@ TEST(CrossEntropy, ForwardMatchesReference) {
     auto targets = random_tokens(s.N, s.V, 2);
     auto logits_d = to_double(logits);
     std::vector<double> want(s.N);
-    ref::crossentropy<double>(want.data(), nullptr, logits_d.data(), targets.data(), s.N, s.V,
-                              s.Vp, 0.0);
+    ref::crossentropy<double>(want.data(), nullptr, logits_d.data(), targets.data(), s.N, s.V, s.Vp,
+                              0.0);
     for (int threads : kThreadCounts) {
       ScopedThreads scoped(threads);
       Guarded losses(s.N, std::nanf(""));

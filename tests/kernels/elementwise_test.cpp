@@ -30,7 +30,8 @@ TEST(Gelu, ForwardMatchesTanhFormula) {
     gelu_forward(out.data(), x.data(), kN);
     EXPECT_LT(max_norm_err(out, want), kTol);
     for (size_t i = 0; i < kN; ++i)
-      if (std::abs(want[i]) > 1e-3) max_rel = std::max(max_rel, std::abs(out[i] - want[i]) / std::abs(want[i]));
+      if (std::abs(want[i]) > 1e-3)
+        max_rel = std::max(max_rel, std::abs(out[i] - want[i]) / std::abs(want[i]));
     if (first.empty()) first = out.values();
     EXPECT_TRUE(bitwise_equal(first, out.values())) << "threads=" << threads;
   }
@@ -105,7 +106,8 @@ TEST(SumSquares, MatchesDoubleAndIgnoresThreadCount) {
     double got = sum_squares(x.data(), n);
     EXPECT_NEAR(got, double(want), 1e-12 * double(want));
     if (first < 0) first = got;
-    EXPECT_EQ(std::bit_cast<uint64_t>(first), std::bit_cast<uint64_t>(got)) << "threads=" << threads;
+    EXPECT_EQ(std::bit_cast<uint64_t>(first), std::bit_cast<uint64_t>(got))
+        << "threads=" << threads;
   }
   EXPECT_EQ(sum_squares(x.data(), 0), 0.0);
 }

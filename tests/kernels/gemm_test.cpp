@@ -33,13 +33,16 @@ void check_gemm(const GemmCase& gc, float beta, int threads) {
   const int M = 37, N = 29, K = 43;
   const int lda = (gc.trans_a ? M : K) + 5, ldb = (gc.trans_b ? K : N) + 3, ldc = N + 7;
   const int a_rows = gc.trans_a ? K : M, b_rows = gc.trans_b ? N : K;
-  std::vector<float> A = random_vec(size_t(a_rows) * lda, 1), B = random_vec(size_t(b_rows) * ldb, 2);
+  std::vector<float> A = random_vec(size_t(a_rows) * lda, 1),
+                     B = random_vec(size_t(b_rows) * ldb, 2);
   std::vector<float> c0 = random_vec(size_t(M) * ldc, 3);
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < ldc; ++j) {
       float& c = c0[size_t(i) * ldc + j];
-      if (j >= N) c = canary();                       // padding: must stay untouched
-      else if (beta == 0.0f) c = std::nanf("");       // beta 0: C must not be read
+      if (j >= N)
+        c = canary();  // padding: must stay untouched
+      else if (beta == 0.0f)
+        c = std::nanf("");  // beta 0: C must not be read
     }
   Guarded C(c0);
   const float alpha = 0.75f;
@@ -48,16 +51,18 @@ void check_gemm(const GemmCase& gc, float beta, int threads) {
 
   std::vector<double> want = to_double(c0);
   for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j) if (beta == 0.0f) want[size_t(i) * ldc + j] = 0.0;
+    for (int j = 0; j < N; ++j)
+      if (beta == 0.0f) want[size_t(i) * ldc + j] = 0.0;
   std::vector<double> Ad = to_double(A), Bd = to_double(B);
-  ref::gemm<double>(gc.trans_a, gc.trans_b, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb,
-                    beta, want.data(), ldc);
+  ref::gemm<double>(gc.trans_a, gc.trans_b, M, N, K, alpha, Ad.data(), lda, Bd.data(), ldb, beta,
+                    want.data(), ldc);
   EXPECT_TRUE(C.guards_intact());
   for (int i = 0; i < M; ++i)
     for (int j = N; j < ldc; ++j)
       ASSERT_TRUE(is_canary(C[size_t(i) * ldc + j])) << "padding of C written at " << i << "," << j;
   for (int i = 0; i < M; ++i)
-    for (int j = N; j < ldc; ++j) want[size_t(i) * ldc + j] = 0.0, C.data()[size_t(i) * ldc + j] = 0.0f;
+    for (int j = N; j < ldc; ++j)
+      want[size_t(i) * ldc + j] = 0.0, C.data()[size_t(i) * ldc + j] = 0.0f;
   EXPECT_LT(max_norm_err(C, want), kTol) << "beta=" << beta << " threads=" << threads;
 }
 
@@ -85,17 +90,16 @@ TEST_P(GemmTest, RepeatedCallIsBitwiseIdentical) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllTransposes, GemmTest,
-    ::testing::Values(GemmCase{GemmBackend::kOneDnn, false, false},
-                      GemmCase{GemmBackend::kOneDnn, false, true},
-                      GemmCase{GemmBackend::kOneDnn, true, false},
-                      GemmCase{GemmBackend::kOneDnn, true, true},
-                      GemmCase{GemmBackend::kOpenBlas, false, false},
-                      GemmCase{GemmBackend::kOpenBlas, false, true},
-                      GemmCase{GemmBackend::kOpenBlas, true, false},
-                      GemmCase{GemmBackend::kOpenBlas, true, true}),
-    case_name);
+INSTANTIATE_TEST_SUITE_P(AllTransposes, GemmTest,
+                         ::testing::Values(GemmCase{GemmBackend::kOneDnn, false, false},
+                                           GemmCase{GemmBackend::kOneDnn, false, true},
+                                           GemmCase{GemmBackend::kOneDnn, true, false},
+                                           GemmCase{GemmBackend::kOneDnn, true, true},
+                                           GemmCase{GemmBackend::kOpenBlas, false, false},
+                                           GemmCase{GemmBackend::kOpenBlas, false, true},
+                                           GemmCase{GemmBackend::kOpenBlas, true, false},
+                                           GemmCase{GemmBackend::kOpenBlas, true, true}),
+                         case_name);
 
 TEST(Gemm, EmptyInnerDimensionScalesC) {
   for (GemmBackend backend : {GemmBackend::kOneDnn, GemmBackend::kOpenBlas}) {
@@ -130,14 +134,14 @@ TEST(Gemm, DefaultBackendIsSettableAndNamed) {
 
 TEST(Gemm, RejectsBadStrides) {
   std::vector<float> buf(64);
-  EXPECT_THROW(gemm(GemmBackend::kOneDnn, false, false, 4, 4, 4, 1.0f, buf.data(), 3,
-                    buf.data(), 4, 0.0f, buf.data(), 4),
+  EXPECT_THROW(gemm(GemmBackend::kOneDnn, false, false, 4, 4, 4, 1.0f, buf.data(), 3, buf.data(), 4,
+                    0.0f, buf.data(), 4),
                Error);
-  EXPECT_THROW(gemm(GemmBackend::kOneDnn, false, true, 4, 4, 5, 1.0f, buf.data(), 5,
-                    buf.data(), 4, 0.0f, buf.data(), 4),
+  EXPECT_THROW(gemm(GemmBackend::kOneDnn, false, true, 4, 4, 5, 1.0f, buf.data(), 5, buf.data(), 4,
+                    0.0f, buf.data(), 4),
                Error);
-  EXPECT_THROW(gemm(GemmBackend::kOpenBlas, false, false, 4, 4, 4, 1.0f, buf.data(), 4,
-                    buf.data(), 4, 0.0f, buf.data(), 3),
+  EXPECT_THROW(gemm(GemmBackend::kOpenBlas, false, false, 4, 4, 4, 1.0f, buf.data(), 4, buf.data(),
+                    4, 0.0f, buf.data(), 3),
                Error);
 }
 
@@ -158,8 +162,8 @@ TEST(Gemm, InThreadGemmInsideParallelRegionMatchesSerial) {
 #pragma omp parallel for schedule(static) reduction(+ : in_parallel)
   for (int j = 0; j < kJobs; ++j) {
     in_parallel += omp_in_parallel() ? 1 : 0;
-    detail::gemm_in_thread(false, false, M, N, K, 1.0f, A.data() + size_t(j) * M * K, K,
-                           B.data(), N, 0.0f, parallel.data() + size_t(j) * M * N, N);
+    detail::gemm_in_thread(false, false, M, N, K, 1.0f, A.data() + size_t(j) * M * K, K, B.data(),
+                           N, 0.0f, parallel.data() + size_t(j) * M * N, N);
   }
   EXPECT_EQ(in_parallel, kJobs);
   EXPECT_TRUE(bitwise_equal(serial, parallel));

@@ -20,8 +20,7 @@ namespace loom::kernels::testing {
 // row counts are not multiples of it).
 inline const std::vector<int> kThreadCounts = {1, 2, 3};
 
-inline std::vector<float> random_vec(size_t n, uint64_t seed, float lo = -1.0f,
-                                     float hi = 1.0f) {
+inline std::vector<float> random_vec(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<float> v(n);
@@ -105,8 +104,7 @@ inline bool bitwise_equal(const std::vector<float>& a, const std::vector<float>&
 }
 
 // Central differences of loss() with respect to every element of x (double precision).
-inline std::vector<double> numeric_grad(std::vector<double>& x,
-                                        const std::function<double()>& loss,
+inline std::vector<double> numeric_grad(std::vector<double>& x, const std::function<double()>& loss,
                                         double eps = 1e-6) {
   std::vector<double> g(x.size());
   for (size_t i = 0; i < x.size(); ++i) {

@@ -35,8 +35,8 @@ TEST(LayerNorm, ForwardMatchesReference) {
       ScopedThreads scoped(threads);
       Guarded out(size_t(s.N) * s.C, std::nanf("")), mean(s.N, std::nanf("")),
           rstd(s.N, std::nanf(""));
-      layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(),
-                        s.N, s.C);
+      layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), s.N,
+                        s.C);
       EXPECT_LT(max_norm_err(out, want), kTol) << "C=" << s.C << " threads=" << threads;
       EXPECT_LT(max_norm_err(mean, want_mean), kTol);
       EXPECT_LT(max_norm_err(rstd, want_rstd), kTol);
@@ -84,8 +84,8 @@ TEST(LayerNorm, GradientsMatchFiniteDifferences) {
   auto Rd = to_double(R);
   std::vector<double> out(size_t(N) * C), mean(N), rstd(N);
   auto loss = [&] {
-    ref::layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(),
-                           N, C);
+    ref::layernorm_forward(out.data(), mean.data(), rstd.data(), inp.data(), w.data(), b.data(), N,
+                           C);
     return dot(out, Rd);
   };
   auto num_inp = numeric_grad(inp, loss), num_w = numeric_grad(w, loss),

@@ -34,8 +34,8 @@ TEST(Matmul, ForwardMatchesReference) {
            bias = random_vec(s.OC, 3);
       auto inp_d = to_double(inp), w_d = to_double(w), bias_d = to_double(bias);
       std::vector<double> want(size_t(s.N) * s.OC);
-      ref::matmul_forward(want.data(), inp_d.data(), w_d.data(), with_bias ? bias_d.data() : nullptr,
-                          s.N, s.C, s.OC);
+      ref::matmul_forward(want.data(), inp_d.data(), w_d.data(),
+                          with_bias ? bias_d.data() : nullptr, s.N, s.C, s.OC);
       for_each_config([&] {
         Guarded out(want.size(), std::nanf(""));
         matmul_forward(out.data(), inp.data(), w.data(), with_bias ? bias.data() : nullptr, s.N,
@@ -91,7 +91,8 @@ TEST(Matmul, DbiasIsIndependentOfThreadCount) {
 
 TEST(Matmul, GradientsMatchFiniteDifferences) {
   const int N = 5, C = 7, OC = 6;
-  auto inp = to_double(random_vec(size_t(N) * C, 12)), w = to_double(random_vec(size_t(OC) * C, 13));
+  auto inp = to_double(random_vec(size_t(N) * C, 12)),
+       w = to_double(random_vec(size_t(OC) * C, 13));
   auto bias = to_double(random_vec(OC, 14));
   auto R = random_vec(size_t(N) * OC, 15);
   auto Rd = to_double(R);

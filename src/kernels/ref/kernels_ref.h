@@ -14,8 +14,8 @@ namespace loom::kernels::ref {
 
 // Row-major C (M,N) = alpha * op(A) @ op(B) + beta * C, products summed in double.
 template <class T>
-void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda,
-          const T* B, int ldb, T beta, T* C, int ldc) {
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, int lda, const T* B,
+          int ldb, T beta, T* C, int ldc) {
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       double acc = 0.0;
@@ -30,17 +30,16 @@ void gemm(bool trans_a, bool trans_b, int M, int N, int K, T alpha, const T* A, 
 }
 
 template <class T>
-void encoder_forward(T* out, const int32_t* inp, const T* wte, const T* wpe, int B, int T_,
-                     int C) {
+void encoder_forward(T* out, const int32_t* inp, const T* wte, const T* wpe, int B, int T_, int C) {
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < T_; ++t)
       for (int c = 0; c < C; ++c)
-        out[(size_t(b) * T_ + t) * C + c] = wte[size_t(inp[b * T_ + t]) * C + c] + wpe[size_t(t) * C + c];
+        out[(size_t(b) * T_ + t) * C + c] =
+            wte[size_t(inp[b * T_ + t]) * C + c] + wpe[size_t(t) * C + c];
 }
 
 template <class T>
-void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int B, int T_,
-                      int C) {
+void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int B, int T_, int C) {
   for (int b = 0; b < B; ++b)
     for (int t = 0; t < T_; ++t)
       for (int c = 0; c < C; ++c) {
@@ -51,8 +50,8 @@ void encoder_backward(T* dwte, T* dwpe, const T* dout, const int32_t* inp, int B
 }
 
 template <class T>
-void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* bias,
-                       int N, int C) {
+void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* bias, int N,
+                       int C) {
   for (int n = 0; n < N; ++n) {
     const T* x = inp + size_t(n) * C;
     double m = 0.0, var = 0.0;
@@ -69,8 +68,8 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const
 
 // dinp, dweight, dbias accumulate.
 template <class T>
-void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp,
-                        const T* w, const T* mean, const T* rstd, int N, int C) {
+void layernorm_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* w,
+                        const T* mean, const T* rstd, int N, int C) {
   for (int n = 0; n < N; ++n) {
     const T* x = inp + size_t(n) * C;
     const T* dy = dout + size_t(n) * C;
@@ -105,8 +104,8 @@ void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int N, int 
 
 // dinp overwritten (if not null), dweight and dbias accumulate.
 template <class T>
-void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* w,
-                     int N, int C, int OC) {
+void matmul_backward(T* dinp, T* dweight, T* dbias, const T* dout, const T* inp, const T* w, int N,
+                     int C, int OC) {
   if (dinp)
     for (int n = 0; n < N; ++n)
       for (int c = 0; c < C; ++c) {
@@ -179,8 +178,8 @@ void attention_forward(T* out, T* att, const T* qkv, int B, int T_, int C, int N
 
 // dqkv (B,T,3C) overwritten.
 template <class T>
-void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_,
-                        int C, int NH) {
+void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int B, int T_, int C,
+                        int NH) {
   const int HS = C / NH, C3 = 3 * C;
   const double scale = 1.0 / std::sqrt(double(HS));
   for (size_t i = 0; i < size_t(B) * T_ * C3; ++i) dqkv[i] = T(0);
@@ -213,8 +212,8 @@ void attention_backward(T* dqkv, const T* dout, const T* qkv, const T* att, int 
 
 // losses (N); if dlogits is not null it gets dloss * (softmax - onehot), 0 for cols >= V.
 template <class T>
-void crossentropy(T* losses, T* dlogits, const T* logits, const int32_t* targets, int N,
-                  int V, int Vp, double dloss) {
+void crossentropy(T* losses, T* dlogits, const T* logits, const int32_t* targets, int N, int V,
+                  int Vp, double dloss) {
   for (int n = 0; n < N; ++n) {
     const T* x = logits + size_t(n) * Vp;
     double mx = -1e300, sum = 0.0;

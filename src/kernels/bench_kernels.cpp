@@ -1,0 +1,226 @@
+// Kernel micro-benchmarks on GPT-2 124M shapes; see bench_kernels.h.
+#include "kernels/bench_kernels.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <random>
+#include <tuple>
+
+#include "core/check.h"
+#include "core/timer.h"
+#include "kernels/kernels.h"
+
+namespace loom::kernels {
+namespace {
+
+constexpr int kB = 4, kT = 256, kC = 768, kNH = 12, kV = 50257, kVp = 50304;
+constexpr int kN = kB * kT;
+
+std::vector<float> random_floats(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+// Median seconds of `repeats` calls of f after one warm-up call; `prepare` runs untimed
+// before each call (e.g. to restore an input that f overwrites).
+double median_seconds(int repeats, const std::function<void()>& f,
+                      const std::function<void()>& prepare = nullptr) {
+  std::vector<double> times;
+  for (int r = 0; r <= repeats; ++r) {
+    if (prepare) prepare();
+    Timer timer;
+    f();
+    if (r > 0) times.push_back(timer.seconds());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct GemmShape {
+  std::string name;
+  bool trans_a, trans_b;
+  int M, N, K;
+  float beta;
+};
+
+// Forward, d(input) and d(weight) GEMMs of a linear layer C -> OC over kN rows, as
+// matmul_forward / matmul_backward issue them.
+std::vector<GemmShape> linear_gemms(const std::string& layer, int C, int OC) {
+  return {{layer + ".fwd", false, true, kN, OC, C, 0.0f},
+          {layer + ".dinp", false, false, kN, C, OC, 0.0f},
+          {layer + ".dweight", true, false, OC, C, kN, 1.0f}};
+}
+
+// ||a - b|| / ||b||.
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    double d = double(a[i]) - b[i];
+    num += d * d;
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+int backend_threads(GemmBackend backend) {
+  return backend == GemmBackend::kOpenBlas ? openblas_get_num_threads() : omp_get_max_threads();
+}
+
+// Validates one shape (oneDNN vs OpenBLAS) and times it on both backends.
+void bench_one_gemm(const GemmShape& s, int repeats, std::vector<KernelBenchRow>& rows) {
+  const int lda = s.trans_a ? s.M : s.K, ldb = s.trans_b ? s.K : s.N;
+  std::vector<float> A = random_floats(size_t(s.M) * s.K, 1),
+                     B = random_floats(size_t(s.K) * s.N, 2);
+  std::vector<float> c_dnnl(size_t(s.M) * s.N, 0.0f), c_blas(size_t(s.M) * s.N, 0.0f);
+  gemm(GemmBackend::kOneDnn, s.trans_a, s.trans_b, s.M, s.N, s.K, 1.0f, A.data(), lda, B.data(),
+       ldb, 0.0f, c_dnnl.data(), s.N);
+  gemm(GemmBackend::kOpenBlas, s.trans_a, s.trans_b, s.M, s.N, s.K, 1.0f, A.data(), lda, B.data(),
+       ldb, 0.0f, c_blas.data(), s.N);
+  const double err = rel_l2(c_dnnl, c_blas);
+  LOOM_CHECK(err < 1e-5, "bench {}: oneDNN and OpenBLAS disagree, rel err {:.3g}", s.name, err);
+  for (GemmBackend backend : {GemmBackend::kOneDnn, GemmBackend::kOpenBlas}) {
+    float* C = c_dnnl.data();
+    double sec = median_seconds(repeats, [&] {
+      gemm(backend, s.trans_a, s.trans_b, s.M, s.N, s.K, 1.0f, A.data(), lda, B.data(), ldb, s.beta,
+           C, s.N);
+    });
+    const double flops = 2.0 * s.M * s.N * s.K;
+    rows.push_back({s.name, s.M, s.N, s.K, gemm_backend_name(backend), backend_threads(backend),
+                    sec, flops / sec / 1e9});
+  }
+}
+
+KernelBenchRow kernel_row(const std::string& name, double seconds) {
+  return {name, 0, 0, 0, "-", omp_get_max_threads(), seconds, 0.0};
+}
+
+void bench_attention(int repeats, std::vector<KernelBenchRow>& rows) {
+  auto qkv = random_floats(size_t(kN) * 3 * kC, 3), dout = random_floats(size_t(kN) * kC, 4);
+  std::vector<float> out(size_t(kN) * kC), att(size_t(kB) * kNH * kT * kT), dqkv(qkv.size()),
+      scratch(attention_backward_scratch(kB, kT, kC, kNH));
+  rows.push_back(kernel_row("attention_forward", median_seconds(repeats, [&] {
+                              attention_forward(out.data(), att.data(), qkv.data(), kB, kT, kC,
+                                                kNH);
+                            })));
+  rows.push_back(kernel_row("attention_backward", median_seconds(repeats, [&] {
+                              attention_backward(dqkv.data(), scratch.data(), dout.data(),
+                                                 qkv.data(), att.data(), kB, kT, kC, kNH);
+                            })));
+}
+
+void bench_crossentropy(int repeats, std::vector<KernelBenchRow>& rows) {
+  const auto logits0 = random_floats(size_t(kN) * kVp, 5, -4.0f, 4.0f);
+  std::vector<float> logits(logits0.size()), losses(kN);
+  std::vector<int32_t> targets(kN);
+  for (int n = 0; n < kN; ++n) targets[n] = (n * 7919) % kV;
+  rows.push_back(
+      kernel_row("crossentropy_fused",
+                 median_seconds(
+                     repeats,
+                     [&] {
+                       crossentropy_fused(losses.data(), logits.data(), targets.data(), kN, kV, kVp,
+                                          1.0f / kN);
+                     },
+                     [&] { std::copy(logits0.begin(), logits0.end(), logits.begin()); })));
+}
+
+void bench_layernorm_gelu(int repeats, std::vector<KernelBenchRow>& rows) {
+  const size_t NC = size_t(kN) * kC, N4C = 4 * NC;
+  auto x = random_floats(N4C, 6), dout = random_floats(N4C, 7);
+  auto w = random_floats(kC, 8), b = random_floats(kC, 9);
+  std::vector<float> out(N4C), dinp(N4C), mean(kN), rstd(kN), dw(kC), db(kC);
+  rows.push_back(kernel_row("layernorm_forward", median_seconds(repeats, [&] {
+                              layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(),
+                                                w.data(), b.data(), kN, kC);
+                            })));
+  rows.push_back(kernel_row("layernorm_backward", median_seconds(repeats, [&] {
+                              layernorm_backward(dinp.data(), dw.data(), db.data(), dout.data(),
+                                                 x.data(), w.data(), mean.data(), rstd.data(), kN,
+                                                 kC);
+                            })));
+  rows.push_back(kernel_row(
+      "gelu_forward", median_seconds(repeats, [&] { gelu_forward(out.data(), x.data(), N4C); })));
+  rows.push_back(kernel_row("gelu_backward", median_seconds(repeats, [&] {
+                              gelu_backward(dinp.data(), x.data(), dout.data(), N4C);
+                            })));
+  rows.push_back(kernel_row("residual_forward", median_seconds(repeats, [&] {
+                              residual_forward(out.data(), x.data(), dout.data(), NC);
+                            })));
+}
+
+void bench_encoder_adamw(int repeats, std::vector<KernelBenchRow>& rows) {
+  auto wte = random_floats(size_t(kVp) * kC, 10), wpe = random_floats(size_t(1024) * kC, 11);
+  std::vector<int32_t> tokens(kN);
+  for (int n = 0; n < kN; ++n) tokens[n] = (n * 104729) % kV;
+  std::vector<float> out(size_t(kN) * kC), dwte(wte.size()), dwpe(wpe.size());
+  rows.push_back(kernel_row("encoder_forward", median_seconds(repeats, [&] {
+                              encoder_forward(out.data(), tokens.data(), wte.data(), wpe.data(), kB,
+                                              kT, kC);
+                            })));
+  rows.push_back(kernel_row("encoder_backward", median_seconds(repeats, [&] {
+                              encoder_backward(dwte.data(), dwpe.data(), out.data(), tokens.data(),
+                                               kB, kT, kC);
+                            })));
+  const size_t n = 12ull * kC * kC + 13ull * kC;  // one transformer block's parameters
+  auto p = random_floats(n, 12), g = random_floats(n, 13, -0.01f, 0.01f);
+  std::vector<float> m(n, 0.0f), v(n, 0.0f);
+  int t = 0;
+  rows.push_back(kernel_row("adamw_update (7.09M params)", median_seconds(repeats, [&] {
+                              adamw_update(p.data(), g.data(), m.data(), v.data(), n, 6e-4f, 0.9f,
+                                           0.95f, 1e-8f, 0.1f, ++t, 1.0f);
+                            })));
+}
+
+void bench_fc_matmul(int repeats, std::vector<KernelBenchRow>& rows) {
+  const int C = kC, OC = 4 * kC;
+  auto inp = random_floats(size_t(kN) * C, 14), w = random_floats(size_t(OC) * C, 15);
+  auto bias = random_floats(OC, 16), dout = random_floats(size_t(kN) * OC, 17);
+  std::vector<float> out(size_t(kN) * OC), dinp(size_t(kN) * C), dw(w.size()), db(OC);
+  const double fwd_flops = 2.0 * kN * C * OC;
+  double sec = median_seconds(
+      repeats, [&] { matmul_forward(out.data(), inp.data(), w.data(), bias.data(), kN, C, OC); });
+  rows.push_back({"matmul_forward.fc", kN, OC, C, gemm_backend_name(default_gemm_backend()),
+                  omp_get_max_threads(), sec, fwd_flops / sec / 1e9});
+  sec = median_seconds(repeats, [&] {
+    matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), kN, C,
+                    OC);
+  });
+  rows.push_back({"matmul_backward.fc", kN, OC, C, gemm_backend_name(default_gemm_backend()),
+                  omp_get_max_threads(), sec, 2 * fwd_flops / sec / 1e9});
+}
+
+}  // namespace
+
+std::vector<KernelBenchRow> bench_gemm_shapes(int repeats) {
+  LOOM_CHECK(repeats >= 1, "bench_gemm_shapes: repeats={} must be >= 1", repeats);
+  std::vector<GemmShape> shapes;
+  for (const auto& [layer, C, OC] :
+       {std::tuple{"qkv", kC, 3 * kC}, std::tuple{"attproj", kC, kC}, std::tuple{"fc", kC, 4 * kC},
+        std::tuple{"fcproj", 4 * kC, kC}, std::tuple{"lm_head", kC, kVp}}) {
+    auto g = linear_gemms(layer, C, OC);
+    shapes.insert(shapes.end(), g.begin(), g.end());
+  }
+  std::vector<KernelBenchRow> rows;
+  for (const auto& s : shapes) bench_one_gemm(s, repeats, rows);
+  return rows;
+}
+
+std::vector<KernelBenchRow> bench_layer_kernels(int repeats) {
+  LOOM_CHECK(repeats >= 1, "bench_layer_kernels: repeats={} must be >= 1", repeats);
+  std::vector<KernelBenchRow> rows;
+  bench_attention(repeats, rows);
+  bench_crossentropy(repeats, rows);
+  bench_layernorm_gelu(repeats, rows);
+  bench_encoder_adamw(repeats, rows);
+  bench_fc_matmul(repeats, rows);
+  return rows;
+}
+
+}  // namespace loom::kernels

@@ -1,0 +1,33 @@
+// Kernel micro-benchmarks on GPT-2 124M shapes (B=4, T=256, C=768, NH=12, V=50257,
+// Vp=50304, so N = B*T = 1024 rows). Every GEMM is validated against the other backend
+// before it is timed; a mismatch fails with LOOM_CHECK. Timings are medians of `repeats`
+// calls after one warm-up call. Used by `loom bench kernels`.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace loom::kernels {
+
+struct KernelBenchRow {
+  std::string name;  // e.g. "fc.fwd", "attention_backward"
+  int M = 0, N = 0,
+      K = 0;  // GEMM shape (row-major C (M,N) = op(A) (M,K) @ op(B) (K,N)); 0 if not a GEMM
+  std::string backend;        // "onednn", "openblas", or "-" for non-GEMM kernels
+  int threads = 0;            // threads the backend ran with (OpenMP, or OpenBLAS's own pool)
+  double median_seconds = 0;  // median wall time of one call
+  double gflops = 0;          // 2*M*N*K / seconds / 1e9; 0 if not a GEMM
+};
+
+// The three GEMMs (forward, d(input), d(weight)) of each linear layer of GPT-2 124M:
+// qkv 768->2304, attproj 768->768, fc 768->3072, fcproj 3072->768, lm_head 768->50304,
+// on both backends.
+std::vector<KernelBenchRow> bench_gemm_shapes(int repeats);
+
+// The non-GEMM kernels of one layer (and the loss) at the same sizes: attention forward
+// and backward, crossentropy_fused, layernorm, gelu, residual, encoder, and adamw over one
+// layer's parameters (7,087,872 floats); plus the whole matmul_forward / matmul_backward
+// of the fc layer on the default backend (GEMMs + bias), to show the bias overhead.
+std::vector<KernelBenchRow> bench_layer_kernels(int repeats);
+
+}  // namespace loom::kernels
