@@ -1,4 +1,5 @@
 // loom eval --ckpt RUN --data SHARD [--tokens N] [--batch B] [--seq-len T]
+#include <fmt/core.h>
 #include <omp.h>
 
 #include "cli/command.h"

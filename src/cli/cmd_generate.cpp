@@ -1,4 +1,5 @@
 // loom generate --ckpt RUN --prompt TEXT [--max-tokens N --temperature T --top-k K --seed S]
+#include <fmt/core.h>
 #include <omp.h>
 
 #include <cstdio>

@@ -11,12 +11,12 @@ namespace loom::kernels {
 
 struct KernelBenchRow {
   std::string name;  // e.g. "fc.fwd", "attention_backward"
-  int M = 0, N = 0,
-      K = 0;  // GEMM shape (row-major C (M,N) = op(A) (M,K) @ op(B) (K,N)); 0 if not a GEMM
+  // GEMM shape: row-major C (M,N) = op(A) (M,K) @ op(B) (K,N); 0 if not a GEMM.
+  int M = 0, N = 0, K = 0;
   std::string backend;        // "onednn", "openblas", or "-" for non-GEMM kernels
   int threads = 0;            // threads the backend ran with (OpenMP, or OpenBLAS's own pool)
   double median_seconds = 0;  // median wall time of one call
-  double gflops = 0;          // 2*M*N*K / seconds / 1e9; 0 if not a GEMM
+  double gflops = 0;          // 2*M*N*K / median_seconds / 1e9; 0 if not a GEMM
 };
 
 // The three GEMMs (forward, d(input), d(weight)) of each linear layer of GPT-2 124M:

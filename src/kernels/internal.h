@@ -41,12 +41,13 @@ inline f32x8 load8(const float* p) {
 inline void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
 
 // a * b + c with one rounding (as torch's vectorised add/addcmul on AVX2), eight at a time.
-// Without FMA hardware the product is rounded first.
+// Without FMA hardware std::fma keeps the single rounding, slowly.
 inline f32x8 fmadd8(f32x8 a, f32x8 b, f32x8 c) {
 #if defined(__FMA__)
   return _mm256_fmadd_ps(a, b, c);
 #else
-  return a * b + c;
+  for (int j = 0; j < 8; ++j) c[j] = std::fma(a[j], b[j], c[j]);
+  return c;
 #endif
 }
 
