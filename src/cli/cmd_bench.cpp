@@ -17,15 +17,17 @@ namespace {
 
 int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
   omp_set_num_threads(threads);
-  fmt::print("bench kernels: fp32 GEMMs of GPT-2 124M (B=4, T=256), {} threads, median of {}\n",
+  fmt::print("bench kernels: fp32 kernels of GPT-2 124M (B=4, T=256), {} threads, median of {}\n",
              threads, repeats);
-  const std::vector<kernels::KernelBenchRow> rows = kernels::bench_gemm_shapes(repeats);
+  std::vector<kernels::KernelBenchRow> rows = kernels::bench_gemm_shapes(repeats);
+  for (kernels::KernelBenchRow& r : kernels::bench_layer_kernels(repeats)) rows.push_back(r);
   fmt::print("{:<24} {:>6} {:>6} {:>6} {:<9} {:>10} {:>9}\n", "shape", "M", "N", "K", "backend",
              "time(us)", "GFLOP/s");
   nlohmann::json out = nlohmann::json::array();
   for (const kernels::KernelBenchRow& r : rows) {
-    fmt::print("{:<24} {:>6} {:>6} {:>6} {:<9} {:>10.1f} {:>9.1f}\n", r.name, r.M, r.N, r.K,
-               r.backend, r.median_seconds * 1e6, r.gflops);
+    fmt::print("{:<24} {:>6} {:>6} {:>6} {:<9} {:>10.1f} {:>9}\n", r.name, r.M, r.N, r.K,
+               r.backend, r.median_seconds * 1e6,
+               r.gflops > 0 ? fmt::format("{:.1f}", r.gflops) : std::string("-"));
     out.push_back({{"name", r.name}, {"M", r.M}, {"N", r.N}, {"K", r.K},
                    {"backend", r.backend}, {"median_s", r.median_seconds},
                    {"gflops", r.gflops}});

@@ -18,8 +18,8 @@
 #endif
 
 // The vector types are passed by value only between inline functions; without AVX GCC
-// warns that such an ABI would differ, which does not matter here.
-#pragma GCC diagnostic push
+// warns (at every use, so for the whole including file) that such an ABI would differ,
+// which does not matter here: only kernel implementation files include this header.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace loom::kernels::detail {
@@ -206,5 +206,3 @@ void gemm_in_thread(bool trans_a, bool trans_b, int M, int N, int K, float alpha
 inline size_t ceil_div(size_t n, size_t block) { return (n + block - 1) / block; }
 
 }  // namespace loom::kernels::detail
-
-#pragma GCC diagnostic pop
