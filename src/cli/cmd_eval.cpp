@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "data/loader.h"
 #include "infer/generate.h"
+#include "train/run_config.h"
 
 namespace loom::cli {
 
@@ -14,20 +15,29 @@ RunFn setup_eval(CLI::App& sub) {
   struct Opts {
     std::string ckpt, data;
     int64_t tokens = 0;
-    int batch = 4, seq_len = 0, threads = 0;
+    int batch = 0, seq_len = 0, threads = 0;
   };
   auto o = std::make_shared<Opts>();
   sub.add_option("--ckpt", o->ckpt, "run directory or checkpoint directory")->required();
   sub.add_option("--data", o->data, "token shard (loom prepare's format)")->required();
   sub.add_option("--tokens", o->tokens, "tokens to evaluate (default: the whole shard)");
-  sub.add_option("--batch", o->batch, "rows per batch (B)");
-  sub.add_option("--seq-len", o->seq_len, "tokens per row (T; default: the model's block size)");
+  sub.add_option("--batch", o->batch, "rows per batch (B; default: the run's micro_batch, else 4)");
+  sub.add_option("--seq-len", o->seq_len,
+                 "tokens per row (T; default: the run's seq_len, else the block size)");
   sub.add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
   return [o] {
     if (o->threads > 0) omp_set_num_threads(o->threads);
     const ProcessGrid grid = ProcessGrid::single();
-    auto model = load_model(o->ckpt, grid);
-    const int B = o->batch, T = o->seq_len > 0 ? o->seq_len : model->config().block_size;
+    LoadedModel loaded = load_model(o->ckpt, grid);
+    Gpt* model = loaded.model.get();
+    const CheckpointState& st = loaded.state;
+    // Defaults: the micro-batch and sequence length the run trained with.
+    TrainConfig trained;
+    trained.micro_batch = 4;
+    trained.seq_len = model->config().block_size;
+    if (!st.config_toml.empty()) trained = parse_run_config(st.config_toml, "checkpoint config").train;
+    const int B = o->batch > 0 ? o->batch : trained.micro_batch;
+    const int T = o->seq_len > 0 ? o->seq_len : trained.seq_len;
     TokenLoader data(o->data, B, T);
     const int64_t bt = int64_t(B) * T;
     const int64_t tokens = o->tokens > 0 ? o->tokens : int64_t(data.num_tokens() - 1);

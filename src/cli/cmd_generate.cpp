@@ -33,7 +33,7 @@ RunFn setup_generate(CLI::App& sub) {
     if (o->threads > 0) omp_set_num_threads(o->threads);
     const Gpt2Tokenizer tok = Gpt2Tokenizer::load(o->tokenizer);
     const ProcessGrid grid = ProcessGrid::single();
-    auto model = load_model(o->ckpt, grid);
+    auto model = std::move(load_model(o->ckpt, grid).model);
     std::vector<int32_t> tokens = tok.encode(o->prompt);
     if (tokens.empty()) tokens.push_back(Gpt2Tokenizer::kEndOfText);
     fmt::print("{}", o->prompt);

@@ -10,12 +10,13 @@
 
 namespace loom {
 
-std::unique_ptr<Gpt> load_model(const std::filesystem::path& ckpt, const ProcessGrid& grid) {
+LoadedModel load_model(const std::filesystem::path& ckpt, const ProcessGrid& grid) {
   const std::filesystem::path dir = resolve_checkpoint(ckpt);
-  const CheckpointState st = read_checkpoint_manifest(dir);
-  auto model = std::make_unique<Gpt>(st.model, grid);
-  load_checkpoint(dir, model->params(), model->weights().data(), nullptr, nullptr);
-  return model;
+  LoadedModel out;
+  out.model = std::make_unique<Gpt>(read_checkpoint_manifest(dir).model, grid);
+  out.state = load_checkpoint(dir, out.model->params(), out.model->weights().data(), nullptr,
+                              nullptr);
+  return out;
 }
 
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, uint64_t index) {

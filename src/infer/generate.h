@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "ckpt/checkpoint.h"
 #include "comm/process_grid.h"
 #include "model/gpt.h"
 
@@ -21,8 +22,12 @@ struct SampleOptions {
   uint64_t seed = 42;
 };
 
+struct LoadedModel {
+  std::unique_ptr<Gpt> model;
+  CheckpointState state;  // the manifest: step, config the run trained with
+};
 // Builds a model from a checkpoint (run dir or checkpoint dir) and loads its weights.
-std::unique_ptr<Gpt> load_model(const std::filesystem::path& ckpt, const ProcessGrid& grid);
+LoadedModel load_model(const std::filesystem::path& ckpt, const ProcessGrid& grid);
 
 // Picks the next token from logits (V real entries) given draw `index` of the seeded stream.
 int32_t sample_token(const float* logits, int V, const SampleOptions& opt, uint64_t index);
