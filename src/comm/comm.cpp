@@ -3,8 +3,15 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/check.h"
+
 namespace loom {
 namespace {
+
+class DoneHandle final : public CommHandle {
+ public:
+  void wait() override {}
+};
 
 class SingleComm final : public Comm {
  public:
@@ -12,17 +19,32 @@ class SingleComm final : public Comm {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string name() const override { return name_ + "[0]"; }
-  void allreduce(float*, size_t, ReduceOp) override {}
-  void allreduce(double*, size_t, ReduceOp) override {}
-  void allgather(const float* send, float* recv, size_t count) override {
-    if (send != recv) std::memmove(recv, send, count * sizeof(float));
+  std::unique_ptr<CommHandle> allreduce_async(float*, size_t, ReduceOp) override {
+    return std::make_unique<DoneHandle>();
   }
-  void reduce_scatter(const float* send, float* recv, size_t count) override {
+  void allreduce(double*, size_t, ReduceOp) override {}
+  std::unique_ptr<CommHandle> allgather_async(const float* send, float* recv,
+                                              size_t count) override {
     if (send != recv) std::memmove(recv, send, count * sizeof(float));
+    return std::make_unique<DoneHandle>();
+  }
+  std::unique_ptr<CommHandle> reduce_scatter_async(const float* send, float* recv,
+                                                   size_t count) override {
+    if (send != recv) std::memmove(recv, send, count * sizeof(float));
+    return std::make_unique<DoneHandle>();
   }
   void broadcast(float*, size_t, int) override {}
+  void send(const float*, size_t, int dst) override {
+    LOOM_CHECK(false, "send to rank {} in a one-rank group {}", dst, name());
+  }
+  void recv(float*, size_t, int src) override {
+    LOOM_CHECK(false, "recv from rank {} in a one-rank group {}", src, name());
+  }
   void barrier() override {}
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
+  std::unique_ptr<Comm> split(int, int, const std::string& name) override {
+    return std::make_unique<SingleComm>(name);
+  }
 
  private:
   std::string name_;

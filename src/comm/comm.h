@@ -1,16 +1,31 @@
-// The communication interface every layer above talks to. This issue ships the
-// single-rank implementation; MpiComm (and later NCCL) implement the same interface.
-// Every operation will carry a tag (op, group, sequence, bytes, step, micro-batch) and a
-// deadline once there is more than one rank to wait for.
+// The communication interface every layer above talks to: SingleComm for a one-process
+// job, MpiComm over OpenMPI (NCCL later). Every operation carries a tag (op, group,
+// sequence number, bytes, step, micro-batch) and a deadline: a rank that waits past it
+// reports which ranks of the group never entered the operation, then ends the job.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
 namespace loom {
 
 enum class ReduceOp { kSum, kMax };
+
+// Where the job is, for messages: set by the trainer, read by every communicator.
+struct CommProgress {
+  int64_t step = -1;
+  int micro_batch = -1;
+};
+
+// A handle on an asynchronous operation; wait() blocks until it completed (or the
+// deadline passed, which ends the job).
+class CommHandle {
+ public:
+  virtual ~CommHandle() = default;
+  virtual void wait() = 0;
+};
 
 class Comm {
  public:
@@ -20,17 +35,32 @@ class Comm {
   // A name for messages, e.g. "dp[0..3]".
   virtual std::string name() const = 0;
 
-  // In-place all-reduce of `count` floats.
-  virtual void allreduce(float* data, size_t count, ReduceOp op) = 0;
+  // In-place all-reduce of `count` values.
+  virtual std::unique_ptr<CommHandle> allreduce_async(float* data, size_t count, ReduceOp op) = 0;
   virtual void allreduce(double* data, size_t count, ReduceOp op) = 0;
-  // send: `count` floats from every rank's `send`, rank r's chunk lands at recv + r*count.
-  virtual void allgather(const float* send, float* recv, size_t count) = 0;
+  // `count` floats from every rank's `send`; rank r's chunk lands at recv + r*count.
+  virtual std::unique_ptr<CommHandle> allgather_async(const float* send, float* recv,
+                                                      size_t count) = 0;
   // recv (count floats) = sum over ranks of send[rank*count, (rank+1)*count).
-  virtual void reduce_scatter(const float* send, float* recv, size_t count) = 0;
+  virtual std::unique_ptr<CommHandle> reduce_scatter_async(const float* send, float* recv,
+                                                           size_t count) = 0;
   virtual void broadcast(float* data, size_t count, int root) = 0;
+  virtual void send(const float* data, size_t count, int dst) = 0;
+  virtual void recv(float* data, size_t count, int src) = 0;
   virtual void barrier() = 0;
   // Ends every process of the job (MPI_Abort for MPI); for one rank, exits.
   [[noreturn]] virtual void abort(int exit_code) = 0;
+  // A sub-communicator of the ranks passing the same color, ordered by key (collective).
+  virtual std::unique_ptr<Comm> split(int color, int key, const std::string& name) = 0;
+
+  // Blocking forms.
+  void allreduce(float* data, size_t count, ReduceOp op) { allreduce_async(data, count, op)->wait(); }
+  void allgather(const float* send, float* recv, size_t count) {
+    allgather_async(send, recv, count)->wait();
+  }
+  void reduce_scatter(const float* send, float* recv, size_t count) {
+    reduce_scatter_async(send, recv, count)->wait();
+  }
 };
 
 // The trivial communicator of a one-process job: every collective is the identity.

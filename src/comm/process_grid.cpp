@@ -31,8 +31,24 @@ ProcessGrid ProcessGrid::single() {
   return g;
 }
 
-std::string ProcessGrid::describe() const {
-  return fmt::format("rank {} (pp {}, dp {}, tp {})", rank_, coord_.pp, coord_.dp, coord_.tp);
+ProcessGrid ProcessGrid::create(std::unique_ptr<Comm> world, const GridShape& shape) {
+  validate_grid(shape, world->size());
+  ProcessGrid g;
+  g.shape_ = shape;
+  g.rank_ = world->rank();
+  g.coord_ = coord_of(shape, g.rank_);
+  const GridCoord c = g.coord_;
+  // Every rank calls every split in the same order (they are collective on world).
+  g.tp_ = world->split(c.pp * shape.dp + c.dp, c.tp, "tp");
+  g.dp_ = world->split(c.pp * shape.tp + c.tp, c.dp, "dp");
+  g.pp_ = world->split(c.dp * shape.tp + c.tp, c.pp, "pp");
+  g.world_ = std::move(world);
+  return g;
+}
+
+std::string ProcessGrid::describe(int world_rank) const {
+  const GridCoord c = coord_of(shape_, world_rank);
+  return fmt::format("rank {} (pp {}, dp {}, tp {})", world_rank, c.pp, c.dp, c.tp);
 }
 
 }  // namespace loom

@@ -36,6 +36,9 @@ class ProcessGrid {
  public:
   // A one-process grid: every axis has size 1 and a single-rank communicator.
   static ProcessGrid single();
+  // The grid of `shape` over `world` (collective): validates the sizes against the world
+  // size (InputError naming every factor) and splits one communicator per axis.
+  static ProcessGrid create(std::unique_ptr<Comm> world, const GridShape& shape);
 
   const GridShape& shape() const { return shape_; }
   const GridCoord& coord() const { return coord_; }
@@ -45,7 +48,8 @@ class ProcessGrid {
   Comm& tp_comm() const { return *tp_; }
   Comm& pp_comm() const { return *pp_; }
   // "rank 3 (pp 0, dp 1, tp 1)"
-  std::string describe() const;
+  std::string describe() const { return describe(rank_); }
+  std::string describe(int world_rank) const;
 
  private:
   GridShape shape_;

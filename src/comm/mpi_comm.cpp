@@ -1,0 +1,337 @@
+#include "comm/mpi_comm.h"
+
+#include <mpi.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "core/check.h"
+
+namespace loom {
+namespace {
+
+constexpr int kMaxComms = 64;  // communicators whose progress a rank publishes
+
+void mpi_check(int rc, const char* what) {
+  if (rc != MPI_SUCCESS) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    LOOM_CHECK(false, "{} failed: {}", what, std::string(msg, size_t(len)));
+  }
+}
+
+int as_int(size_t count) {
+  LOOM_CHECK(count <= size_t(INT_MAX), "message of {} elements exceeds MPI's int count", count);
+  return int(count);
+}
+
+}  // namespace
+
+bool launched_under_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+struct MpiRuntime::State {
+  MpiOptions opt;
+  int rank = 0, size = 1;
+  MPI_Win win = MPI_WIN_NULL;
+  int64_t* entered = nullptr;  // (kMaxComms,) this rank's published sequence numbers
+  int next_comm_id = 0;
+  CommProgress progress;
+  std::function<std::string(int)> describe = [](int r) { return fmt::format("rank {}", r); };
+};
+
+namespace {
+
+struct OpTag {
+  const char* op;
+  int64_t seq;
+  size_t bytes;
+  CommProgress at;
+};
+
+// Completion of one operation.
+struct OpState {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+};
+
+// Runs a communicator's operations one after another on its own thread.
+class Worker {
+ public:
+  Worker() : thread_([this] { loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void push(std::function<void()> task) {
+    {
+      std::lock_guard lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+class MpiComm;
+
+class MpiHandle final : public CommHandle {
+ public:
+  MpiHandle(MpiComm* comm, std::shared_ptr<OpState> op, OpTag tag)
+      : comm_(comm), op_(std::move(op)), tag_(tag) {}
+  void wait() override;
+
+ private:
+  MpiComm* comm_;
+  std::shared_ptr<OpState> op_;
+  OpTag tag_;
+};
+
+class MpiComm final : public Comm {
+ public:
+  MpiComm(std::shared_ptr<MpiRuntime::State> rt, MPI_Comm comm, const std::string& base)
+      : rt_(std::move(rt)), comm_(comm) {
+    LOOM_CHECK(rt_->next_comm_id < kMaxComms, "more than {} communicators", kMaxComms);
+    id_ = rt_->next_comm_id++;
+    MPI_Comm_rank(comm_, &rank_);
+    MPI_Comm_size(comm_, &size_);
+    members_ = world_ranks();
+    name_ = base + group_suffix();
+  }
+  ~MpiComm() override {
+    worker_.reset();  // drains and joins
+    if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return name_; }
+
+  std::unique_ptr<CommHandle> allreduce_async(float* data, size_t count, ReduceOp op) override {
+    const MPI_Op mop = op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
+    return submit("ALLREDUCE", count * 4, [=, this] {
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, data, as_int(count), MPI_FLOAT, mop, comm_),
+                "MPI_Allreduce");
+    });
+  }
+  void allreduce(double* data, size_t count, ReduceOp op) override {
+    const MPI_Op mop = op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
+    submit("ALLREDUCE", count * 8, [=, this] {
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, data, as_int(count), MPI_DOUBLE, mop, comm_),
+                "MPI_Allreduce");
+    })->wait();
+  }
+  std::unique_ptr<CommHandle> allgather_async(const float* send, float* recv,
+                                              size_t count) override {
+    return submit("ALLGATHER", count * 4 * size_t(size_), [=, this] {
+      const void* src = send == recv + size_t(rank_) * count ? MPI_IN_PLACE : send;
+      mpi_check(MPI_Allgather(src, as_int(count), MPI_FLOAT, recv, as_int(count), MPI_FLOAT,
+                              comm_),
+                "MPI_Allgather");
+    });
+  }
+  std::unique_ptr<CommHandle> reduce_scatter_async(const float* send, float* recv,
+                                                   size_t count) override {
+    return submit("REDUCE_SCATTER", count * 4 * size_t(size_), [=, this] {
+      mpi_check(MPI_Reduce_scatter_block(send, recv, as_int(count), MPI_FLOAT, MPI_SUM, comm_),
+                "MPI_Reduce_scatter_block");
+    });
+  }
+  void broadcast(float* data, size_t count, int root) override {
+    submit("BROADCAST", count * 4, [=, this] {
+      mpi_check(MPI_Bcast(data, as_int(count), MPI_FLOAT, root, comm_), "MPI_Bcast");
+    })->wait();
+  }
+  void send(const float* data, size_t count, int dst) override {
+    submit("SEND", count * 4, [=, this] {
+      mpi_check(MPI_Send(data, as_int(count), MPI_FLOAT, dst, 0, comm_), "MPI_Send");
+    })->wait();
+  }
+  void recv(float* data, size_t count, int src) override {
+    submit("RECV", count * 4, [=, this] {
+      mpi_check(MPI_Recv(data, as_int(count), MPI_FLOAT, src, 0, comm_, MPI_STATUS_IGNORE),
+                "MPI_Recv");
+    })->wait();
+  }
+  void barrier() override {
+    submit("BARRIER", 0, [this] { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); })->wait();
+  }
+  [[noreturn]] void abort(int exit_code) override {
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
+  }
+  std::unique_ptr<Comm> split(int color, int key, const std::string& name) override {
+    MPI_Comm out = MPI_COMM_NULL;
+    submit("SPLIT", 0, [&, this] {
+      mpi_check(MPI_Comm_split(comm_, color, key, &out), "MPI_Comm_split");
+    })->wait();
+    return std::make_unique<MpiComm>(rt_, out, name);
+  }
+
+  // Blocks until op completes; past the deadline, reports who never arrived and aborts.
+  void wait_for(OpState& op, const OpTag& tag) {
+    std::unique_lock lock(op.mu);
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::duration<double>(rt_->opt.timeout_s);
+    if (op.cv.wait_until(lock, deadline, [&] { return op.done; })) return;
+    lock.unlock();
+    report_hang(tag);
+  }
+
+ private:
+  std::unique_ptr<CommHandle> submit(const char* what, size_t bytes, std::function<void()> fn) {
+    auto op = std::make_shared<OpState>();
+    const OpTag tag{what, ++seq_, bytes, rt_->progress};
+    int64_t* slot = rt_->entered + id_;
+    worker_->push([op, fn = std::move(fn), slot, seq = tag.seq, this, tag] {
+      __atomic_store_n(slot, seq, __ATOMIC_SEQ_CST);
+      {
+        std::lock_guard lock(running_mu_);
+        running_ = tag;
+      }
+      fn();
+      std::lock_guard lock(op->mu);
+      op->done = true;
+      op->cv.notify_all();
+    });
+    return std::make_unique<MpiHandle>(this, op, tag);
+  }
+
+  [[noreturn]] void report_hang(const OpTag& waited) {
+    // The operation this rank is stuck in may be an earlier one than the one waited for.
+    const int64_t mine = __atomic_load_n(rt_->entered + id_, __ATOMIC_SEQ_CST);
+    OpTag stuck = waited;
+    if (mine >= waited.seq) {
+      std::lock_guard lock(running_mu_);
+      stuck = running_;
+    }
+    std::string missing;
+    for (int r : members_) {
+      const int64_t seen = read_entered(r);
+      if (seen < stuck.seq)
+        missing += fmt::format("{} never entered {} #{} of group {} at step {}\n",
+                               rt_->describe(r), stuck.op, stuck.seq, name_, stuck.at.step);
+    }
+    fmt::print(stderr,
+               "{}: deadline of {:.0f} s passed waiting for {} #{} ({} bytes) of group {} at "
+               "step {}, micro-batch {}\n{}aborting the job\n",
+               rt_->describe(rt_->rank), rt_->opt.timeout_s, stuck.op, stuck.seq, stuck.bytes,
+               name_, stuck.at.step, stuck.at.micro_batch,
+               missing.empty() ? "(every rank entered it; a rank may be stuck inside)\n"
+                               : missing);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 3);
+    std::_Exit(3);
+  }
+
+  int64_t read_entered(int world_rank) {
+    int64_t value = -1;
+    MPI_Win_lock(MPI_LOCK_SHARED, world_rank, 0, rt_->win);
+    MPI_Get(&value, 1, MPI_INT64_T, world_rank, id_, 1, MPI_INT64_T, rt_->win);
+    MPI_Win_unlock(world_rank, rt_->win);
+    return value;
+  }
+
+  std::vector<int> world_ranks() const {
+    MPI_Group mine, world;
+    MPI_Comm_group(comm_, &mine);
+    MPI_Comm_group(MPI_COMM_WORLD, &world);
+    std::vector<int> local(static_cast<size_t>(size_)), global(static_cast<size_t>(size_));
+    for (int i = 0; i < size_; ++i) local[size_t(i)] = i;
+    MPI_Group_translate_ranks(mine, size_, local.data(), world, global.data());
+    MPI_Group_free(&mine);
+    MPI_Group_free(&world);
+    return global;
+  }
+
+  // "[0..3]" for contiguous world ranks, else "[0,2,4]".
+  std::string group_suffix() const {
+    bool contiguous = true;
+    for (size_t i = 1; i < members_.size(); ++i) contiguous &= members_[i] == members_[i - 1] + 1;
+    if (contiguous) return fmt::format("[{}..{}]", members_.front(), members_.back());
+    return fmt::format("[{}]", fmt::join(members_, ","));
+  }
+
+  std::shared_ptr<MpiRuntime::State> rt_;
+  MPI_Comm comm_;
+  int id_ = 0, rank_ = 0, size_ = 1;
+  std::vector<int> members_;
+  std::string name_;
+  int64_t seq_ = 0;  // operations submitted (by the owning thread)
+  std::mutex running_mu_;
+  OpTag running_{"NONE", 0, 0, {}};  // the operation the worker runs now
+  std::unique_ptr<Worker> worker_ = std::make_unique<Worker>();
+};
+
+void MpiHandle::wait() { comm_->wait_for(*op_, tag_); }
+
+}  // namespace
+
+MpiRuntime::MpiRuntime(const MpiOptions& opt) : state_(std::make_shared<State>()) {
+  state_->opt = opt;
+  int provided = 0;
+  mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
+  LOOM_CHECK(provided == MPI_THREAD_MULTIPLE,
+             "this MPI provides thread level {}, loom needs MPI_THREAD_MULTIPLE", provided);
+  MPI_Comm_rank(MPI_COMM_WORLD, &state_->rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &state_->size);
+  mpi_check(MPI_Win_allocate(kMaxComms * sizeof(int64_t), sizeof(int64_t), MPI_INFO_NULL,
+                             MPI_COMM_WORLD, &state_->entered, &state_->win),
+            "MPI_Win_allocate");
+  for (int i = 0; i < kMaxComms; ++i) state_->entered[i] = 0;
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+MpiRuntime::~MpiRuntime() {
+  MPI_Win_free(&state_->win);
+  MPI_Finalize();
+}
+
+int MpiRuntime::world_rank() const { return state_->rank; }
+int MpiRuntime::world_size() const { return state_->size; }
+std::unique_ptr<Comm> MpiRuntime::world() {
+  return std::make_unique<MpiComm>(state_, MPI_COMM_WORLD, "world");
+}
+CommProgress& MpiRuntime::progress() { return state_->progress; }
+void MpiRuntime::set_rank_describer(std::function<std::string(int)> f) {
+  state_->describe = std::move(f);
+}
+
+}  // namespace loom

@@ -1,0 +1,54 @@
+// OpenMPI behind the Comm interface.
+//
+// Each communicator owns a worker thread that runs its operations in submission order
+// (MPI_THREAD_MULTIPLE): an async operation returns at once and really progresses while
+// the caller computes (a bucket's all-reduce overlaps the rest of backward), and blocking
+// forms are async + wait. Every rank submits the same operations in the same order, so
+// the MPI collective ordering rule holds.
+//
+// Hang detection: every rank publishes, per communicator, the sequence number of the last
+// operation it entered, in an MPI one-sided window (passive target: readable while the
+// owner computes or sleeps). A wait that passes the deadline reads those numbers, prints
+// e.g. "rank 3 (pp 0, dp 3, tp 0) never entered ALLREDUCE #305 of group dp[0..3] at step
+// 12", then MPI_Aborts the job.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "comm/comm.h"
+
+namespace loom {
+
+// True when this process was started by mpirun/srun (OpenMPI or PMI environment).
+bool launched_under_mpi();
+
+struct MpiOptions {
+  double timeout_s = 300;  // deadline of every operation
+};
+
+// Owns MPI_Init_thread/MPI_Finalize and the hang-detection window. One per process.
+class MpiRuntime {
+ public:
+  explicit MpiRuntime(const MpiOptions& opt);
+  ~MpiRuntime();
+  MpiRuntime(const MpiRuntime&) = delete;
+  MpiRuntime& operator=(const MpiRuntime&) = delete;
+
+  int world_rank() const;
+  int world_size() const;
+  // The world communicator (id 0); sub-communicators come from split().
+  std::unique_ptr<Comm> world();
+  // Where the job is (step, micro-batch), quoted in deadline reports.
+  CommProgress& progress();
+  // How a world rank is named in reports, e.g. "rank 3 (pp 0, dp 3, tp 0)".
+  void set_rank_describer(std::function<std::string(int)> f);
+
+  struct State;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace loom

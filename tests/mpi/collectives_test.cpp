@@ -1,0 +1,104 @@
+// Collectives over MpiComm: each rank contributes values derived from its rank, checked
+// against closed-form sums; sizes that are not multiples of the group size; async handles
+// completed out of order; sub-communicators of the process grid.
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "comm/process_grid.h"
+#include "core/check.h"
+#include "mpi_test_main.h"
+
+namespace loom {
+namespace {
+
+TEST(Collectives, AllreduceSumsRankValues) {
+  auto world = test::mpi().world();
+  const int n = world->size(), r = world->rank();
+  for (size_t count : {size_t(1), size_t(7), size_t(1000), size_t(1) << 18}) {
+    std::vector<float> x(count);
+    for (size_t i = 0; i < count; ++i) x[i] = float(r + 1) + float(i % 13);
+    world->allreduce(x.data(), count, ReduceOp::kSum);
+    for (size_t i = 0; i < count; ++i)
+      ASSERT_EQ(x[i], float(n * (n + 1) / 2) + float(n) * float(i % 13)) << "i=" << i;
+  }
+  double d[2] = {double(r), double(r) * 0.5};
+  world->allreduce(d, 2, ReduceOp::kMax);
+  EXPECT_EQ(d[0], double(n - 1));
+  EXPECT_EQ(d[1], double(n - 1) * 0.5);
+}
+
+TEST(Collectives, AllgatherAndReduceScatterOddSizes) {
+  auto world = test::mpi().world();
+  const int n = world->size(), r = world->rank();
+  const size_t count = 5;  // per rank; total 5n is not a power of two
+  std::vector<float> mine(count), all(count * n);
+  for (size_t i = 0; i < count; ++i) mine[i] = float(r * 100 + int(i));
+  world->allgather(mine.data(), all.data(), count);
+  for (int q = 0; q < n; ++q)
+    for (size_t i = 0; i < count; ++i) ASSERT_EQ(all[q * count + i], float(q * 100 + int(i)));
+  // In place: this rank's chunk already sits in the output buffer.
+  std::vector<float> inplace(count * n, -1.0f);
+  for (size_t i = 0; i < count; ++i) inplace[r * count + i] = mine[i];
+  world->allgather(inplace.data() + r * count, inplace.data(), count);
+  EXPECT_EQ(inplace, all);
+
+  std::vector<float> send(count * n), recv(count);
+  for (size_t j = 0; j < count * n; ++j) send[j] = float(r + 1) * float(j);
+  world->reduce_scatter(send.data(), recv.data(), count);
+  for (size_t i = 0; i < count; ++i)
+    ASSERT_EQ(recv[i], float(n * (n + 1) / 2) * float(r * count + i));
+}
+
+TEST(Collectives, AsyncHandlesCompleteOutOfOrder) {
+  auto world = test::mpi().world();
+  const int n = world->size(), r = world->rank();
+  std::vector<std::vector<float>> bufs(6, std::vector<float>(333));
+  std::vector<std::unique_ptr<CommHandle>> handles;
+  for (size_t b = 0; b < bufs.size(); ++b) {
+    for (float& v : bufs[b]) v = float(r) + float(b);
+    handles.push_back(world->allreduce_async(bufs[b].data(), bufs[b].size(), ReduceOp::kSum));
+  }
+  for (int b = int(bufs.size()) - 1; b >= 0; --b) {
+    handles[b]->wait();
+    for (float v : bufs[b]) ASSERT_EQ(v, float(n * (n - 1) / 2) + float(n * b));
+  }
+}
+
+TEST(Collectives, BroadcastSendRecvBarrier) {
+  auto world = test::mpi().world();
+  const int n = world->size(), r = world->rank();
+  std::vector<float> x(10, float(r));
+  world->broadcast(x.data(), x.size(), n - 1);
+  for (float v : x) ASSERT_EQ(v, float(n - 1));
+  if (n >= 2 && r < 2) {
+    std::vector<float> msg(4, 42.0f + r);
+    if (r == 0) world->send(msg.data(), msg.size(), 1);
+    if (r == 1) {
+      world->recv(msg.data(), msg.size(), 0);
+      for (float v : msg) ASSERT_EQ(v, 42.0f);
+    }
+  }
+  world->barrier();
+}
+
+TEST(Collectives, GridSubCommunicatorsFollowTheLayout) {
+  const int n = test::mpi().world_size();
+  if (n % 2 != 0) GTEST_FAIL() << "run with an even number of ranks";
+  const GridShape shape{.pp = 1, .dp = n / 2, .tp = 2};
+  ProcessGrid grid = ProcessGrid::create(test::mpi().world(), shape);
+  EXPECT_EQ(grid.tp_comm().size(), 2);
+  EXPECT_EQ(grid.dp_comm().size(), n / 2);
+  EXPECT_EQ(grid.tp_comm().rank(), grid.coord().tp);
+  EXPECT_EQ(grid.dp_comm().rank(), grid.coord().dp);
+  // Sum of world ranks within my dp group: ranks tp + 2*d for d in [0, n/2).
+  float x = float(grid.rank());
+  grid.dp_comm().allreduce(&x, 1, ReduceOp::kSum);
+  const int D = n / 2, t = grid.coord().tp;
+  EXPECT_EQ(x, float(t * D + 2 * (D * (D - 1) / 2)));
+  EXPECT_THROW(ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = n, .tp = 2}),
+               InputError);
+}
+
+}  // namespace
+}  // namespace loom
