@@ -1,42 +1,82 @@
-// loom train --config FILE.toml [--set section.key=value ...] [--resume auto|DIR]
+// loom train --config FILE.toml [--set section.key=value ...] [--dp N --zero Z]
+//            [--resume auto|DIR]
+// Under mpirun/srun the job's processes form the process grid; alone it is one process.
 #include <fmt/core.h>
 #include <omp.h>
 
 #include <filesystem>
+#include <optional>
 
 #include "ckpt/checkpoint.h"
 #include "cli/command.h"
+#include "comm/mpi_comm.h"
 #include "comm/process_grid.h"
+#include "core/check.h"
+#include "train/startup_checks.h"
 #include "train/trainer.h"
 
 namespace loom::cli {
+namespace {
+
+struct TrainOpts {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string resume;
+  std::optional<int> dp, tp, pp, zero;
+};
+
+int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o) {
+  Trainer trainer(cfg, grid);
+  if (!o.resume.empty()) {
+    const std::filesystem::path from =
+        resolve_checkpoint(o.resume == "auto" ? std::filesystem::path(cfg.run.dir)
+                                              : std::filesystem::path(o.resume));
+    trainer.resume(from);
+    if (grid.rank() == 0) fmt::print("resumed from {} at step {}\n", from.string(), trainer.next_step());
+  }
+  trainer.run(stdout);
+  return 0;
+}
+
+}  // namespace
 
 RunFn setup_train(CLI::App& sub) {
-  struct Opts {
-    std::string config;
-    std::vector<std::string> overrides;
-    std::string resume;
-  };
-  auto o = std::make_shared<Opts>();
+  auto o = std::make_shared<TrainOpts>();
   sub.add_option("--config", o->config, "run config (TOML)")->required();
   sub.add_option("--set", o->overrides, "override a config value: section.key=value");
+  sub.add_option("--dp", o->dp, "data-parallel ranks ([parallel] dp)");
+  sub.add_option("--tp", o->tp, "tensor-parallel ranks ([parallel] tp)");
+  sub.add_option("--pp", o->pp, "pipeline stages ([parallel] pp)");
+  sub.add_option("--zero", o->zero, "ZeRO stage 0, 1 or 2 ([parallel] zero)");
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
                  "checkpoint directory");
   return [o] {
-    const RunConfig cfg = load_run_config(o->config, o->overrides);
+    std::vector<std::string> overrides = o->overrides;
+    for (auto [key, v] : {std::pair{"dp", o->dp}, {"tp", o->tp}, {"pp", o->pp}, {"zero", o->zero}})
+      if (v) overrides.push_back(fmt::format("parallel.{}={}", key, *v));
+    const RunConfig cfg = load_run_config(o->config, overrides);
     if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
-    const ProcessGrid grid = ProcessGrid::single();
-    Trainer trainer(cfg, grid);
-    if (!o->resume.empty()) {
-      const std::filesystem::path from =
-          resolve_checkpoint(o->resume == "auto" ? std::filesystem::path(cfg.run.dir)
-                                                 : std::filesystem::path(o->resume));
-      trainer.resume(from);
-      fmt::print("resumed from {} at step {}\n", from.string(), trainer.next_step());
+    const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
+    if (!launched_under_mpi()) {
+      LOOM_REQUIRE(shape.world() == 1,
+                   "pp={} x dp={} x tp={} needs {} processes: run under mpirun -np {} (or srun)",
+                   shape.pp, shape.dp, shape.tp, shape.world(), shape.world());
+      const ProcessGrid grid = ProcessGrid::single();
+      return train_on(cfg, grid, *o);
     }
-    trainer.run(stdout);
-    return 0;
+    MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});
+    try {
+      ProcessGrid grid = ProcessGrid::create(mpi.world(), shape, &mpi.progress());
+      mpi.set_rank_describer([&grid](int r) { return grid.describe(r); });
+      check_same_binary_and_config(grid, cfg);
+      return train_on(cfg, grid, *o);
+    } catch (const Error& e) {
+      // Every rank sees the same config error; a rank-local one must still end the job.
+      fmt::print(stderr, "error (rank {}): {}\n", mpi.world_rank(), e.what());
+      std::fflush(stderr);
+      mpi.world()->abort(e.exit_code());
+    }
   };
 }
 

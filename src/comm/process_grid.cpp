@@ -31,9 +31,11 @@ ProcessGrid ProcessGrid::single() {
   return g;
 }
 
-ProcessGrid ProcessGrid::create(std::unique_ptr<Comm> world, const GridShape& shape) {
+ProcessGrid ProcessGrid::create(std::unique_ptr<Comm> world, const GridShape& shape,
+                                CommProgress* progress) {
   validate_grid(shape, world->size());
   ProcessGrid g;
+  g.progress_ = progress;
   g.shape_ = shape;
   g.rank_ = world->rank();
   g.coord_ = coord_of(shape, g.rank_);

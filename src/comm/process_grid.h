@@ -38,7 +38,9 @@ class ProcessGrid {
   static ProcessGrid single();
   // The grid of `shape` over `world` (collective): validates the sizes against the world
   // size (InputError naming every factor) and splits one communicator per axis.
-  static ProcessGrid create(std::unique_ptr<Comm> world, const GridShape& shape);
+  // `progress` (may be null) is where the trainer records the step for deadline reports.
+  static ProcessGrid create(std::unique_ptr<Comm> world, const GridShape& shape,
+                            CommProgress* progress = nullptr);
 
   const GridShape& shape() const { return shape_; }
   const GridCoord& coord() const { return coord_; }
@@ -47,6 +49,7 @@ class ProcessGrid {
   Comm& dp_comm() const { return *dp_; }
   Comm& tp_comm() const { return *tp_; }
   Comm& pp_comm() const { return *pp_; }
+  CommProgress* progress() const { return progress_; }
   // "rank 3 (pp 0, dp 1, tp 1)"
   std::string describe() const { return describe(rank_); }
   std::string describe(int world_rank) const;
@@ -56,6 +59,7 @@ class ProcessGrid {
   GridCoord coord_;
   int rank_ = 0;
   std::shared_ptr<Comm> world_, dp_, tp_, pp_;
+  CommProgress* progress_ = nullptr;  // owned by the MPI runtime
 };
 
 }  // namespace loom

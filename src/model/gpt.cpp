@@ -11,11 +11,13 @@ namespace k = kernels;
 
 Gpt::Gpt(const GptConfig& cfg, const ProcessGrid& grid)
     : cfg_(cfg), grid_(&grid), specs_(gpt2_param_specs(cfg)) {
-  LOOM_CHECK(grid.shape().tp == 1 && grid.shape().pp == 1,
+  LOOM_REQUIRE(grid.shape().tp == 1 && grid.shape().pp == 1,
              "this model build supports tp=1, pp=1 only (got tp={}, pp={})", grid.shape().tp,
              grid.shape().pp);
-  weights_.assign(flat_size(specs_), 0.0f);
-  grads_.assign(flat_size(specs_), 0.0f);
+  const size_t dp = size_t(grid.shape().dp);
+  const size_t padded = (flat_size(specs_) + dp - 1) / dp * dp;
+  weights_.assign(padded, 0.0f);
+  grads_.assign(padded, 0.0f);
   w_ = bind(weights_.data());
   g_ = bind(grads_.data());
 }
@@ -214,11 +216,14 @@ void Gpt::backward() {
   const float* last = acts_.residual3 + size_t(cfg_.n_layer - 1) * nc;
   k::layernorm_backward(dacts_.dresidual, g_.lnfw, g_.lnfb, dacts_.dln, last, w_.lnfw,
                         acts_.lnf_mean, acts_.lnf_rstd, N, C);
+  if (hook_) hook_(cfg_.n_layer);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const float* residual = l == 0 ? acts_.encoded : acts_.residual3 + (l - 1) * nc;
     block_backward(l, residual, B, T);
+    if (hook_) hook_(l);
   }
   k::encoder_backward(g_.wte, g_.wpe, dacts_.dresidual, inputs_.data(), B, T, C);
+  if (hook_) hook_(-1);
 }
 
 void Gpt::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }

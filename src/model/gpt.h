@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -22,6 +23,8 @@ class Gpt {
 
   const GptConfig& config() const { return cfg_; }
   const std::vector<ParamSpec>& params() const { return specs_; }
+  // Flat buffers: the parameters' ranges, then zeros up to a multiple of the dp size
+  // (so ZeRO partitions divide evenly).
   std::span<float> weights() { return weights_; }
   std::span<const float> weights() const { return weights_; }
   std::span<float> grads() { return grads_; }
@@ -42,6 +45,10 @@ class Gpt {
                       float dloss_scale);
   // Accumulates parameter gradients into grads().
   void backward();
+  // Called during backward as gradients become final: with n_layer once ln_f's are done,
+  // with l after block l's, with -1 after the embeddings' (the last). Data parallelism
+  // uses it to start a bucket's all-reduce while backward goes on. Empty = none.
+  void set_backward_hook(std::function<void(int layer)> hook) { hook_ = std::move(hook); }
   void zero_grads();
 
   const float* logits() const { return acts_.logits; }  // (B,T,Vp)
@@ -108,6 +115,7 @@ class Gpt {
   int cur_B_ = 0, cur_T_ = 0;   // sizes of the last forward
   std::vector<int32_t> inputs_; // (B,T) of the last forward, for encoder_backward
   bool have_dlogits_ = false;
+  std::function<void(int)> hook_;
 };
 
 }  // namespace loom

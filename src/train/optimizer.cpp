@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -7,18 +8,21 @@
 namespace loom {
 
 void AdamW::update(const std::vector<ParamSpec>& specs, std::span<float> weights,
-                   std::span<const float> grads, double lr, float grad_scale, int t) {
+                   const float* grads, double lr, float grad_scale, int t) {
+  const size_t end = begin_ + m_.size();
   for (const ParamSpec& p : specs) {
+    const size_t lo = std::max(p.offset, begin_), hi = std::min(p.offset + p.numel, end);
+    if (lo >= hi) continue;
     const float wd = p.decay ? float(cfg_.weight_decay) : 0.0f;
-    kernels::adamw_update(weights.data() + p.offset, grads.data() + p.offset,
-                          m_.data() + p.offset, v_.data() + p.offset, p.numel, float(lr),
-                          float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd, t,
-                          grad_scale);
+    const size_t i = lo - begin_;
+    kernels::adamw_update(weights.data() + lo, grads + i, m_.data() + i, v_.data() + i, hi - lo,
+                          float(lr), float(cfg_.beta1), float(cfg_.beta2), float(cfg_.eps), wd,
+                          t, grad_scale);
   }
 }
 
-ClipResult clip_coefficient(std::span<const float> grads, double max_norm) {
-  const double norm = std::sqrt(kernels::sum_squares(grads.data(), grads.size()));
+ClipResult clip_coefficient(double grad_sum_squares, double max_norm) {
+  const double norm = std::sqrt(grad_sum_squares);
   float scale = 1.0f;
   if (max_norm > 0) {
     const float coef = float(max_norm) / (float(norm) + 1e-6f);

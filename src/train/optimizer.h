@@ -13,20 +13,26 @@ namespace loom {
 
 class AdamW {
  public:
-  AdamW(const TrainConfig& cfg, size_t n) : cfg_(cfg), m_(n, 0.0f), v_(n, 0.0f) {}
+  // Owns the moments of the flat range [begin, end) (the whole buffer, or a ZeRO shard).
+  AdamW(const TrainConfig& cfg, size_t begin, size_t end)
+      : cfg_(cfg), begin_(begin), m_(end - begin, 0.0f), v_(end - begin, 0.0f) {}
 
-  // One update with learning rate lr; grads are multiplied by grad_scale first (the clip
-  // coefficient). `t` is the 1-based step count.
-  void update(const std::vector<ParamSpec>& specs, std::span<float> weights,
-              std::span<const float> grads, double lr, float grad_scale, int t);
+  // One update of the owned range with learning rate lr. grads[i] is the gradient of flat
+  // index begin + i, multiplied by grad_scale first (the clip coefficient). `t` is the
+  // 1-based step count.
+  void update(const std::vector<ParamSpec>& specs, std::span<float> weights, const float* grads,
+              double lr, float grad_scale, int t);
 
+  size_t begin() const { return begin_; }
+  size_t end() const { return begin_ + m_.size(); }
   std::span<float> m() { return m_; }
   std::span<float> v() { return v_; }
 
  private:
   TrainConfig cfg_;
-  std::vector<float> m_;  // first moments, flat
-  std::vector<float> v_;  // second moments, flat
+  size_t begin_;
+  std::vector<float> m_;  // first moments of [begin, end)
+  std::vector<float> v_;  // second moments of [begin, end)
 };
 
 // Global L2 norm of the gradient buffer and the clip coefficient torch's
@@ -35,6 +41,6 @@ struct ClipResult {
   float norm;
   float scale;
 };
-ClipResult clip_coefficient(std::span<const float> grads, double max_norm);
+ClipResult clip_coefficient(double grad_sum_squares, double max_norm);
 
 }  // namespace loom

@@ -37,6 +37,11 @@ std::vector<Field> fields(RunConfig& c) {
       {"data", "train", &c.data.train},       {"data", "val", &c.data.val},
       {"run", "dir", &c.run.dir},             {"run", "threads", &c.run.threads},
       {"run", "keep_last", &c.run.keep_last}, {"run", "gemm", &c.run.gemm},
+      {"train", "global_batch", &t.global_batch},
+      {"parallel", "dp", &c.parallel.dp},     {"parallel", "tp", &c.parallel.tp},
+      {"parallel", "pp", &c.parallel.pp},     {"parallel", "zero", &c.parallel.zero},
+      {"parallel", "bucket_mb", &c.parallel.bucket_mb},
+      {"comm", "timeout_s", &c.comm.timeout_s},
   };
 }
 
@@ -81,7 +86,7 @@ void apply_table(RunConfig& c, const toml::table& root, const std::string& sourc
   for (auto&& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     std::string keys = known_keys(fs, section);
-    LOOM_REQUIRE(!keys.empty(), "{}: unknown section [{}] (known: model, train, data, run)",
+    LOOM_REQUIRE(!keys.empty(), "{}: unknown section [{}] (known: model, train, data, run, parallel, comm)",
                  source, section);
     const toml::table* tbl = section_node.as_table();
     LOOM_REQUIRE(tbl != nullptr, "{}: [{}] must be a table", source, section);
@@ -138,6 +143,22 @@ void RunConfig::validate() const {
   LOOM_REQUIRE(!data.train.empty(), "[data] train: the path of the train shard is required");
   LOOM_REQUIRE(run.threads >= 0 && run.keep_last >= 0,
                "[run] threads={} and keep_last={} must be >= 0", run.threads, run.keep_last);
+  const ParallelConfig& p = parallel;
+  LOOM_REQUIRE(p.dp >= 1 && p.tp >= 1 && p.pp >= 1,
+               "[parallel] dp={} tp={} pp={} must all be >= 1", p.dp, p.tp, p.pp);
+  LOOM_REQUIRE(p.tp == 1 && p.pp == 1,
+               "[parallel] tp={} pp={}: tensor and pipeline parallelism are not implemented yet "
+               "(use tp = 1, pp = 1)", p.tp, p.pp);
+  LOOM_REQUIRE(p.zero >= 0 && p.zero <= 2,
+               "[parallel] zero={} is not supported: use 0, 1 or 2 (ZeRO-3 is not implemented yet)",
+               p.zero);
+  LOOM_REQUIRE(p.bucket_mb > 0, "[parallel] bucket_mb={} must be > 0", p.bucket_mb);
+  LOOM_REQUIRE(comm.timeout_s > 0, "[comm] timeout_s={} must be > 0", comm.timeout_s);
+  const int64_t derived = int64_t(t.micro_batch) * t.grad_accum * p.dp;
+  LOOM_REQUIRE(t.global_batch == 0 || t.global_batch == derived,
+               "[train] global_batch={} but micro_batch={} x grad_accum={} x dp={} = {}; set "
+               "global_batch = 0 to derive it, or change one of the factors",
+               t.global_batch, t.micro_batch, t.grad_accum, p.dp, derived);
   LOOM_REQUIRE(run.gemm == "onednn" || run.gemm == "openblas",
                "[run] gemm='{}' must be 'onednn' or 'openblas'", run.gemm);
 }

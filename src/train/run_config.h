@@ -12,7 +12,8 @@
 namespace loom {
 
 struct TrainConfig {
-  int micro_batch = 4;          // B: rows per micro-batch (sequences)
+  int micro_batch = 4;          // B: rows per micro-batch on each data-parallel rank
+  int global_batch = 0;         // sequences per optimizer step; 0 = micro_batch*grad_accum*dp
   int seq_len = 256;            // T: tokens per row; <= model.block_size
   int grad_accum = 1;           // micro-batches per optimizer step
   int steps = 100;              // optimizer steps to run (total, including resumed ones)
@@ -32,6 +33,18 @@ struct TrainConfig {
   int checkpoint_every = 0;     // steps between checkpoints; 0 = only at the end
 };
 
+struct ParallelConfig {
+  int dp = 1;              // data-parallel ranks
+  int tp = 1;              // tensor-parallel ranks (must be 1 for now)
+  int pp = 1;              // pipeline stages (must be 1 for now)
+  int zero = 0;            // ZeRO stage: 0, 1 (optimizer state) or 2 (+ gradients)
+  double bucket_mb = 25;   // gradient all-reduce bucket size, MiB
+};
+
+struct CommConfig {
+  double timeout_s = 300;  // deadline of every collective, seconds; then the job aborts
+};
+
 struct DataConfig {
   std::string train;  // path of the train token shard (loom prepare's train_000000.bin)
   std::string val;    // path of the validation shard; "" = no validation
@@ -49,6 +62,8 @@ struct RunConfig {
   TrainConfig train;
   DataConfig data;
   RunSection run;
+  ParallelConfig parallel;
+  CommConfig comm;
 
   // Throws InputError on inconsistent values.
   void validate() const;

@@ -61,20 +61,25 @@ class Progress {
 void Trainer::run(std::FILE* progress_out) {
   const TrainConfig& t = cfg_.train;
   const fs::path dir = cfg_.run.dir;
-  fs::create_directories(dir);
-  write_file_atomic(dir / "config.toml", cfg_.to_toml());
-  std::ofstream metrics(dir / "metrics.jsonl", std::ios::app);
-  LOOM_REQUIRE(metrics.good(), "cannot write {}", (dir / "metrics.jsonl").string());
+  std::ofstream metrics;
+  if (is_writer()) {
+    fs::create_directories(dir);
+    write_file_atomic(dir / "config.toml", cfg_.to_toml());
+    metrics.open(dir / "metrics.jsonl", std::ios::app);
+    LOOM_REQUIRE(metrics.good(), "cannot write {}", (dir / "metrics.jsonl").string());
+  } else {
+    progress_out = nullptr;  // rank 0 speaks for the job
+  }
 
   const double peak = measure_gemm_peak_gflops() * 1e9;
   const double flops = flops_per_token();
   Progress progress(progress_out, t.steps);
   progress.note(fmt::format(
-      "model: {:.2f}M params, L={} C={} NH={} T={}, B={} x accum {} | {:.0f} MFLOP/token ({}) | "
-      "GEMM peak {:.0f} GFLOP/s",
+      "model: {:.2f}M params, L={} C={} NH={} T={}, B={} x accum {} x dp {} (zero {}) | {:.0f} "
+      "MFLOP/token ({}) | GEMM peak {:.0f} GFLOP/s per rank",
       double(model_.flop_params()) / 1e6, cfg_.model.n_layer, cfg_.model.n_embd,
-      cfg_.model.n_head, t.seq_len, t.micro_batch, t.grad_accum, flops / 1e6, kFlopsFormula,
-      peak / 1e9));
+      cfg_.model.n_head, t.seq_len, t.micro_batch, t.grad_accum, grid_->shape().dp,
+      cfg_.parallel.zero, flops / 1e6, kFlopsFormula, peak / 1e9));
 
   Timer wall;
   const int first = step_;
@@ -82,19 +87,22 @@ void Trainer::run(std::FILE* progress_out) {
   while (step_ < t.steps) {
     const StepStats s = train_step();
     ema_tps = ema_tps == 0.0 ? s.tokens_per_s : 0.8 * ema_tps + 0.2 * s.tokens_per_s;
-    const double mfu = s.tokens_per_s * flops / peak;
+    // MFU against the peak of all the job's ranks.
+    const double mfu = s.tokens_per_s * flops / (peak * grid_->shape().world());
     const double eta = (wall.seconds() / (step_ - first)) * (t.steps - step_);
     nlohmann::json rec = {{"step", s.step + 1}, {"loss", s.loss}, {"lr", s.lr},
                           {"grad_norm", s.grad_norm}, {"tokens_per_s", s.tokens_per_s},
                           {"mfu", mfu}};
-    progress.step(s, ema_tps, ema_tps * flops / peak, eta);
+    progress.step(s, ema_tps, ema_tps * flops / (peak * grid_->shape().world()), eta);
     if (val_data_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || step_ == t.steps)) {
       const float val = evaluate(t.eval_tokens);
       rec["val_loss"] = val;
       progress.note(fmt::format("step {:>5} | val_loss {:.4f}", step_, val));
     }
-    metrics << rec.dump() << "\n";
-    metrics.flush();
+    if (metrics.is_open()) {
+      metrics << rec.dump() << "\n";
+      metrics.flush();
+    }
     if (t.checkpoint_every > 0 && step_ % t.checkpoint_every == 0 && step_ < t.steps)
       progress.note(fmt::format("checkpoint {}", save_checkpoint().string()));
   }

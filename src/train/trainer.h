@@ -12,6 +12,7 @@
 #include "comm/process_grid.h"
 #include "data/loader.h"
 #include "model/gpt.h"
+#include "parallel/data_parallel.h"
 #include "train/optimizer.h"
 #include "train/run_config.h"
 
@@ -26,6 +27,9 @@ struct StepStats {
   double tokens_per_s = 0;
 };
 
+// Data parallel: the global micro-batch has micro_batch * dp rows; dp rank r trains on rows
+// [r*micro_batch, (r+1)*micro_batch), so every dp size sees exactly the single process's
+// data. Only world rank 0 prints, writes metrics and checkpoints.
 class Trainer {
  public:
   Trainer(const RunConfig& cfg, const ProcessGrid& grid);
@@ -44,6 +48,7 @@ class Trainer {
 
   int next_step() const { return step_; }
   Gpt& model() { return model_; }
+  DataParallel& data_parallel() { return dp_; }
   AdamW& optimizer() { return opt_; }
   const RunConfig& config() const { return cfg_; }
   // Model FLOPs per token (6N + 12*L*C*T) and the measured GEMM peak used for MFU.
@@ -52,14 +57,18 @@ class Trainer {
  private:
   // Which batch slot of the shard micro-batch k reads (llm.c order, or shuffled per epoch).
   uint64_t batch_slot(uint64_t k);
+  // Mean of a per-rank value over the data-parallel group.
+  double dp_mean(double local);
+  bool is_writer() const { return grid_->rank() == 0; }
 
   RunConfig cfg_;
   const ProcessGrid* grid_;
   Gpt model_;
+  DataParallel dp_;
   AdamW opt_;
   TokenLoader train_data_;
   std::optional<TokenLoader> val_data_;
-  std::vector<int32_t> inputs_, targets_;  // (B,T)
+  std::vector<int32_t> inputs_, targets_;  // (B,T), this rank's rows
   int step_ = 0;                           // next optimizer step to run
   std::vector<uint32_t> perm_;             // shuffled slot order of perm_epoch_
   int64_t perm_epoch_ = -1;

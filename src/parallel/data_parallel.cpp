@@ -1,0 +1,103 @@
+#include "parallel/data_parallel.h"
+
+#include <algorithm>
+
+#include "core/check.h"
+#include "core/timer.h"
+#include "kernels/kernels.h"
+
+namespace loom {
+
+DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_mb)
+    : model_(model), dp_(dp), zero_(zero_stage) {
+  LOOM_REQUIRE(zero_stage >= 0 && zero_stage <= 2,
+               "zero={} is not supported (0, 1 or 2; stage 3 is not implemented yet)", zero_stage);
+  LOOM_REQUIRE(bucket_mb > 0, "[parallel] bucket_mb={} must be > 0", bucket_mb);
+  const size_t n = model.grads().size();
+  LOOM_CHECK(n % size_t(dp.size()) == 0, "flat buffer of {} floats is not padded to dp={}", n,
+             dp.size());
+  if (zero_ >= 1) {
+    const size_t shard = n / size_t(dp.size());
+    shard_begin_ = shard * size_t(dp.rank());
+    shard_end_ = shard_begin_ + shard;
+  } else {
+    shard_end_ = n;
+  }
+  if (zero_ == 2) grad_shard_.assign(shard_end_ - shard_begin_, 0.0f);
+  build_buckets(bucket_mb);
+}
+
+void DataParallel::build_buckets(double bucket_mb) {
+  const size_t cap = std::max<size_t>(1, size_t(bucket_mb * 1024 * 1024 / sizeof(float)));
+  const std::vector<ParamSpec>& specs = model_.params();
+  const size_t n = model_.grads().size();
+  // Walk in reverse flat order: ln_f, blocks L-1..0, then wpe, wte. The padding after the
+  // last parameter travels with the first bucket.
+  GradBucket cur;
+  cur.end = n;
+  cur.begin = n;
+  cur.ready_layer = model_.config().n_layer;
+  for (auto it = specs.rbegin(); it != specs.rend(); ++it) {
+    if (cur.end - cur.begin >= cap && it->layer != cur.ready_layer) {
+      buckets_.push_back(std::move(cur));
+      cur = GradBucket{};
+      cur.end = buckets_.back().begin;
+      cur.begin = cur.end;
+    }
+    cur.begin = it->offset;
+    cur.ready_layer = it->layer;
+  }
+  buckets_.push_back(std::move(cur));
+}
+
+void DataParallel::on_layer_ready(int layer) {
+  // Layer l finished means every parameter of layers >= l (and ln_f) is final.
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].ready_layer >= layer) {
+    GradBucket& b = buckets_[next_bucket_++];
+    b.inflight = dp_.allreduce_async(model_.grads().data() + b.begin, b.end - b.begin,
+                                     ReduceOp::kSum);
+  }
+}
+
+void DataParallel::arm_for_last_micro_batch() {
+  next_bucket_ = 0;
+  if (dp_.size() == 1 || zero_ == 2) {
+    model_.set_backward_hook(nullptr);
+    return;
+  }
+  model_.set_backward_hook([this](int layer) { on_layer_ready(layer); });
+}
+
+const float* DataParallel::finish() {
+  model_.set_backward_hook(nullptr);
+  Timer wait;
+  float* grads = model_.grads().data();
+  if (dp_.size() > 1 && zero_ == 2) {
+    dp_.reduce_scatter(grads, grad_shard_.data(), grad_shard_.size());
+  } else if (dp_.size() > 1) {
+    on_layer_ready(-1);  // anything not launched yet (e.g. no hook ran)
+    for (GradBucket& b : buckets_) {
+      if (b.inflight) b.inflight->wait();
+      b.inflight.reset();
+    }
+  }
+  last_wait_s_ = wait.seconds();
+  if (zero_ == 2 && dp_.size() > 1) return grad_shard_.data();
+  return grads + shard_begin_;
+}
+
+double DataParallel::grad_sum_squares() {
+  if (zero_ < 2 || dp_.size() == 1)
+    return kernels::sum_squares(model_.grads().data(), model_.grads().size());
+  double local = kernels::sum_squares(grad_shard_.data(), grad_shard_.size());
+  dp_.allreduce(&local, 1, ReduceOp::kSum);
+  return local;
+}
+
+void DataParallel::gather_weights() {
+  if (zero_ == 0 || dp_.size() == 1) return;
+  float* w = model_.weights().data();
+  dp_.allgather(w + shard_begin_, w, shard_end_ - shard_begin_);
+}
+
+}  // namespace loom

@@ -1,0 +1,71 @@
+// Data parallelism over the flat gradient buffer (DDP / ZeRO style).
+//
+// The buffer is split into buckets of about bucket_mb, walking the parameters in reverse
+// layer order (ln_f, block L-1, ..., block 0, embeddings), because that is the order in
+// which backward finishes them. During the backward of the step's last micro-batch the
+// model's hook reports each finished layer; a bucket whose parameters are all final starts
+// its all-reduce at once, on the communicator's own thread, while backward continues.
+// finish() waits for what is still in flight.
+//
+// ZeRO (Rajbhandari et al. 2020), on the padded flat buffer split into dp equal shards:
+//  stage 0: gradients all-reduced, every rank updates everything;
+//  stage 1: gradients all-reduced, each rank keeps the AdamW moments of its shard only,
+//           updates its shard, then the weights are all-gathered;
+//  stage 2: gradients reduce-scattered so each rank holds only its shard's sum (one
+//           reduce-scatter after backward; not overlapped yet), then as stage 1.
+// Gradients are averaged over the global batch: each rank scales its loss by 1/dp.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <vector>
+
+#include "comm/comm.h"
+#include "model/gpt.h"
+
+namespace loom {
+
+struct GradBucket {
+  size_t begin = 0, end = 0;  // range of the flat buffer, in floats
+  int ready_layer = 0;        // final once the hook reported this layer (-1 = embeddings)
+  std::unique_ptr<CommHandle> inflight;
+};
+
+class DataParallel {
+ public:
+  DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_mb);
+
+  int zero_stage() const { return zero_; }
+  int dp_size() const { return dp_.size(); }
+  // The range of the flat buffer whose optimizer state this rank owns.
+  size_t shard_begin() const { return shard_begin_; }
+  size_t shard_end() const { return shard_end_; }
+  const std::vector<GradBucket>& buckets() const { return buckets_; }
+
+  // Arms the backward hook: the next backward completes the step's gradients.
+  void arm_for_last_micro_batch();
+  // Completes gradient synchronisation; returns the gradients of [shard_begin, shard_end)
+  // (element i is flat index shard_begin + i).
+  const float* finish();
+  // Squared L2 norm of the full averaged gradient (a collective at ZeRO-2).
+  double grad_sum_squares();
+  // After the shard's update: every rank gets every weight (ZeRO 1/2); no-op at stage 0.
+  void gather_weights();
+  // Seconds the optimizer waited in finish() for communication still in flight.
+  double last_wait_seconds() const { return last_wait_s_; }
+
+ private:
+  void build_buckets(double bucket_mb);
+  void on_layer_ready(int layer);
+
+  Gpt& model_;
+  Comm& dp_;
+  int zero_;
+  size_t shard_begin_ = 0, shard_end_ = 0;
+  std::vector<GradBucket> buckets_;  // in launch order
+  size_t next_bucket_ = 0;
+  std::vector<float> grad_shard_;  // ZeRO-2: this rank's reduced gradient shard
+  double last_wait_s_ = 0;
+};
+
+}  // namespace loom
