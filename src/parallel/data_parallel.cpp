@@ -1,5 +1,7 @@
 #include "parallel/data_parallel.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 #include "core/check.h"
@@ -84,6 +86,24 @@ const float* DataParallel::finish() {
   last_wait_s_ = wait.seconds();
   if (zero_ == 2 && dp_.size() > 1) return grad_shard_.data();
   return grads + shard_begin_;
+}
+
+std::string DataParallel::memory_report() const {
+  const double psi = double(flat_size(model_.params())), N = dp_.size();
+  const double weights = 4.0 * double(model_.weights().size());
+  // Stage 2 still accumulates into a full gradient buffer during backward (the
+  // reduce-scatter comes after it), so its measured gradient bytes include that buffer.
+  const double grads = 4.0 * double(model_.grads().size() + grad_shard_.size());
+  const double optim = 8.0 * double(shard_end_ - shard_begin_);
+  const double formula[] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N};
+  constexpr double kMiB = 1024.0 * 1024.0;
+  return fmt::format(
+      "memory per rank (zero {}, dp {}): weights {:.1f} MiB, gradients {:.1f} MiB, optimizer "
+      "{:.1f} MiB = {:.1f} MiB; ZeRO formula (fp32: {}) = {:.1f} MiB",
+      zero_, dp_.size(), weights / kMiB, grads / kMiB, optim / kMiB,
+      (weights + grads + optim) / kMiB,
+      zero_ == 0 ? "16 Psi" : zero_ == 1 ? "4 Psi + 4 Psi + 8 Psi/N" : "4 Psi + 12 Psi/N",
+      formula[zero_] / kMiB);
 }
 
 double DataParallel::grad_sum_squares() {

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "comm/comm.h"
@@ -51,6 +52,11 @@ class DataParallel {
   double grad_sum_squares();
   // After the shard's update: every rank gets every weight (ZeRO 1/2); no-op at stage 0.
   void gather_weights();
+  // Per-rank bytes of weights, gradients and optimizer state, measured from the buffers,
+  // beside the ZeRO paper's formula in its fp32 form (Psi parameters, N = dp):
+  // stage 0: 4+4+8 = 16 Psi; stage 1: 4 Psi + 4 Psi + 8 Psi/N; stage 2: 4 Psi + 12 Psi/N
+  // (the paper's mixed-precision stage 1 is 4 Psi + 12 Psi/N).
+  std::string memory_report() const;
   // Seconds the optimizer waited in finish() for communication still in flight.
   double last_wait_seconds() const { return last_wait_s_; }
 

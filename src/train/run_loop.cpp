@@ -80,6 +80,7 @@ void Trainer::run(std::FILE* progress_out) {
       double(model_.flop_params()) / 1e6, cfg_.model.n_layer, cfg_.model.n_embd,
       cfg_.model.n_head, t.seq_len, t.micro_batch, t.grad_accum, grid_->shape().dp,
       cfg_.parallel.zero, flops / 1e6, kFlopsFormula, peak / 1e9));
+  progress.note(dp_.memory_report());
 
   Timer wall;
   const int first = step_;

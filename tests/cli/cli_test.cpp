@@ -17,8 +17,10 @@ struct Result {
   std::string output;  // stdout + stderr
 };
 
-Result run(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + " " LOOM_BINARY " " + args + " 2>&1";
+Result run(const std::string& args, const std::string& env = "", int np = 0) {
+  const std::string launcher =
+      np > 0 ? std::string(LOOM_MPIRUN) + " -np " + std::to_string(np) + " " : std::string();
+  const std::string cmd = env + " " + launcher + LOOM_BINARY " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   std::string out;
   std::array<char, 4096> buf;
@@ -139,6 +141,32 @@ TEST_F(Cli, BadInputGivesAClearMessageAndExitCode2) {
 
   r = run("frobnicate");
   EXPECT_EQ(r.code, 2) << r.output;
+}
+
+TEST_F(Cli, DataParallelUnderMpirunResumesAndRejectsBadLayouts) {
+  const std::string cfg = "train --config " + (dir_ / "tiny.toml").string();
+  const std::string run2 = " --set run.dir=" + (dir_ / "dp_run").string();
+  Result r = run(cfg + run2 + " --dp 2 --zero 1", "OMP_NUM_THREADS=1", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "x dp 2 (zero 1)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "memory per rank (zero 1, dp 2)")) << r.output;
+  r = run(cfg + run2 + " --dp 2 --zero 1 --resume auto --set train.steps=6", "OMP_NUM_THREADS=1", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "at step 4")) << r.output;
+
+  r = run(cfg + " --dp 3", "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "pp=1 x dp=3 x tp=1 = 3 does not match the world size 2"))
+      << r.output;
+  r = run(cfg + " --dp 2 --zero 3", "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "ZeRO-3")) << r.output;
+  r = run(cfg + " --dp 2 --set train.global_batch=5", "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "global_batch=5")) << r.output;
+  r = run(cfg + " --dp 2");  // no mpirun
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "mpirun -np 2")) << r.output;
 }
 
 TEST_F(Cli, CorruptCheckpointIsRejected) {

@@ -9,7 +9,10 @@
 #include "../train/test_util.h"
 #include "comm/process_grid.h"
 #include "mpi_test_main.h"
+#include "ckpt/checkpoint.h"
 #include "train/trainer.h"
+
+#include <unistd.h>
 
 namespace loom {
 namespace {
@@ -89,6 +92,47 @@ TEST(DataParallel, BucketsCoverTheBufferInReverseLayerOrder) {
   for (size_t i = 1; i < buckets.size(); ++i) {
     EXPECT_EQ(buckets[i].end, buckets[i - 1].begin);
     EXPECT_LE(buckets[i].ready_layer, buckets[i - 1].ready_layer);
+  }
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+// A directory every rank of this job shares (rank 0 makes it).
+std::filesystem::path shared_dir(const ProcessGrid& grid, const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("loom_" + name + "_" + std::to_string(::getppid()));
+  if (grid.rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  }
+  grid.world().barrier();
+  return dir;
+}
+
+TEST(DataParallel, ResumeUnderZeroIsBitwiseIdentical) {
+  const int dp = test::mpi().world_size();
+  const ProcessGrid grid =
+      ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = dp, .tp = 1});
+  for (int zero : {1, 2}) {
+    RunConfig cfg = config(dp, zero, 2);
+    cfg.run.dir = (shared_dir(grid, "dp_resume") / "run").string();
+    Trainer whole(cfg, grid);
+    std::vector<float> expected;
+    for (int s = 0; s < 6; ++s) expected.push_back(whole.train_step().loss);
+    Trainer first(cfg, grid);
+    std::vector<float> got;
+    for (int s = 0; s < 3; ++s) got.push_back(first.train_step().loss);
+    first.save_checkpoint();
+    Trainer second(cfg, grid);
+    second.resume(resolve_checkpoint(cfg.run.dir));
+    for (int s = 0; s < 3; ++s) got.push_back(second.train_step().loss);
+    EXPECT_EQ(got, expected) << "zero " << zero;
+    EXPECT_EQ(std::memcmp(second.model().weights().data(), whole.model().weights().data(),
+                          whole.model().weights().size_bytes()), 0) << "zero " << zero;
   }
 }
 
