@@ -4,6 +4,9 @@
 #include <omp.h>
 
 #include "cli/command.h"
+#include "comm/bench_collectives.h"
+#include "comm/mpi_comm.h"
+#include "core/check.h"
 #include "core/file_io.h"
 #include "kernels/bench_kernels.h"
 #include "train/bench_train.h"
@@ -37,11 +40,48 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
   return 0;
 }
 
+int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,
+                          const std::string& json_out) {
+  LOOM_REQUIRE(launched_under_mpi(),
+               "bench collectives runs under mpirun: mpirun -np 2 loom bench collectives");
+  MpiRuntime mpi(MpiOptions{});
+  auto world = mpi.world();
+  const bool root = world->rank() == 0;
+  if (root)
+    fmt::print("bench collectives: {} ranks, loom Comm (worker thread + deadline) vs raw MPI "
+               "in the same run; busbw = algbw*2(n-1)/n (allreduce), (n-1)/n (others)\n",
+               world->size());
+  const std::vector<CollectiveRow> rows = bench_collectives(*world, min_bytes, max_bytes, iters);
+  if (!root) return 0;
+  fmt::print("{:<15} {:>12} {:>11} | {:>10} {:>8} {:>8} {:>7} | {:>10} {:>8} {:>8} {:>7} | {:>6}\n",
+             "op", "size(B)", "count", "loom(us)", "algbw", "busbw", "#wrong", "mpi(us)", "algbw",
+             "busbw", "#wrong", "ratio");
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i = 0; i + 1 < rows.size(); i += 2) {
+    const CollectiveRow& l = rows[i];
+    const CollectiveRow& m = rows[i + 1];
+    fmt::print("{:<15} {:>12} {:>11} | {:>10.1f} {:>8.2f} {:>8.2f} {:>7} | {:>10.1f} {:>8.2f} "
+               "{:>8.2f} {:>7} | {:>6.2f}\n",
+               l.op, l.bytes, l.count, l.time_us, l.algbw, l.busbw, l.wrong, m.time_us, m.algbw,
+               m.busbw, m.wrong, l.busbw / m.busbw);
+    for (const CollectiveRow* r : {&l, &m})
+      out.push_back({{"op", r->op}, {"impl", r->impl}, {"bytes", r->bytes}, {"count", r->count},
+                     {"time_us", r->time_us}, {"algbw_GBps", r->algbw},
+                     {"busbw_GBps", r->busbw}, {"wrong", r->wrong}});
+  }
+  write_file_atomic(json_out, nlohmann::json{{"ranks", world->size()}, {"rows", out}}.dump(2));
+  fmt::print("wrote {}\n", json_out);
+  long wrong = 0;
+  for (const CollectiveRow& r : rows) wrong += r.wrong;
+  return wrong == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 RunFn setup_bench(CLI::App& sub) {
   struct Opts {
-    int threads = 2, repeats = 10, steps = 5, warmup = 1;
+    int threads = 2, repeats = 10, steps = 5, warmup = 1, iters = 20;
+    size_t min_bytes = 4096, max_bytes = size_t(256) << 20;
     std::string config = "configs/gpt2-124m.toml", json;
     std::vector<std::string> overrides;
     std::string torch_script = LOOM_SOURCE_DIR "/bench/torch_train.py";
@@ -52,6 +92,11 @@ RunFn setup_bench(CLI::App& sub) {
   k->add_option("--threads", o->threads, "threads")->capture_default_str();
   k->add_option("--repeats", o->repeats, "timed repeats per shape")->capture_default_str();
   k->add_option("--json", o->json, "JSON output (default loom-bench-kernels.json)");
+  CLI::App* c = sub.add_subcommand("collectives", "Comm vs raw MPI bandwidth (under mpirun)");
+  c->add_option("--min-bytes", o->min_bytes, "smallest size")->capture_default_str();
+  c->add_option("--max-bytes", o->max_bytes, "largest size (x4 steps)")->capture_default_str();
+  c->add_option("--iters", o->iters, "timed iterations per size (at most)")->capture_default_str();
+  c->add_option("--json", o->json, "JSON output (default loom-bench-collectives.json)");
   CLI::App* t = sub.add_subcommand("train", "training step throughput beside PyTorch");
   t->add_option("--config", o->config, "model/train config (TOML)")->capture_default_str();
   t->add_option("--set", o->overrides, "override a config value: section.key=value");
@@ -61,7 +106,10 @@ RunFn setup_bench(CLI::App& sub) {
   t->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
-  return [o, k, t] {
+  return [o, k, c, t] {
+    if (c->parsed())
+      return run_bench_collectives(o->min_bytes, o->max_bytes, o->iters,
+                                   o->json.empty() ? "loom-bench-collectives.json" : o->json);
     if (k->parsed())
       return run_bench_kernels(o->threads, o->repeats,
                                o->json.empty() ? "loom-bench-kernels.json" : o->json);
