@@ -25,6 +25,8 @@ class CommHandle {
  public:
   virtual ~CommHandle() = default;
   virtual void wait() = 0;
+  // True once the operation completed (never blocks).
+  virtual bool ready() = 0;
 };
 
 class Comm {

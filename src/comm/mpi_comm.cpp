@@ -117,6 +117,10 @@ class MpiHandle final : public CommHandle {
   MpiHandle(MpiComm* comm, std::shared_ptr<OpState> op, OpTag tag)
       : comm_(comm), op_(std::move(op)), tag_(tag) {}
   void wait() override;
+  bool ready() override {
+    std::lock_guard lock(op_->mu);
+    return op_->done;
+  }
 
  private:
   MpiComm* comm_;

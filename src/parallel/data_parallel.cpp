@@ -77,6 +77,13 @@ const float* DataParallel::finish() {
   if (dp_.size() > 1 && zero_ == 2) {
     dp_.reduce_scatter(grads, grad_shard_.data(), grad_shard_.size());
   } else if (dp_.size() > 1) {
+    early_ = 0;
+    early_floats_ = 0;
+    for (size_t i = 0; i < next_bucket_; ++i) {
+      if (!buckets_[i].inflight->ready()) continue;
+      ++early_;
+      early_floats_ += buckets_[i].end - buckets_[i].begin;
+    }
     on_layer_ready(-1);  // anything not launched yet (e.g. no hook ran)
     for (GradBucket& b : buckets_) {
       if (b.inflight) b.inflight->wait();

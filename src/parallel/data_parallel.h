@@ -59,6 +59,13 @@ class DataParallel {
   std::string memory_report() const;
   // Seconds the optimizer waited in finish() for communication still in flight.
   double last_wait_seconds() const { return last_wait_s_; }
+  // Buckets of the last step whose all-reduce had already completed, behind backward,
+  // when the optimizer asked for the gradients.
+  size_t last_early_buckets() const { return early_; }
+  // Fraction of the gradient bytes whose all-reduce had completed by then.
+  double last_hidden_fraction() const {
+    return double(early_floats_) / double(model_.grads().size());
+  }
 
  private:
   void build_buckets(double bucket_mb);
@@ -72,6 +79,8 @@ class DataParallel {
   size_t next_bucket_ = 0;
   std::vector<float> grad_shard_;  // ZeRO-2: this rank's reduced gradient shard
   double last_wait_s_ = 0;
+  size_t early_ = 0;
+  size_t early_floats_ = 0;
 };
 
 }  // namespace loom

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <string>
 
+#include "comm/process_grid.h"
 #include "train/run_config.h"
 
 namespace loom {
@@ -20,5 +21,12 @@ struct TrainBenchOptions {
 
 // Returns the process exit code (non-zero when validation fails).
 int bench_train(RunConfig cfg, const TrainBenchOptions& opt);
+
+// Data-parallel weak scaling, run under mpirun with every rank of `grid` (dp = world size,
+// 1 thread per rank): tokens/s at dp=1 (rank 0 alone) and at dp=n with the same per-rank
+// micro-batch, the weak-scaling efficiency tps_n / (n * tps_1), and the fraction of the
+// gradient all-reduce hidden behind backward: 1 - (time the optimizer waited for
+// communication) / (time the same bucketed all-reduces take with nothing to overlap).
+int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGrid& grid);
 
 }  // namespace loom
