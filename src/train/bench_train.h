@@ -25,8 +25,8 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt);
 // Data-parallel weak scaling, run under mpirun with every rank of `grid` (dp = world size,
 // 1 thread per rank): tokens/s at dp=1 (rank 0 alone) and at dp=n with the same per-rank
 // micro-batch, the weak-scaling efficiency tps_n / (n * tps_1), and the fraction of the
-// gradient all-reduce hidden behind backward: 1 - (time the optimizer waited for
-// communication) / (time the same bucketed all-reduces take with nothing to overlap).
+// gradient bytes whose all-reduce completed behind backward (buckets already done when the
+// optimizer asked), beside the exposed wait and the all-reduce time with nothing to overlap.
 int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGrid& grid);
 
 }  // namespace loom
