@@ -15,11 +15,6 @@ namespace loom::cli {
 
 namespace {
 
-// Parameters without wte's padding rows (Vp - V of them).
-size_t real_params(const GptConfig& cfg, size_t flat) {
-  return flat - size_t(cfg.padded_vocab() - cfg.vocab_size) * size_t(cfg.n_embd);
-}
-
 struct ExportOptions {
   std::string ckpt;
   std::string format;
@@ -40,7 +35,7 @@ int run_export(const ExportOptions& o) {
   }
   fmt::print("wrote {} ({}, {} parameters, L={} NH={} C={} V={} maxT={}) from {} (step {})\n",
              o.out, o.format == "safetensors" ? "HF GPT-2 safetensors" : "llm.c model file v3",
-             real_params(cfg, weights.size()), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size,
+             real_param_count(specs), cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size,
              cfg.block_size, dir.string(), manifest.step);
   return 0;
 }

@@ -17,11 +17,6 @@ namespace loom::cli {
 
 namespace {
 
-// Parameters without wte's padding rows (Vp - V of them).
-size_t real_params(const GptConfig& cfg, size_t flat) {
-  return flat - size_t(cfg.padded_vocab() - cfg.vocab_size) * size_t(cfg.n_embd);
-}
-
 struct ImportOptions {
   std::string format;
   std::string in;
@@ -50,7 +45,7 @@ int run_import(const ImportOptions& o) {
       save_checkpoint(o.out, specs, model.weights.data(), nullptr, nullptr, state, 0);
   fmt::print("imported {} ({}): L={} NH={} C={} V={} maxT={}, {} parameters\n", o.in, o.format,
              cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.vocab_size, cfg.block_size,
-             real_params(cfg, model.weights.size()));
+             real_param_count(specs));
   fmt::print("wrote {}\n", dir.string());
   return 0;
 }

@@ -23,13 +23,7 @@ Gpt::Gpt(const GptConfig& cfg, const ProcessGrid& grid)
 }
 
 int64_t Gpt::flop_params() const {
-  int64_t n = 0;
-  for (const ParamSpec& p : specs_) {
-    if (p.name == "wpe.weight") continue;
-    n += p.real_rows >= 0 ? p.real_rows * (p.global_numel() / p.global_shape[0])
-                          : p.global_numel();
-  }
-  return n;
+  return int64_t(real_param_count(specs_) - find_param(specs_, "wpe.weight").numel);
 }
 
 Gpt::ModelParams Gpt::bind(float* base) const {

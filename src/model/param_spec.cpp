@@ -85,6 +85,13 @@ size_t flat_size(const std::vector<ParamSpec>& specs) {
   return specs.empty() ? 0 : specs.back().offset + specs.back().numel;
 }
 
+size_t real_param_count(const std::vector<ParamSpec>& specs) {
+  size_t n = 0;
+  for (const ParamSpec& p : specs)
+    n += p.real_rows >= 0 ? size_t(p.real_rows) * (p.numel / size_t(p.global_shape[0])) : p.numel;
+  return n;
+}
+
 const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::string& name) {
   for (const ParamSpec& p : specs)
     if (p.name == name) return p;

@@ -46,6 +46,8 @@ std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg);
 
 // Total floats of the flat buffer for these specs.
 size_t flat_size(const std::vector<ParamSpec>& specs);
+// Parameters that are real, i.e. without wte's padding rows (Vp - V of them).
+size_t real_param_count(const std::vector<ParamSpec>& specs);
 
 // Finds a spec by name; throws if absent.
 const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::string& name);
