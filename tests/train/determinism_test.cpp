@@ -54,7 +54,7 @@ TEST(Determinism, ResumeFromCheckpointIsBitwiseIdentical) {
   }
 }
 
-TEST(Determinism, ShuffleVisitsEveryBatchOncePerEpoch) {
+TEST(Determinism, ShuffledOrderIsReproducibleAndDiffersFromSequential) {
   RunConfig cfg = test::tiny_config(test::temp_dir("shuffle"));
   cfg.train.shuffle = true;
   cfg.train.grad_accum = 1;
@@ -63,6 +63,9 @@ TEST(Determinism, ShuffleVisitsEveryBatchOncePerEpoch) {
   // Losses differ from the sequential order but are reproducible.
   const std::vector<float> la = run_steps(a, 4), lb = run_steps(b, 4);
   EXPECT_EQ(la, lb);
+  cfg.train.shuffle = false;
+  Trainer sequential(cfg, grid);
+  EXPECT_NE(run_steps(sequential, 4), la);
 }
 
 }  // namespace
