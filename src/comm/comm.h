@@ -46,6 +46,8 @@ class Comm {
   // recv (count floats) = sum over ranks of send[rank*count, (rank+1)*count).
   virtual std::unique_ptr<CommHandle> reduce_scatter_async(const float* send, float* recv,
                                                            size_t count) = 0;
+  // In place: on `root`, data becomes the sum over ranks; elsewhere it is left as sent.
+  virtual std::unique_ptr<CommHandle> reduce_async(float* data, size_t count, int root) = 0;
   virtual void broadcast(float* data, size_t count, int root) = 0;
   virtual void send(const float* data, size_t count, int dst) = 0;
   virtual void recv(float* data, size_t count, int src) = 0;

@@ -178,6 +178,14 @@ class MpiComm final : public Comm {
                 "MPI_Reduce_scatter_block");
     });
   }
+  std::unique_ptr<CommHandle> reduce_async(float* data, size_t count, int root) override {
+    return submit("REDUCE", count * 4, [=, this] {
+      const void* send = rank_ == root ? MPI_IN_PLACE : data;
+      mpi_check(MPI_Reduce(send, rank_ == root ? data : nullptr, as_int(count), MPI_FLOAT,
+                           MPI_SUM, root, comm_),
+                "MPI_Reduce");
+    });
+  }
   void broadcast(float* data, size_t count, int root) override {
     submit("BROADCAST", count * 4, [=, this] {
       mpi_check(MPI_Bcast(data, as_int(count), MPI_FLOAT, root, comm_), "MPI_Bcast");

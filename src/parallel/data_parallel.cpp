@@ -25,7 +25,6 @@ DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_m
   } else {
     shard_end_ = n;
   }
-  if (zero_ == 2) grad_shard_.assign(shard_end_ - shard_begin_, 0.0f);
   build_buckets(bucket_mb);
 }
 
@@ -52,18 +51,32 @@ void DataParallel::build_buckets(double bucket_mb) {
   buckets_.push_back(std::move(cur));
 }
 
+void DataParallel::launch(GradBucket& b) {
+  float* g = model_.grads().data();
+  if (zero_ < 2) {
+    b.inflight.push_back(dp_.allreduce_async(g + b.begin, b.end - b.begin, ReduceOp::kSum));
+    return;
+  }
+  // ZeRO-2: reduce each part of the bucket to the rank owning it (shards are equal, in
+  // rank order), so only owners hold the sums.
+  const size_t shard = model_.grads().size() / size_t(dp_.size());
+  for (size_t lo = b.begin; lo < b.end;) {
+    const int owner = int(lo / shard);
+    const size_t hi = std::min(b.end, size_t(owner + 1) * shard);
+    b.inflight.push_back(dp_.reduce_async(g + lo, hi - lo, owner));
+    lo = hi;
+  }
+}
+
 void DataParallel::on_layer_ready(int layer) {
   // Layer l finished means every parameter of layers >= l (and ln_f) is final.
-  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].ready_layer >= layer) {
-    GradBucket& b = buckets_[next_bucket_++];
-    b.inflight = dp_.allreduce_async(model_.grads().data() + b.begin, b.end - b.begin,
-                                     ReduceOp::kSum);
-  }
+  while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].ready_layer >= layer)
+    launch(buckets_[next_bucket_++]);
 }
 
 void DataParallel::arm_for_last_micro_batch() {
   next_bucket_ = 0;
-  if (dp_.size() == 1 || zero_ == 2) {
+  if (dp_.size() == 1) {
     model_.set_backward_hook(nullptr);
     return;
   }
@@ -74,33 +87,32 @@ const float* DataParallel::finish() {
   model_.set_backward_hook(nullptr);
   Timer wait;
   float* grads = model_.grads().data();
-  if (dp_.size() > 1 && zero_ == 2) {
-    dp_.reduce_scatter(grads, grad_shard_.data(), grad_shard_.size());
-  } else if (dp_.size() > 1) {
+  if (dp_.size() > 1) {
     early_ = 0;
     early_floats_ = 0;
     for (size_t i = 0; i < next_bucket_; ++i) {
-      if (!buckets_[i].inflight->ready()) continue;
+      bool done = true;
+      for (auto& h : buckets_[i].inflight) done = done && h->ready();
+      if (!done) continue;
       ++early_;
       early_floats_ += buckets_[i].end - buckets_[i].begin;
     }
     on_layer_ready(-1);  // anything not launched yet (e.g. no hook ran)
     for (GradBucket& b : buckets_) {
-      if (b.inflight) b.inflight->wait();
-      b.inflight.reset();
+      for (auto& h : b.inflight) h->wait();
+      b.inflight.clear();
     }
   }
   last_wait_s_ = wait.seconds();
-  if (zero_ == 2 && dp_.size() > 1) return grad_shard_.data();
   return grads + shard_begin_;
 }
 
 std::string DataParallel::memory_report() const {
   const double psi = double(flat_size(model_.params())), N = dp_.size();
   const double weights = 4.0 * double(model_.weights().size());
-  // Stage 2 still accumulates into a full gradient buffer during backward (the
-  // reduce-scatter comes after it), so its measured gradient bytes include that buffer.
-  const double grads = 4.0 * double(model_.grads().size() + grad_shard_.size());
+  // Stage 2 still accumulates into a full gradient buffer during backward, so its
+  // measured gradient bytes are the full buffer, above the formula's 4 Psi/N.
+  const double grads = 4.0 * double(model_.grads().size());
   const double optim = 8.0 * double(shard_end_ - shard_begin_);
   const double formula[] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N};
   constexpr double kMiB = 1024.0 * 1024.0;
@@ -116,7 +128,8 @@ std::string DataParallel::memory_report() const {
 double DataParallel::grad_sum_squares() {
   if (zero_ < 2 || dp_.size() == 1)
     return kernels::sum_squares(model_.grads().data(), model_.grads().size());
-  double local = kernels::sum_squares(grad_shard_.data(), grad_shard_.size());
+  double local = kernels::sum_squares(model_.grads().data() + shard_begin_,
+                                      shard_end_ - shard_begin_);
   dp_.allreduce(&local, 1, ReduceOp::kSum);
   return local;
 }

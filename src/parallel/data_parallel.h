@@ -11,8 +11,10 @@
 //  stage 0: gradients all-reduced, every rank updates everything;
 //  stage 1: gradients all-reduced, each rank keeps the AdamW moments of its shard only,
 //           updates its shard, then the weights are all-gathered;
-//  stage 2: gradients reduce-scattered so each rank holds only its shard's sum (one
-//           reduce-scatter after backward; not overlapped yet), then as stage 1.
+//  stage 2: each bucket is reduced only to the rank(s) whose shard it overlaps (MPI_Reduce
+//           per owner, launched from the backward hook like the all-reduces), so a rank
+//           ends with the summed gradients of its shard only; then as stage 1. Backward
+//           still accumulates into a full-size gradient buffer.
 // Gradients are averaged over the global batch: each rank scales its loss by 1/dp.
 #pragma once
 
@@ -29,7 +31,7 @@ namespace loom {
 struct GradBucket {
   size_t begin = 0, end = 0;  // range of the flat buffer, in floats
   int ready_layer = 0;        // final once the hook reported this layer (-1 = embeddings)
-  std::unique_ptr<CommHandle> inflight;
+  std::vector<std::unique_ptr<CommHandle>> inflight;
 };
 
 class DataParallel {
@@ -70,6 +72,7 @@ class DataParallel {
  private:
   void build_buckets(double bucket_mb);
   void on_layer_ready(int layer);
+  void launch(GradBucket& b);
 
   Gpt& model_;
   Comm& dp_;
@@ -77,7 +80,6 @@ class DataParallel {
   size_t shard_begin_ = 0, shard_end_ = 0;
   std::vector<GradBucket> buckets_;  // in launch order
   size_t next_bucket_ = 0;
-  std::vector<float> grad_shard_;  // ZeRO-2: this rank's reduced gradient shard
   double last_wait_s_ = 0;
   size_t early_ = 0;
   size_t early_floats_ = 0;
