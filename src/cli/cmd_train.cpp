@@ -47,7 +47,7 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--dp", o->dp, "data-parallel ranks ([parallel] dp)");
   sub.add_option("--tp", o->tp, "tensor-parallel ranks ([parallel] tp)");
   sub.add_option("--pp", o->pp, "pipeline stages ([parallel] pp)");
-  sub.add_option("--zero", o->zero, "ZeRO stage 0, 1 or 2 ([parallel] zero)");
+  sub.add_option("--zero", o->zero, "ZeRO stage 0-3 ([parallel] zero)");
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
                  "checkpoint directory");

@@ -121,11 +121,15 @@ void Gpt::forward_trunk(const int32_t* inputs, int B, int T) {
   std::copy(inputs, inputs + N, inputs_.begin());
   cur_B_ = B;
   cur_T_ = T;
+  acquire(-1);
   k::encoder_forward(acts_.encoded, inputs, w_.wte, w_.wpe, B, T, C);
   for (int l = 0; l < cfg_.n_layer; ++l) {
     const float* residual = l == 0 ? acts_.encoded : acts_.residual3 + size_t(l - 1) * N * C;
+    acquire(l);
     block_forward(l, residual, B, T);
+    release(l);
   }
+  acquire(cfg_.n_layer);
   const float* last = acts_.residual3 + size_t(cfg_.n_layer - 1) * N * C;
   k::layernorm_forward(acts_.lnf, acts_.lnf_mean, acts_.lnf_rstd, last, w_.lnfw, w_.lnfb, N, C);
   k::matmul_forward(acts_.logits, acts_.lnf, w_.wte, nullptr, N, C, cfg_.padded_vocab());
@@ -150,6 +154,8 @@ void check_targets(const int32_t* targets, int N, int V) {
 
 float Gpt::forward(const int32_t* inputs, const int32_t* targets, int B, int T) {
   forward_trunk(inputs, B, T);
+  release(cfg_.n_layer);
+  release(-1);
   have_dlogits_ = false;
   if (!targets) return 0.0f;
   check_targets(targets, B * T, cfg_.vocab_size);
@@ -213,10 +219,14 @@ void Gpt::backward() {
   if (hook_) hook_(cfg_.n_layer);
   for (int l = cfg_.n_layer - 1; l >= 0; --l) {
     const float* residual = l == 0 ? acts_.encoded : acts_.residual3 + (l - 1) * nc;
+    acquire(l);
     block_backward(l, residual, B, T);
+    release(l);
     if (hook_) hook_(l);
   }
   k::encoder_backward(g_.wte, g_.wpe, dacts_.dresidual, inputs_.data(), B, T, C);
+  release(cfg_.n_layer);
+  release(-1);
   if (hook_) hook_(-1);
 }
 

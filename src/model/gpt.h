@@ -49,6 +49,13 @@ class Gpt {
   // with l after block l's, with -1 after the embeddings' (the last). Data parallelism
   // uses it to start a bucket's all-reduce while backward goes on. Empty = none.
   void set_backward_hook(std::function<void(int layer)> hook) { hook_ = std::move(hook); }
+  // ZeRO-3: `acquire(unit)` runs before a unit's weights are read, `release(unit)` after
+  // their last read in this pass (unit -1 = embeddings, l = block l, n_layer = ln_f). The
+  // embeddings and ln_f stay acquired from forward_train() to the end of backward().
+  void set_unit_hooks(std::function<void(int)> acquire, std::function<void(int)> release) {
+    acquire_ = std::move(acquire);
+    release_ = std::move(release);
+  }
   void zero_grads();
 
   const float* logits() const { return acts_.logits; }  // (B,T,Vp)
@@ -116,6 +123,9 @@ class Gpt {
   std::vector<int32_t> inputs_; // (B,T) of the last forward, for encoder_backward
   bool have_dlogits_ = false;
   std::function<void(int)> hook_;
+  std::function<void(int)> acquire_, release_;
+  void acquire(int unit) { if (acquire_) acquire_(unit); }
+  void release(int unit) { if (release_) release_(unit); }
 };
 
 }  // namespace loom

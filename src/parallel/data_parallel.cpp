@@ -2,7 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 
 #include "core/check.h"
 #include "core/timer.h"
@@ -12,8 +17,8 @@ namespace loom {
 
 DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_mb)
     : model_(model), dp_(dp), zero_(zero_stage) {
-  LOOM_REQUIRE(zero_stage >= 0 && zero_stage <= 2,
-               "zero={} is not supported (0, 1 or 2; stage 3 is not implemented yet)", zero_stage);
+  LOOM_REQUIRE(zero_stage >= 0 && zero_stage <= 3, "zero={} is not a ZeRO stage (0-3)",
+               zero_stage);
   LOOM_REQUIRE(bucket_mb > 0, "[parallel] bucket_mb={} must be > 0", bucket_mb);
   const size_t n = model.grads().size();
   LOOM_CHECK(n % size_t(dp.size()) == 0, "flat buffer of {} floats is not padded to dp={}", n,
@@ -26,6 +31,60 @@ DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_m
     shard_end_ = n;
   }
   build_buckets(bucket_mb);
+  if (zero_ == 3) {
+    const int L = model.config().n_layer;
+    units_.assign(size_t(L) + 2, {SIZE_MAX, 0});
+    for (const ParamSpec& p : model.params()) {
+      auto& u = units_[size_t(p.layer + 1)];
+      u.first = std::min(u.first, p.offset);
+      u.second = std::max(u.second, p.offset + p.numel);
+    }
+    model.set_unit_hooks([this](int u) { gather_unit(u); }, [this](int u) { release_unit(u); });
+  }
+}
+
+void DataParallel::gather_unit(int unit) {
+  if (dp_.size() == 1) return;
+  const auto [begin, end] = units_[size_t(unit + 1)];
+  const size_t shard = shard_end_ - shard_begin_;
+  float* w = model_.weights().data();
+  // Each owner broadcasts its part of the unit (a unit spans one or a few shards).
+  for (size_t lo = begin; lo < end;) {
+    const int owner = int(lo / shard);
+    const size_t hi = std::min(end, size_t(owner + 1) * shard);
+    dp_.broadcast(w + lo, hi - lo, owner);
+    lo = hi;
+  }
+}
+
+void DataParallel::release_unit(int unit) {
+  if (dp_.size() == 1) return;
+  const auto [begin, end] = units_[size_t(unit + 1)];
+  release_range(begin, end);
+}
+
+void DataParallel::release_range(size_t lo, size_t hi) {
+  // Everything in [lo, hi) but this rank's shard; only whole pages can be given back.
+  const std::pair<size_t, size_t> parts[] = {{lo, std::min(hi, shard_begin_)},
+                                             {std::max(lo, shard_end_), hi}};
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  for (auto [a, b] : parts) {
+    if (a >= b) continue;
+    const uintptr_t first = (uintptr_t(model_.weights().data() + a) + page - 1) / page * page;
+    const uintptr_t last = uintptr_t(model_.weights().data() + b) / page * page;
+    if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  }
+}
+
+void DataParallel::materialize_all() {
+  if (zero_ != 3 || dp_.size() == 1) return;
+  float* w = model_.weights().data();
+  dp_.allgather(w + shard_begin_, w, shard_end_ - shard_begin_);
+}
+
+void DataParallel::release_all() {
+  if (zero_ != 3 || dp_.size() == 1) return;
+  release_range(0, model_.weights().size());
 }
 
 void DataParallel::build_buckets(double bucket_mb) {
@@ -53,7 +112,7 @@ void DataParallel::build_buckets(double bucket_mb) {
 
 void DataParallel::launch(GradBucket& b) {
   float* g = model_.grads().data();
-  if (zero_ < 2) {
+  if (zero_ < 2) {  // stages 2 and 3 reduce to the shard owners
     b.inflight.push_back(dp_.allreduce_async(g + b.begin, b.end - b.begin, ReduceOp::kSum));
     return;
   }
@@ -107,26 +166,54 @@ const float* DataParallel::finish() {
   return grads + shard_begin_;
 }
 
+namespace {
+
+// Floats covered by a set of [begin, end) ranges.
+size_t union_size(std::vector<std::pair<size_t, size_t>> ranges) {
+  std::sort(ranges.begin(), ranges.end());
+  size_t total = 0, covered_to = 0;
+  for (auto [a, b] : ranges) {
+    a = std::max(a, covered_to);
+    if (b > a) total += b - a;
+    covered_to = std::max(covered_to, b);
+  }
+  return total;
+}
+
+}  // namespace
+
 std::string DataParallel::memory_report() const {
   const double psi = double(flat_size(model_.params())), N = dp_.size();
-  const double weights = 4.0 * double(model_.weights().size());
+  double weights = 4.0 * double(model_.weights().size());
+  if (zero_ == 3) {
+    // Resident at the peak: the shard, the embeddings and ln_f, and one block in use.
+    size_t peak = 0;
+    for (size_t u = 1; u + 1 < units_.size(); ++u)
+      peak = std::max(peak, union_size({{shard_begin_, shard_end_}, units_.front(),
+                                        units_.back(), units_[u]}));
+    weights = 4.0 * double(peak);
+  }
   // Stage 2 still accumulates into a full gradient buffer during backward, so its
   // measured gradient bytes are the full buffer, above the formula's 4 Psi/N.
   const double grads = 4.0 * double(model_.grads().size());
   const double optim = 8.0 * double(shard_end_ - shard_begin_);
-  const double formula[] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N};
+  const double formula[] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N,
+                            16 * psi / N};
   constexpr double kMiB = 1024.0 * 1024.0;
   return fmt::format(
       "memory per rank (zero {}, dp {}): weights {:.1f} MiB, gradients {:.1f} MiB, optimizer "
       "{:.1f} MiB = {:.1f} MiB; ZeRO formula (fp32: {}) = {:.1f} MiB",
       zero_, dp_.size(), weights / kMiB, grads / kMiB, optim / kMiB,
       (weights + grads + optim) / kMiB,
-      zero_ == 0 ? "16 Psi" : zero_ == 1 ? "4 Psi + 4 Psi + 8 Psi/N" : "4 Psi + 12 Psi/N",
+      zero_ == 0   ? "16 Psi"
+      : zero_ == 1 ? "4 Psi + 4 Psi + 8 Psi/N"
+      : zero_ == 2 ? "4 Psi + 12 Psi/N"
+                   : "16 Psi/N; weights here: shard + embeddings + ln_f + one block",
       formula[zero_] / kMiB);
 }
 
 double DataParallel::grad_sum_squares() {
-  if (zero_ < 2 || dp_.size() == 1)
+  if (zero_ < 2 || dp_.size() == 1)  // every rank holds the whole averaged gradient
     return kernels::sum_squares(model_.grads().data(), model_.grads().size());
   double local = kernels::sum_squares(model_.grads().data() + shard_begin_,
                                       shard_end_ - shard_begin_);
@@ -135,7 +222,7 @@ double DataParallel::grad_sum_squares() {
 }
 
 void DataParallel::gather_weights() {
-  if (zero_ == 0 || dp_.size() == 1) return;
+  if (zero_ == 0 || zero_ == 3 || dp_.size() == 1) return;
   float* w = model_.weights().data();
   dp_.allgather(w + shard_begin_, w, shard_end_ - shard_begin_);
 }

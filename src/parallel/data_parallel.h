@@ -15,6 +15,12 @@
 //           per owner, launched from the backward hook like the all-reduces), so a rank
 //           ends with the summed gradients of its shard only; then as stage 1. Backward
 //           still accumulates into a full-size gradient buffer.
+//  stage 3: as stage 2, and the weights are sharded too: a rank keeps only its shard of
+//           the flat weight buffer resident; the model's unit hooks gather a layer's
+//           weights from their owners just before use (forward and backward) and give the
+//           pages back to the OS (madvise) right after, so the weights outside the shard
+//           occupy one block (plus the embeddings, held from the start of forward to the
+//           end of backward) at a time.
 // Gradients are averaged over the global batch: each rank scales its loss by 1/dp.
 #pragma once
 
@@ -52,8 +58,13 @@ class DataParallel {
   const float* finish();
   // Squared L2 norm of the full averaged gradient (a collective at ZeRO-2).
   double grad_sum_squares();
-  // After the shard's update: every rank gets every weight (ZeRO 1/2); no-op at stage 0.
+  // After the shard's update: every rank gets every weight (ZeRO 1/2); no-op at stage 0
+  // and stage 3 (which gathers on demand).
   void gather_weights();
+  // ZeRO-3: materialise every weight (for checkpoints and tests) / give back everything
+  // outside the shard. No-ops at other stages.
+  void materialize_all();
+  void release_all();
   // Per-rank bytes of weights, gradients and optimizer state, measured from the buffers,
   // beside the ZeRO paper's formula in its fp32 form (Psi parameters, N = dp):
   // stage 0: 4+4+8 = 16 Psi; stage 1: 4 Psi + 4 Psi + 8 Psi/N; stage 2: 4 Psi + 12 Psi/N
@@ -73,6 +84,10 @@ class DataParallel {
   void build_buckets(double bucket_mb);
   void on_layer_ready(int layer);
   void launch(GradBucket& b);
+  // ZeRO-3 unit handling (unit -1 = embeddings, l = block l, n_layer = ln_f).
+  void gather_unit(int unit);
+  void release_unit(int unit);
+  void release_range(size_t lo, size_t hi);  // weights outside the shard in [lo, hi)
 
   Gpt& model_;
   Comm& dp_;
@@ -83,6 +98,7 @@ class DataParallel {
   double last_wait_s_ = 0;
   size_t early_ = 0;
   size_t early_floats_ = 0;
+  std::vector<std::pair<size_t, size_t>> units_;  // ZeRO-3: flat range of unit u at [u + 1]
 };
 
 }  // namespace loom

@@ -149,8 +149,7 @@ void RunConfig::validate() const {
   LOOM_REQUIRE(p.tp == 1 && p.pp == 1,
                "[parallel] tp={} pp={}: tensor and pipeline parallelism are not implemented yet "
                "(use tp = 1, pp = 1)", p.tp, p.pp);
-  LOOM_REQUIRE(p.zero >= 0 && p.zero <= 2,
-               "[parallel] zero={} is not supported: use 0, 1 or 2 (ZeRO-3 is not implemented yet)",
+  LOOM_REQUIRE(p.zero >= 0 && p.zero <= 3, "[parallel] zero={} is not a ZeRO stage: use 0-3",
                p.zero);
   LOOM_REQUIRE(p.bucket_mb > 0, "[parallel] bucket_mb={} must be > 0", p.bucket_mb);
   LOOM_REQUIRE(comm.timeout_s > 0, "[comm] timeout_s={} must be > 0", comm.timeout_s);

@@ -37,7 +37,7 @@ struct ParallelConfig {
   int dp = 1;              // data-parallel ranks
   int tp = 1;              // tensor-parallel ranks (must be 1 for now)
   int pp = 1;              // pipeline stages (must be 1 for now)
-  int zero = 0;            // ZeRO stage: 0, 1 (optimizer state) or 2 (+ gradients)
+  int zero = 0;            // ZeRO stage: 0, 1 (optimizer state), 2 (+ gradients), 3 (+ weights)
   double bucket_mb = 25;   // gradient all-reduce bucket size, MiB
 };
 

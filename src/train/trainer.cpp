@@ -42,6 +42,7 @@ Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
   targets_.assign(N, 0);
   model_.reserve(cfg_.train.micro_batch, cfg_.train.seq_len);
   init_params(model_.params(), cfg_.train.seed, model_.weights().data());
+  dp_.release_all();  // ZeRO-3: keep only this rank's shard resident
 }
 
 void Trainer::resume(const fs::path& ckpt_dir) {
@@ -51,6 +52,7 @@ void Trainer::resume(const fs::path& ckpt_dir) {
                                        m.data(), v.data());
   std::copy(m.begin() + opt_.begin(), m.begin() + opt_.end(), opt_.m().begin());
   std::copy(v.begin() + opt_.begin(), v.begin() + opt_.end(), opt_.v().begin());
+  dp_.release_all();
   LOOM_REQUIRE(st.step <= cfg_.train.steps,
                "checkpoint {} is at step {}, past the configured steps={}", ckpt_dir.string(),
                st.step, cfg_.train.steps);
@@ -144,9 +146,11 @@ fs::path Trainer::save_checkpoint() {
     v = full_v.data();
   }
   fs::path dir = fs::path(cfg_.run.dir) / "checkpoints" / checkpoint_dir_name(step_);
+  dp_.materialize_all();  // ZeRO-3: whole tensors for the checkpoint
   if (is_writer())
     dir = loom::save_checkpoint(cfg_.run.dir, model_.params(), model_.weights().data(), m, v, st,
                                 cfg_.run.keep_last);
+  dp_.release_all();
   grid_->world().barrier();  // nobody reads a checkpoint before it is complete
   return dir;
 }

@@ -158,9 +158,9 @@ TEST_F(Cli, DataParallelUnderMpirunResumesAndRejectsBadLayouts) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(contains(r.output, "pp=1 x dp=3 x tp=1 = 3 does not match the world size 2"))
       << r.output;
-  r = run(cfg + " --dp 2 --zero 3", "OMP_NUM_THREADS=1", 2);
+  r = run(cfg + " --dp 2 --zero 4", "OMP_NUM_THREADS=1", 2);
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_TRUE(contains(r.output, "ZeRO-3")) << r.output;
+  EXPECT_TRUE(contains(r.output, "zero=4 is not a ZeRO stage")) << r.output;
   r = run(cfg + " --dp 2 --set train.global_batch=5", "OMP_NUM_THREADS=1", 2);
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(contains(r.output, "global_batch=5")) << r.output;

@@ -29,6 +29,7 @@ TrainedRun train(RunConfig cfg, const ProcessGrid& grid) {
   Trainer tr(cfg, grid);
   TrainedRun r;
   for (int s = 0; s < kSteps; ++s) r.losses.push_back(tr.train_step().loss);
+  tr.data_parallel().materialize_all();  // ZeRO-3 keeps only a shard resident
   auto w = tr.model().weights();
   r.weights.assign(w.begin(), w.begin() + flat_size(tr.model().params()));
   return r;
@@ -79,7 +80,7 @@ TEST_P(DataParallelEquivalence, MatchesSingleProcess) {
 }
 
 INSTANTIATE_TEST_SUITE_P(ZeroAndAccum, DataParallelEquivalence,
-                         ::testing::Combine(::testing::Values(0, 1, 2), ::testing::Values(1, 2)));
+                         ::testing::Combine(::testing::Values(0, 1, 2, 3), ::testing::Values(1, 2)));
 
 TEST(DataParallel, BucketsCoverTheBufferInReverseLayerOrder) {
   const ProcessGrid grid = ProcessGrid::create(
@@ -117,7 +118,7 @@ TEST(DataParallel, ResumeUnderZeroIsBitwiseIdentical) {
   const int dp = test::mpi().world_size();
   const ProcessGrid grid =
       ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = dp, .tp = 1});
-  for (int zero : {1, 2}) {
+  for (int zero : {1, 2, 3}) {
     RunConfig cfg = config(dp, zero, 2);
     cfg.run.dir = (shared_dir(grid, "dp_resume") / "run").string();
     Trainer whole(cfg, grid);
@@ -131,9 +132,50 @@ TEST(DataParallel, ResumeUnderZeroIsBitwiseIdentical) {
     second.resume(resolve_checkpoint(cfg.run.dir));
     for (int s = 0; s < 3; ++s) got.push_back(second.train_step().loss);
     EXPECT_EQ(got, expected) << "zero " << zero;
+    second.data_parallel().materialize_all();
+    whole.data_parallel().materialize_all();
     EXPECT_EQ(std::memcmp(second.model().weights().data(), whole.model().weights().data(),
                           whole.model().weights().size_bytes()), 0) << "zero " << zero;
   }
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+TEST(DataParallel, ZeroThreeKeepsOnlyTheShardResident) {
+  const int dp = test::mpi().world_size();
+  const ProcessGrid grid =
+      ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = dp, .tp = 1});
+  Trainer tr(config(dp, 3, 1), grid);
+  tr.train_step();
+  const DataParallel& d = tr.data_parallel();
+  auto w = tr.model().weights();
+  // Outside the shard, whole pages were given back: they read as zero until gathered.
+  // (Pages straddling two layers stay resident, so count pages, not elements.)
+  const uintptr_t page = 4096;
+  const uintptr_t base = uintptr_t(w.data());
+  size_t outside = 0, released = 0;
+  for (uintptr_t a = (base + page - 1) / page * page; a + page <= base + w.size_bytes(); a += page) {
+    const size_t lo = (a - base) / sizeof(float), hi = lo + page / sizeof(float);
+    if (lo < d.shard_end() && hi > d.shard_begin()) continue;
+    ++outside;
+    bool zero = true;
+    for (size_t j = lo; j < hi; ++j) zero = zero && w[j] == 0.0f;
+    released += zero;
+  }
+  if (grid.rank() == 0)
+    std::printf("zero 3, dp %d: %zu of %zu pages outside the shard given back\n", dp, released,
+                outside);
+  EXPECT_GT(outside, 0u);
+  EXPECT_GT(released * 10, outside * 6) << released << " of " << outside
+                                        << " pages outside the shard were given back";
+  // Inside the shard they are the real values.
+  size_t shard_nonzero = 0;
+  for (size_t i = d.shard_begin(); i < d.shard_end(); ++i) shard_nonzero += w[i] != 0.0f;
+  EXPECT_GT(shard_nonzero, (d.shard_end() - d.shard_begin()) / 2);
 }
 
 }  // namespace
