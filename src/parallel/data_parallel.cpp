@@ -63,16 +63,78 @@ void DataParallel::release_unit(int unit) {
   release_range(begin, end);
 }
 
-void DataParallel::release_range(size_t lo, size_t hi) {
-  // Everything in [lo, hi) but this rank's shard; only whole pages can be given back.
-  const std::pair<size_t, size_t> parts[] = {{lo, std::min(hi, shard_begin_)},
-                                             {std::max(lo, shard_end_), hi}};
+namespace {
+
+// Gives the whole pages of base[lo, hi) back to the OS (they read as zeros afterwards);
+// with zero_edges, the partial pages at both ends are zeroed instead.
+void give_back(float* base, size_t lo, size_t hi, bool zero_edges) {
+  if (lo >= hi) return;
   const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  for (auto [a, b] : parts) {
-    if (a >= b) continue;
-    const uintptr_t first = (uintptr_t(model_.weights().data() + a) + page - 1) / page * page;
-    const uintptr_t last = uintptr_t(model_.weights().data() + b) / page * page;
-    if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  const uintptr_t a = uintptr_t(base + lo), b = uintptr_t(base + hi);
+  const uintptr_t first = (a + page - 1) / page * page, last = b / page * page;
+  if (first >= last) {
+    if (zero_edges) std::fill(base + lo, base + hi, 0.0f);
+    return;
+  }
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  if (zero_edges) {
+    std::fill(base + lo, reinterpret_cast<float*>(first), 0.0f);
+    std::fill(reinterpret_cast<float*>(last), base + hi, 0.0f);
+  }
+}
+
+size_t resident_bytes(const float* base, size_t n) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = uintptr_t(base) / page * page, b = uintptr_t(base + n);
+  std::vector<unsigned char> vec((b - a + page - 1) / page);
+  if (mincore(reinterpret_cast<void*>(a), b - a, vec.data()) != 0) return n * sizeof(float);
+  size_t pages = 0;
+  for (unsigned char v : vec) pages += v & 1;
+  return pages * page;
+}
+
+}  // namespace
+
+void DataParallel::release_range(size_t lo, size_t hi) {
+  // Everything in [lo, hi) but this rank's shard.
+  float* w = model_.weights().data();
+  give_back(w, lo, std::min(hi, shard_begin_), false);
+  give_back(w, std::max(lo, shard_end_), hi, false);
+}
+
+void DataParallel::release_grads(size_t lo, size_t hi) {
+  float* g = model_.grads().data();
+  give_back(g, lo, std::min(hi, shard_begin_), true);
+  give_back(g, std::max(lo, shard_end_), hi, true);
+}
+
+size_t DataParallel::resident_weight_bytes() const {
+  return resident_bytes(model_.weights().data(), model_.weights().size());
+}
+size_t DataParallel::resident_grad_bytes() const {
+  return resident_bytes(model_.grads().data(), model_.grads().size());
+}
+
+void DataParallel::zero_grads() {
+  if (zero_ < 2 || dp_.size() == 1) {
+    model_.zero_grads();
+    return;
+  }
+  float* g = model_.grads().data();
+  std::fill(g + shard_begin_, g + shard_end_, 0.0f);
+  release_grads(0, model_.grads().size());
+  for (GradBucket& b : buckets_) b.released = false;
+}
+
+void DataParallel::release_finished_buckets() {
+  for (size_t i = 0; i < next_bucket_; ++i) {
+    GradBucket& b = buckets_[i];
+    if (b.released) continue;
+    bool done = true;
+    for (auto& h : b.inflight) done = done && h->ready();
+    if (!done) continue;
+    release_grads(b.begin, b.end);
+    b.released = true;
   }
 }
 
@@ -131,6 +193,7 @@ void DataParallel::on_layer_ready(int layer) {
   // Layer l finished means every parameter of layers >= l (and ln_f) is final.
   while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].ready_layer >= layer)
     launch(buckets_[next_bucket_++]);
+  if (zero_ >= 2) release_finished_buckets();  // owners hold the sums; free the rest
 }
 
 void DataParallel::arm_for_last_micro_batch() {
@@ -157,10 +220,11 @@ const float* DataParallel::finish() {
       early_floats_ += buckets_[i].end - buckets_[i].begin;
     }
     on_layer_ready(-1);  // anything not launched yet (e.g. no hook ran)
-    for (GradBucket& b : buckets_) {
+    for (GradBucket& b : buckets_)
       for (auto& h : b.inflight) h->wait();
-      b.inflight.clear();
-    }
+    // All reduced: everything outside the shard goes back, pages straddling buckets too.
+    if (zero_ >= 2) release_grads(0, model_.grads().size());
+    for (GradBucket& b : buckets_) b.inflight.clear();
   }
   last_wait_s_ = wait.seconds();
   return grads + shard_begin_;
@@ -193,9 +257,11 @@ std::string DataParallel::memory_report() const {
                                         units_.back(), units_[u]}));
     weights = 4.0 * double(peak);
   }
-  // Stage 2 still accumulates into a full gradient buffer during backward, so its
-  // measured gradient bytes are the full buffer, above the formula's 4 Psi/N.
-  const double grads = 4.0 * double(model_.grads().size());
+  // Stages 2 and 3 keep the shard's gradients between steps; during backward a layer's
+  // gradient pages are resident from when backward writes them until their bucket is
+  // reduced (and all of them while accumulating micro-batches before the last).
+  const double grads = zero_ >= 2 ? 4.0 * double(shard_end_ - shard_begin_)
+                                   : 4.0 * double(model_.grads().size());
   const double optim = 8.0 * double(shard_end_ - shard_begin_);
   const double formula[] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N,
                             16 * psi / N};

@@ -38,6 +38,7 @@ struct GradBucket {
   size_t begin = 0, end = 0;  // range of the flat buffer, in floats
   int ready_layer = 0;        // final once the hook reported this layer (-1 = embeddings)
   std::vector<std::unique_ptr<CommHandle>> inflight;
+  bool released = false;  // ZeRO 2/3: its non-owned gradient pages were given back
 };
 
 class DataParallel {
@@ -51,6 +52,10 @@ class DataParallel {
   size_t shard_end() const { return shard_end_; }
   const std::vector<GradBucket>& buckets() const { return buckets_; }
 
+  // Zeroes the gradients for a new step. At ZeRO 2/3 the pages outside this rank's shard
+  // are given back to the OS (they read as zeros), so they occupy memory only while
+  // backward writes them and until their bucket has been reduced to its owner.
+  void zero_grads();
   // Arms the backward hook: the next backward completes the step's gradients.
   void arm_for_last_micro_batch();
   // Completes gradient synchronisation; returns the gradients of [shard_begin, shard_end)
@@ -70,6 +75,9 @@ class DataParallel {
   // stage 0: 4+4+8 = 16 Psi; stage 1: 4 Psi + 4 Psi + 8 Psi/N; stage 2: 4 Psi + 12 Psi/N
   // (the paper's mixed-precision stage 1 is 4 Psi + 12 Psi/N).
   std::string memory_report() const;
+  // Bytes of the flat weight / gradient buffers resident in memory now (mincore).
+  size_t resident_weight_bytes() const;
+  size_t resident_grad_bytes() const;
   // Seconds the optimizer waited in finish() for communication still in flight.
   double last_wait_seconds() const { return last_wait_s_; }
   // Buckets of the last step whose all-reduce had already completed, behind backward,
@@ -88,6 +96,9 @@ class DataParallel {
   void gather_unit(int unit);
   void release_unit(int unit);
   void release_range(size_t lo, size_t hi);  // weights outside the shard in [lo, hi)
+  // Zeroes grads in [lo, hi) outside the shard, giving whole pages back to the OS.
+  void release_grads(size_t lo, size_t hi);
+  void release_finished_buckets();
 
   Gpt& model_;
   Comm& dp_;

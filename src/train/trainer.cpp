@@ -89,7 +89,7 @@ StepStats Trainer::train_step() {
   Timer timer;
   StepStats s;
   s.step = step_;
-  model_.zero_grads();
+  dp_.zero_grads();
   double loss_sum = 0.0;
   for (int i = 0; i < t.grad_accum; ++i) {
     if (grid_->progress()) *grid_->progress() = CommProgress{step_, i};

@@ -180,3 +180,29 @@ TEST(DataParallel, ZeroThreeKeepsOnlyTheShardResident) {
 
 }  // namespace
 }  // namespace loom
+
+namespace loom {
+namespace {
+
+TEST(DataParallel, ZeroTwoAndThreeKeepOnlyShardGradientsResident) {
+  const int dp = test::mpi().world_size();
+  const ProcessGrid grid =
+      ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = dp, .tp = 1});
+  for (int zero : {2, 3}) {
+    Trainer tr(config(dp, zero, 2), grid);
+    tr.train_step();
+    const DataParallel& d = tr.data_parallel();
+    const size_t shard_bytes = (d.shard_end() - d.shard_begin()) * sizeof(float);
+    const size_t full_bytes = tr.model().grads().size_bytes();
+    const size_t resident = d.resident_grad_bytes();
+    if (grid.rank() == 0)
+      std::printf("zero %d, dp %d: gradient pages resident after a step %zu B (shard %zu B, "
+                  "full %zu B)\n", zero, dp, resident, shard_bytes, full_bytes);
+    // The shard, plus at most a page at each shard edge and the buffer's ends.
+    EXPECT_LE(resident, shard_bytes + 4 * 4096) << "zero " << zero;
+    EXPECT_LT(resident, full_bytes) << "zero " << zero;
+  }
+}
+
+}  // namespace
+}  // namespace loom

@@ -8,6 +8,20 @@
 namespace loom::test {
 namespace {
 MpiRuntime* g_runtime = nullptr;
+
+// On ranks other than 0: print only failures, prefixed with the rank.
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (r.failed())
+      std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
+                   r.file_name() ? r.file_name() : "?", r.line_number(), r.summary());
+  }
+
+ private:
+  int rank_;
+};
 }
 MpiRuntime& mpi() { return *g_runtime; }
 }  // namespace loom::test
@@ -22,6 +36,7 @@ int main(int argc, char** argv) {
     // Keep rank 0's report readable: other ranks print only failures.
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new loom::test::FailurePrinter(runtime.world_rank()));
   }
   int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
   int any = 0;
