@@ -37,14 +37,18 @@ class SingleComm final : public Comm {
   std::unique_ptr<CommHandle> reduce_async(float*, size_t, int) override {
     return std::make_unique<DoneHandle>();
   }
-  void broadcast(float*, size_t, int) override {}
-  void send(const float*, size_t, int dst) override {
+  std::unique_ptr<CommHandle> broadcast_async(float*, size_t, int) override {
+    return std::make_unique<DoneHandle>();
+  }
+  std::unique_ptr<CommHandle> send_async(const float*, size_t, int dst) override {
     LOOM_CHECK(false, "send to rank {} in a one-rank group {}", dst, name());
+    return nullptr;
   }
-  void recv(float*, size_t, int src) override {
+  std::unique_ptr<CommHandle> recv_async(float*, size_t, int src) override {
     LOOM_CHECK(false, "recv from rank {} in a one-rank group {}", src, name());
+    return nullptr;
   }
-  void barrier() override {}
+  std::unique_ptr<CommHandle> barrier_async() override { return std::make_unique<DoneHandle>(); }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
   std::unique_ptr<Comm> split(int, int, const std::string& name) override {
     return std::make_unique<SingleComm>(name);

@@ -48,10 +48,10 @@ class Comm {
                                                            size_t count) = 0;
   // In place: on `root`, data becomes the sum over ranks; elsewhere it is left as sent.
   virtual std::unique_ptr<CommHandle> reduce_async(float* data, size_t count, int root) = 0;
-  virtual void broadcast(float* data, size_t count, int root) = 0;
-  virtual void send(const float* data, size_t count, int dst) = 0;
-  virtual void recv(float* data, size_t count, int src) = 0;
-  virtual void barrier() = 0;
+  virtual std::unique_ptr<CommHandle> broadcast_async(float* data, size_t count, int root) = 0;
+  virtual std::unique_ptr<CommHandle> send_async(const float* data, size_t count, int dst) = 0;
+  virtual std::unique_ptr<CommHandle> recv_async(float* data, size_t count, int src) = 0;
+  virtual std::unique_ptr<CommHandle> barrier_async() = 0;
   // Ends every process of the job (MPI_Abort for MPI); for one rank, exits.
   [[noreturn]] virtual void abort(int exit_code) = 0;
   // A sub-communicator of the ranks passing the same color, ordered by key (collective).
@@ -65,6 +65,10 @@ class Comm {
   void reduce_scatter(const float* send, float* recv, size_t count) {
     reduce_scatter_async(send, recv, count)->wait();
   }
+  void broadcast(float* data, size_t count, int root) { broadcast_async(data, count, root)->wait(); }
+  void send(const float* data, size_t count, int dst) { send_async(data, count, dst)->wait(); }
+  void recv(float* data, size_t count, int src) { recv_async(data, count, src)->wait(); }
+  void barrier() { barrier_async()->wait(); }
 };
 
 // The trivial communicator of a one-process job: every collective is the identity.

@@ -186,24 +186,26 @@ class MpiComm final : public Comm {
                 "MPI_Reduce");
     });
   }
-  void broadcast(float* data, size_t count, int root) override {
-    submit("BROADCAST", count * 4, [=, this] {
+  std::unique_ptr<CommHandle> broadcast_async(float* data, size_t count, int root) override {
+    return submit("BROADCAST", count * 4, [=, this] {
       mpi_check(MPI_Bcast(data, as_int(count), MPI_FLOAT, root, comm_), "MPI_Bcast");
-    })->wait();
+    });
   }
-  void send(const float* data, size_t count, int dst) override {
-    submit("SEND", count * 4, [=, this] {
+  // Point-to-point runs on the same worker as the collectives: a rank's sends and
+  // receives on one communicator are ordered with its collectives there.
+  std::unique_ptr<CommHandle> send_async(const float* data, size_t count, int dst) override {
+    return submit("SEND", count * 4, [=, this] {
       mpi_check(MPI_Send(data, as_int(count), MPI_FLOAT, dst, 0, comm_), "MPI_Send");
-    })->wait();
+    });
   }
-  void recv(float* data, size_t count, int src) override {
-    submit("RECV", count * 4, [=, this] {
+  std::unique_ptr<CommHandle> recv_async(float* data, size_t count, int src) override {
+    return submit("RECV", count * 4, [=, this] {
       mpi_check(MPI_Recv(data, as_int(count), MPI_FLOAT, src, 0, comm_, MPI_STATUS_IGNORE),
                 "MPI_Recv");
-    })->wait();
+    });
   }
-  void barrier() override {
-    submit("BARRIER", 0, [this] { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); })->wait();
+  std::unique_ptr<CommHandle> barrier_async() override {
+    return submit("BARRIER", 0, [this] { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); });
   }
   [[noreturn]] void abort(int exit_code) override {
     MPI_Abort(MPI_COMM_WORLD, exit_code);

@@ -49,12 +49,14 @@ void DataParallel::gather_unit(int unit) {
   const size_t shard = shard_end_ - shard_begin_;
   float* w = model_.weights().data();
   // Each owner broadcasts its part of the unit (a unit spans one or a few shards).
+  std::vector<std::unique_ptr<CommHandle>> parts;
   for (size_t lo = begin; lo < end;) {
     const int owner = int(lo / shard);
     const size_t hi = std::min(end, size_t(owner + 1) * shard);
-    dp_.broadcast(w + lo, hi - lo, owner);
+    parts.push_back(dp_.broadcast_async(w + lo, hi - lo, owner));
     lo = hi;
   }
+  for (auto& p : parts) p->wait();
 }
 
 void DataParallel::release_unit(int unit) {

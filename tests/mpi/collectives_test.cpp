@@ -80,6 +80,25 @@ TEST(Collectives, BroadcastSendRecvBarrier) {
     }
   }
   world->barrier();
+  // Asynchronous forms: start several, complete them in reverse order.
+  std::vector<float> b1(8, float(r)), b2(8, float(r) * 2);
+  auto h1 = world->broadcast_async(b1.data(), b1.size(), 0);
+  auto h2 = world->broadcast_async(b2.data(), b2.size(), n - 1);
+  auto h3 = world->barrier_async();
+  h3->wait();
+  h2->wait();
+  h1->wait();
+  for (float v : b1) ASSERT_EQ(v, 0.0f);
+  for (float v : b2) ASSERT_EQ(v, float(n - 1) * 2);
+  if (n >= 2 && r < 2) {
+    std::vector<float> msg(3, 7.0f);
+    auto h = r == 0 ? world->send_async(msg.data(), msg.size(), 1)
+                    : world->recv_async(msg.data(), msg.size(), 0);
+    EXPECT_TRUE(h != nullptr);
+    h->wait();
+    EXPECT_TRUE(h->ready());
+    for (float v : msg) ASSERT_EQ(v, 7.0f);
+  }
 }
 
 TEST(Collectives, GridSubCommunicatorsFollowTheLayout) {
