@@ -77,6 +77,7 @@ RunFn setup_train(CLI::App& sub) {
       std::fflush(stderr);
       mpi.world()->abort(e.exit_code());
     }
+    return 1;  // not reached: abort() ends the job
   };
 }
 

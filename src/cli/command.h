@@ -18,5 +18,6 @@ RunFn setup_generate(CLI::App& sub);
 RunFn setup_export(CLI::App& sub);
 RunFn setup_import(CLI::App& sub);
 RunFn setup_bench(CLI::App& sub);
+RunFn setup_plan(CLI::App& sub);
 
 }  // namespace loom::cli

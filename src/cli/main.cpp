@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
       {"export", "write a checkpoint as HF safetensors or an llm.c model file", setup_export},
       {"import", "make a run directory from HF safetensors or an llm.c model file",
        setup_import},
-      {"bench", "benchmarks: kernels | train", setup_bench},
+      {"bench", "benchmarks: kernels | train | collectives", setup_bench},
+      {"plan", "pipeline schedules: simulate and print the timeline", setup_plan},
   };
   std::map<CLI::App*, RunFn> runs;
   for (const Entry& e : entries) {
