@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <climits>
 #include <cstdint>
 
 #include "core/check.h"
@@ -43,19 +42,38 @@ DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_m
   }
 }
 
+namespace {
+
+// Calls fn(lo, hi, owner) for the parts of [begin, end) held by each shard owner (shards are
+// equal and in rank order); a range spans one or a few shards.
+template <typename Fn>
+void for_each_owner(size_t begin, size_t end, size_t shard, Fn fn) {
+  for (size_t lo = begin; lo < end;) {
+    const int owner = int(lo / shard);
+    const size_t hi = std::min(end, size_t(owner + 1) * shard);
+    fn(lo, hi, owner);
+    lo = hi;
+  }
+}
+
+bool bucket_done(const GradBucket& b) {
+  for (const auto& h : b.inflight)
+    if (!h->ready()) return false;
+  return true;
+}
+
+}  // namespace
+
 void DataParallel::gather_unit(int unit) {
   if (dp_.size() == 1) return;
   const auto [begin, end] = units_[size_t(unit + 1)];
   const size_t shard = shard_end_ - shard_begin_;
   float* w = model_.weights().data();
-  // Each owner broadcasts its part of the unit (a unit spans one or a few shards).
+  // Each owner broadcasts its part of the unit.
   std::vector<std::unique_ptr<CommHandle>> parts;
-  for (size_t lo = begin; lo < end;) {
-    const int owner = int(lo / shard);
-    const size_t hi = std::min(end, size_t(owner + 1) * shard);
+  for_each_owner(begin, end, shard, [&](size_t lo, size_t hi, int owner) {
     parts.push_back(dp_.broadcast_async(w + lo, hi - lo, owner));
-    lo = hi;
-  }
+  });
   for (auto& p : parts) p->wait();
 }
 
@@ -131,10 +149,7 @@ void DataParallel::zero_grads() {
 void DataParallel::release_finished_buckets() {
   for (size_t i = 0; i < next_bucket_; ++i) {
     GradBucket& b = buckets_[i];
-    if (b.released) continue;
-    bool done = true;
-    for (auto& h : b.inflight) done = done && h->ready();
-    if (!done) continue;
+    if (b.released || !bucket_done(b)) continue;
     release_grads(b.begin, b.end);
     b.released = true;
   }
@@ -180,15 +195,11 @@ void DataParallel::launch(GradBucket& b) {
     b.inflight.push_back(dp_.allreduce_async(g + b.begin, b.end - b.begin, ReduceOp::kSum));
     return;
   }
-  // ZeRO-2: reduce each part of the bucket to the rank owning it (shards are equal, in
-  // rank order), so only owners hold the sums.
-  const size_t shard = model_.grads().size() / size_t(dp_.size());
-  for (size_t lo = b.begin; lo < b.end;) {
-    const int owner = int(lo / shard);
-    const size_t hi = std::min(b.end, size_t(owner + 1) * shard);
+  // ZeRO-2/3: reduce each part of the bucket to the rank owning it, so only owners hold
+  // the sums.
+  for_each_owner(b.begin, b.end, shard_end_ - shard_begin_, [&](size_t lo, size_t hi, int owner) {
     b.inflight.push_back(dp_.reduce_async(g + lo, hi - lo, owner));
-    lo = hi;
-  }
+  });
 }
 
 void DataParallel::on_layer_ready(int layer) {
@@ -215,9 +226,7 @@ const float* DataParallel::finish() {
     early_ = 0;
     early_floats_ = 0;
     for (size_t i = 0; i < next_bucket_; ++i) {
-      bool done = true;
-      for (auto& h : buckets_[i].inflight) done = done && h->ready();
-      if (!done) continue;
+      if (!bucket_done(buckets_[i])) continue;
       ++early_;
       early_floats_ += buckets_[i].end - buckets_[i].begin;
     }

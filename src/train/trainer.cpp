@@ -1,16 +1,12 @@
 #include "train/trainer.h"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
 #include <numeric>
 
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
-#include "core/file_io.h"
 #include "core/philox.h"
 #include "core/timer.h"
 #include "kernels/kernels.h"
