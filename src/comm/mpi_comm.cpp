@@ -67,6 +67,12 @@ struct OpState {
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;
+  // Point-to-point: the worker only posts the request (MPI_Isend/MPI_Irecv, in submission
+  // order, so messages between a pair match in program order) and sets `done`; the waiter
+  // then tests the request. A worker never blocks in a send or receive, so a rank's later
+  // operations are never stuck behind a peer that has not posted its side yet.
+  MPI_Request req = MPI_REQUEST_NULL;
+  bool p2p = false;
 };
 
 // Runs a communicator's operations one after another on its own thread.
@@ -119,7 +125,11 @@ class MpiHandle final : public CommHandle {
   void wait() override;
   bool ready() override {
     std::lock_guard lock(op_->mu);
-    return op_->done;
+    if (!op_->done) return false;
+    if (!op_->p2p || op_->req == MPI_REQUEST_NULL) return true;
+    int flag = 0;
+    MPI_Test(&op_->req, &flag, MPI_STATUS_IGNORE);
+    return flag != 0;
   }
 
  private:
@@ -194,14 +204,13 @@ class MpiComm final : public Comm {
   // Point-to-point runs on the same worker as the collectives: a rank's sends and
   // receives on one communicator are ordered with its collectives there.
   std::unique_ptr<CommHandle> send_async(const float* data, size_t count, int dst) override {
-    return submit("SEND", count * 4, [=, this] {
-      mpi_check(MPI_Send(data, as_int(count), MPI_FLOAT, dst, 0, comm_), "MPI_Send");
+    return submit_p2p("SEND", count * 4, [=, this](MPI_Request* req) {
+      mpi_check(MPI_Isend(data, as_int(count), MPI_FLOAT, dst, 0, comm_, req), "MPI_Isend");
     });
   }
   std::unique_ptr<CommHandle> recv_async(float* data, size_t count, int src) override {
-    return submit("RECV", count * 4, [=, this] {
-      mpi_check(MPI_Recv(data, as_int(count), MPI_FLOAT, src, 0, comm_, MPI_STATUS_IGNORE),
-                "MPI_Recv");
+    return submit_p2p("RECV", count * 4, [=, this](MPI_Request* req) {
+      mpi_check(MPI_Irecv(data, as_int(count), MPI_FLOAT, src, 0, comm_, req), "MPI_Irecv");
     });
   }
   std::unique_ptr<CommHandle> barrier_async() override {
@@ -224,14 +233,38 @@ class MpiComm final : public Comm {
     std::unique_lock lock(op.mu);
     const auto deadline = std::chrono::steady_clock::now() +
                           std::chrono::duration<double>(rt_->opt.timeout_s);
-    if (op.cv.wait_until(lock, deadline, [&] { return op.done; })) return;
-    lock.unlock();
-    report_hang(tag);
+    if (!op.cv.wait_until(lock, deadline, [&] { return op.done; })) {
+      lock.unlock();
+      report_hang(tag);
+    }
+    if (!op.p2p) return;
+    // Poll the posted request, backing off to 100 us between tests.
+    for (int spin = 0;; ++spin) {
+      int flag = 0;
+      mpi_check(MPI_Test(&op.req, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+      if (flag) return;
+      if (std::chrono::steady_clock::now() > deadline) {
+        lock.unlock();
+        report_hang(tag);
+      }
+      if (spin > 64)
+        std::this_thread::sleep_for(std::chrono::microseconds(std::min(100, spin - 64)));
+      else
+        std::this_thread::yield();
+    }
   }
 
  private:
-  std::unique_ptr<CommHandle> submit(const char* what, size_t bytes, std::function<void()> fn) {
+  std::unique_ptr<CommHandle> submit_p2p(const char* what, size_t bytes,
+                                         std::function<void(MPI_Request*)> post) {
     auto op = std::make_shared<OpState>();
+    op->p2p = true;
+    return submit(what, bytes, [op, post = std::move(post)] { post(&op->req); }, op);
+  }
+
+  std::unique_ptr<CommHandle> submit(const char* what, size_t bytes, std::function<void()> fn,
+                                     std::shared_ptr<OpState> op = nullptr) {
+    if (!op) op = std::make_shared<OpState>();
     const OpTag tag{what, ++seq_, bytes, rt_->progress};
     int64_t* slot = rt_->entered + id_;
     worker_->push([op, fn = std::move(fn), slot, seq = tag.seq, this, tag] {
