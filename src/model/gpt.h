@@ -2,8 +2,19 @@
 // to Vp with the softmax over the real V. Explicit forward and backward over one flat
 // weight buffer and one flat grad buffer described by ParamSpecs.
 //
-// Single tensor-parallel rank for now: the layer code calls kernels on whole tensors; the
-// tensor-parallel layers replace these calls with their shard-aware versions.
+// Parallel layouts. A rank holds one or more chunks (pipeline virtual stages), each a
+// contiguous range of blocks; the first virtual stage also holds the embeddings, the last
+// the final layernorm, lm_head and loss (with its own copy of the tied wte when they are
+// different stages). Within a chunk every layer is Megatron-style tensor-parallel over the
+// grid's tp communicator (model/tp_ops.h): heads split, column/row-parallel linears with
+// the conjugate copy-to / reduce-from maps, vocab-parallel embedding and cross-entropy (the
+// full logits are never gathered). With sequence parallelism the layernorm and residual
+// regions are split along the N = B*T token rows and the maps become all-gather /
+// reduce-scatter.
+//
+// A chunk keeps the activations of several micro-batches at once (one "slot" each) for
+// pipeline schedules; the single-stage API (forward / forward_train / backward) uses
+// chunk 0, slot 0.
 #pragma once
 
 #include <cstdint>
@@ -17,38 +28,73 @@
 
 namespace loom {
 
+// One pipeline virtual stage held by this rank.
+struct ModelChunk {
+  int first_block = 0, end_block = 0;  // blocks [first_block, end_block)
+  bool embed = false;                  // virtual stage 0: token + position embeddings
+  bool head = false;                   // last virtual stage: ln_f, lm_head, loss
+};
+
+struct ModelLayout {
+  std::vector<ModelChunk> chunks;  // chunk c = virtual stage c*pp + pp_rank
+  bool sequence_parallel = false;
+  // One chunk holding everything (no pipeline).
+  static ModelLayout whole(const GptConfig& cfg, bool sequence_parallel = false);
+};
+
 class Gpt {
  public:
+  // The whole model, tensor-parallel over grid.tp_comm() (pipeline size must be 1).
   Gpt(const GptConfig& cfg, const ProcessGrid& grid);
+  Gpt(const GptConfig& cfg, const ProcessGrid& grid, const ModelLayout& layout);
 
   const GptConfig& config() const { return cfg_; }
+  const ModelLayout& layout() const { return layout_; }
   const std::vector<ParamSpec>& params() const { return specs_; }
   // Flat buffers: the parameters' ranges, then zeros up to a multiple of the dp size
   // (so ZeRO partitions divide evenly).
   std::span<float> weights() { return weights_; }
   std::span<const float> weights() const { return weights_; }
   std::span<float> grads() { return grads_; }
-  // Parameters counted for FLOPs: all but the position embedding and padded vocab rows.
+  // Parameters counted for FLOPs: all but the position embedding and padded vocab rows
+  // (of the whole model, whatever this rank holds).
   int64_t flop_params() const;
+  int padded_vocab() const { return Vp_; }
+  int tp() const { return tp_size_; }
 
-  // Allocates activations for batches of B rows of T tokens (done once; never inside the
-  // step loop). T <= block_size.
-  void reserve(int B, int T);
+  // Allocates activations for batches of B rows of T tokens, `slots` micro-batches per
+  // chunk (done once; never inside the step loop). T <= block_size.
+  void reserve(int B, int T, int slots = 1);
+  // Floats of the activation a chunk passes to the next (N*C, or N*C/tp rows with
+  // sequence parallelism) for the reserved B, T.
+  size_t act_floats() const;
 
-  // Forward to logits (B,T,Vp); if targets is non-null also the mean loss (else returns 0).
-  // Logits stay readable via logits().
+  // ---- pipeline API -----------------------------------------------------------------
+  // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`
+  // (B,T), others `in` (act_floats); the head chunk computes the mean loss over `targets`
+  // and returns it (0 elsewhere), others write `out`. dloss_scale > 0: training, the head
+  // also writes d(loss)/d(logits) scaled by it (the weight of this micro-batch's mean);
+  // dloss_scale <= 0: evaluation (targets may then be null: logits only).
+  float forward_chunk(int chunk, int slot, const int32_t* tokens, const int32_t* targets,
+                      const float* in, float* out, int B, int T, float dloss_scale);
+  // Backward of the slot's micro-batch: `dout` is d(loss)/d(out) (null on the head chunk);
+  // writes d(loss)/d(in) to `din` (null on the embed chunk). Accumulates into grads().
+  void backward_chunk(int chunk, int slot, const float* dout, float* din);
+
+  // ---- single-stage API (chunk 0, slot 0) -----------------------------------------
+  // Forward to logits (B,T,Vp/tp); if targets is non-null also the mean loss (else 0).
   float forward(const int32_t* inputs, const int32_t* targets, int B, int T);
-  // Forward for training: computes the mean loss and, fused with it, d(loss)/d(logits)
-  // scaled by dloss_scale (the weight of this micro-batch's mean, e.g. 1/grad_accum) in
-  // place of the logits. Must be followed by backward().
+  // Forward for training with the fused loss gradient; must be followed by backward().
   float forward_train(const int32_t* inputs, const int32_t* targets, int B, int T,
                       float dloss_scale);
-  // Accumulates parameter gradients into grads().
   void backward();
-  // Called during backward as gradients become final: with n_layer once ln_f's are done,
-  // with l after block l's, with -1 after the embeddings' (the last). Data parallelism
-  // uses it to start a bucket's all-reduce while backward goes on. Empty = none.
+
+  // Called during backward as gradients become final for this micro-batch: with n_layer
+  // once ln_f's are done (head chunk), with l after block l's, with -1 after the
+  // embeddings' (embed chunk). Data parallelism uses it to start a bucket's all-reduce
+  // while backward goes on. Empty = none.
   void set_backward_hook(std::function<void(int layer)> hook) { hook_ = std::move(hook); }
+  const std::function<void(int)>& backward_hook() const { return hook_; }
   // ZeRO-3: `acquire(unit)` runs before a unit's weights are read, `release(unit)` after
   // their last read in this pass (unit -1 = embeddings, l = block l, n_layer = ln_f). The
   // embeddings and ln_f stay acquired from forward_train() to the end of backward().
@@ -58,74 +104,111 @@ class Gpt {
   }
   void zero_grads();
 
-  const float* logits() const { return acts_.logits; }  // (B,T,Vp)
-  const float* losses() const { return acts_.losses; }  // (B,T)
+  // Flat ranges [begin, end) whose gradients another rank also holds and counts in the
+  // global norm (tp-replicated parameters on tp ranks > 0; the head's copy of wte when
+  // the embeddings live on another pipeline stage).
+  std::vector<std::pair<size_t, size_t>> norm_duplicate_ranges() const;
+  // The flat range of the tied wte on this rank (empty if it holds none).
+  std::pair<size_t, size_t> wte_range() const;
+
+  const float* logits() const;  // (B,T,Vp/tp) of chunk 0's head, slot 0
+  const float* losses() const;  // (B,T)
 
  private:
-  struct LayerParams {
+  struct BlockParams {
     float *ln1w, *ln1b, *qkvw, *qkvb, *attprojw, *attprojb;
     float *ln2w, *ln2b, *fcw, *fcb, *fcprojw, *fcprojb;
   };
-  struct ModelParams {
-    float *wte, *wpe, *lnfw, *lnfb;
-    std::vector<LayerParams> layers;
+  struct Params {
+    float *wte = nullptr, *wpe = nullptr, *lnfw = nullptr, *lnfb = nullptr;
+    std::vector<BlockParams> blocks;  // indexed by global block (null where not held)
   };
-  // Saved activations, views into one arena. Per-layer buffers are (L, ...) stacks.
-  struct Activations {
-    float* encoded;    // (B,T,C)
-    float* ln1;        // (L,B,T,C)
-    float* ln1_mean;   // (L,B,T)
-    float* ln1_rstd;   // (L,B,T)
-    float* qkv;        // (L,B,T,3C)
-    float* atty;       // (L,B,T,C)
-    float* att;        // (L,B,NH,T,T)
-    float* residual2;  // (L,B,T,C)
-    float* ln2;        // (L,B,T,C)
-    float* ln2_mean;   // (L,B,T)
-    float* ln2_rstd;   // (L,B,T)
-    float* fch;        // (L,B,T,4C)
-    float* fch_gelu;   // (L,B,T,4C)
-    float* residual3;  // (L,B,T,C)
-    float* lnf;        // (B,T,C)
-    float* lnf_mean;   // (B,T)
-    float* lnf_rstd;   // (B,T)
-    float* logits;     // (B,T,Vp)
-    float* losses;     // (B,T)
-    float* proj;       // (B,T,C) scratch for attproj / fcproj outputs
+  // Saved activations of one chunk for one micro-batch (views into the arena). Nl token
+  // rows are local (N/tp with sequence parallelism, else N); "full" buffers hold N rows.
+  // Per-block buffers are stacks over the chunk's blocks.
+  struct Slot {
+    float* input;      // (Nl,C) the chunk's input residual
+    float* ln1;        // (nb,N,C) full
+    float* ln1_mean;   // (nb,Nl)
+    float* ln1_rstd;   // (nb,Nl)
+    float* qkv;        // (nb,N,3C/tp)
+    float* atty;       // (nb,N,C/tp)
+    float* att;        // (nb,B,NH/tp,T,T)
+    float* residual2;  // (nb,Nl,C)
+    float* ln2;        // (nb,N,C)
+    float* ln2_mean;   // (nb,Nl)
+    float* ln2_rstd;   // (nb,Nl)
+    float* fch;        // (nb,N,4C/tp)
+    float* fch_gelu;   // (nb,N,4C/tp)
+    float* residual3;  // (nb,Nl,C)
+    float* lnf;        // (N,C) full (head)
+    float* lnf_mean;   // (Nl)
+    float* lnf_rstd;   // (Nl)
+    float* logits;     // (N,Vp/tp) (head)
+    float* losses;     // (N) (head)
+    std::vector<int32_t> tokens;  // (N) embed chunk: inputs, for the embedding backward
+    int B = 0, T = 0;
+    bool have_dlogits = false;
   };
-  // Gradients of activations, reused by every layer during backward.
-  struct ActGrads {
-    float* dresidual;  // (B,T,C)
-    float* dln;        // (B,T,C)
-    float* dqkv;       // (B,T,3C)
-    float* datty;      // (B,T,C)
-    float* dfch;       // (B,T,4C)
-    float* dfch_gelu;  // (B,T,4C)
-    float* scratch;    // attention backward scratch
+  // Scratch shared by every chunk and slot (one micro-batch computes at a time).
+  struct Scratch {
+    float* dresidual;   // (Nl,C)
+    float* dres_full;   // (N,C) sequence parallel: gathered dresidual
+    float* dln;         // (N,C)
+    float* dln_local;   // (Nl,C)
+    float* dqkv;        // (N,3C/tp)
+    float* datty;       // (N,C/tp)
+    float* dfch;        // (N,4C/tp)
+    float* dfch_gelu;   // (N,4C/tp)
+    float* att_scratch; // attention backward
+    float* proj;        // (N,C) row-parallel partial sums
+    float* local;       // (Nl,C) sequence parallel: local LN output / reduced projection
+    float* ce_stats;    // (tp+1, N, 3) vocab-parallel cross-entropy statistics
+    float* sp_grads;    // sequence parallel: per-chunk partial LN / wpe gradients
   };
 
-  ModelParams bind(float* base) const;
-  void forward_trunk(const int32_t* inputs, int B, int T);
-  void block_forward(int l, const float* residual, int B, int T);
-  void block_backward(int l, const float* residual, int B, int T);
+  Params bind(float* base) const;
+  void init_layout();
+  void block_forward(int l, int j, Slot& a, const float* residual);
+  void block_backward(int l, int j, Slot& a, const float* residual);
+  void embed_forward(Slot& a, const int32_t* tokens);
+  void embed_backward(Slot& a);
+  float head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale);
+  void head_backward(Slot& a, const float* x);
+  void finish_sp_grads(const ModelChunk& ch);
+  // The tensor-parallel maps (identity at tp = 1).
+  void tp_allreduce(float* x, size_t n);
+  // LN parameter gradients: to the real grads, or under sequence parallelism to the
+  // chunk's partial-sum scratch (all-reduced over tp at the end of the chunk).
+  float* ln_grad(float* real);
+  int Nl(int N) const { return sp_ ? N / tp_size_ : N; }
 
   GptConfig cfg_;
   const ProcessGrid* grid_;
+  ModelLayout layout_;
+  int tp_size_ = 1, tp_rank_ = 0, Vp_ = 0;
+  bool sp_ = false;
   std::vector<ParamSpec> specs_;
   std::vector<float> weights_;
   std::vector<float> grads_;
-  ModelParams w_, g_;
+  Params w_, g_;
   std::vector<float> arena_;
-  Activations acts_{};
-  ActGrads dacts_{};
-  int B_ = 0, T_ = 0;           // reserved sizes
-  int cur_B_ = 0, cur_T_ = 0;   // sizes of the last forward
-  std::vector<int32_t> inputs_; // (B,T) of the last forward, for encoder_backward
-  bool have_dlogits_ = false;
+  std::vector<std::vector<Slot>> slots_;  // [chunk][slot]
+  Scratch s_{};
+  size_t sp_grads_size_ = 0;
+  struct SpEntry {
+    float* grad;      // the real gradient
+    size_t offset;    // into s_.sp_grads
+    size_t numel;
+    int layer;
+  };
+  std::vector<SpEntry> sp_index_;
+  int B_ = 0, T_ = 0, nslots_ = 0;  // reserved sizes
   std::function<void(int)> hook_;
   std::function<void(int)> acquire_, release_;
   void acquire(int unit) { if (acquire_) acquire_(unit); }
   void release(int unit) { if (release_) release_(unit); }
+  void hook(int unit) { if (hook_) hook_(unit); }
 };
 
 }  // namespace loom

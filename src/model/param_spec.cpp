@@ -50,34 +50,82 @@ struct SpecBuilder {
 
 }  // namespace
 
+ModelShard ModelShard::whole(const GptConfig& cfg) {
+  ModelShard s;
+  for (int l = 0; l < cfg.n_layer; ++l) s.blocks.push_back(l);
+  return s;
+}
+
 std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg) {
-  cfg.validate();
-  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab();
+  return gpt2_param_specs(cfg, ModelShard::whole(cfg));
+}
+
+namespace {
+
+// Takes this tp rank's slice of the last added spec along dim (parts: q|k|v).
+void split(ParamSpec& p, int dim, int tp, int rank, int parts, size_t& offset) {
+  if (tp == 1) return;
+  const int64_t part = p.global_shape[size_t(dim)] / parts, local = part / tp;
+  p.split_dim = dim;
+  p.split_parts = parts;
+  p.split_start = local * rank;
+  p.local_shape[size_t(dim)] = local * parts;
+  offset -= p.numel;
+  p.numel /= size_t(tp);
+  offset += p.numel;
+}
+
+void add_block(SpecBuilder& b, const GptConfig& cfg, const ModelShard& s, int l) {
+  const int64_t C = cfg.n_embd;
   const float std = 0.02f;
   // GPT-2 scales the residual projections by 1/sqrt(2L) (two per block).
   const float proj_std = 0.02f / std::sqrt(2.0f * float(cfg.n_layer));
+  auto n = [l](const char* suffix) { return fmt::format("h.{}.{}", l, suffix); };
+  const int tp = s.tp, r = s.tp_rank;
+  b.add(n("ln_1.weight"), {C}, l, InitKind::kOnes);
+  b.add(n("ln_1.bias"), {C}, l, InitKind::kZeros);
+  split(b.add(n("attn.c_attn.weight"), {3 * C, C}, l, InitKind::kNormal, std), 0, tp, r, 3,
+        b.offset);
+  split(b.add(n("attn.c_attn.bias"), {3 * C}, l, InitKind::kZeros), 0, tp, r, 3, b.offset);
+  split(b.add(n("attn.c_proj.weight"), {C, C}, l, InitKind::kNormal, proj_std), 1, tp, r, 1,
+        b.offset);
+  b.add(n("attn.c_proj.bias"), {C}, l, InitKind::kZeros);
+  b.add(n("ln_2.weight"), {C}, l, InitKind::kOnes);
+  b.add(n("ln_2.bias"), {C}, l, InitKind::kZeros);
+  split(b.add(n("mlp.c_fc.weight"), {4 * C, C}, l, InitKind::kNormal, std), 0, tp, r, 1,
+        b.offset);
+  split(b.add(n("mlp.c_fc.bias"), {4 * C}, l, InitKind::kZeros), 0, tp, r, 1, b.offset);
+  split(b.add(n("mlp.c_proj.weight"), {C, 4 * C}, l, InitKind::kNormal, proj_std), 1, tp, r, 1,
+        b.offset);
+  b.add(n("mlp.c_proj.bias"), {C}, l, InitKind::kZeros);
+}
+
+}  // namespace
+
+std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg, const ModelShard& s) {
+  cfg.validate();
+  LOOM_REQUIRE(s.tp >= 1 && s.tp_rank >= 0 && s.tp_rank < s.tp, "bad tensor-parallel rank {} of {}",
+               s.tp_rank, s.tp);
+  LOOM_REQUIRE(cfg.n_head % s.tp == 0,
+               "n_head={} is not divisible by tp={}: tensor parallelism splits whole heads",
+               cfg.n_head, s.tp);
+  const int64_t C = cfg.n_embd, Vp = cfg.padded_vocab(s.tp);
   SpecBuilder b;
-  ParamSpec& wte = b.add("wte.weight", {Vp, C}, -1, InitKind::kNormal, std);
-  wte.tied = true;
-  wte.real_rows = cfg.vocab_size;
-  b.add("wpe.weight", {cfg.block_size, C}, -1, InitKind::kNormal, std);
-  for (int l = 0; l < cfg.n_layer; ++l) {
-    auto n = [l](const char* suffix) { return fmt::format("h.{}.{}", l, suffix); };
-    b.add(n("ln_1.weight"), {C}, l, InitKind::kOnes);
-    b.add(n("ln_1.bias"), {C}, l, InitKind::kZeros);
-    b.add(n("attn.c_attn.weight"), {3 * C, C}, l, InitKind::kNormal, std);
-    b.add(n("attn.c_attn.bias"), {3 * C}, l, InitKind::kZeros);
-    b.add(n("attn.c_proj.weight"), {C, C}, l, InitKind::kNormal, proj_std);
-    b.add(n("attn.c_proj.bias"), {C}, l, InitKind::kZeros);
-    b.add(n("ln_2.weight"), {C}, l, InitKind::kOnes);
-    b.add(n("ln_2.bias"), {C}, l, InitKind::kZeros);
-    b.add(n("mlp.c_fc.weight"), {4 * C, C}, l, InitKind::kNormal, std);
-    b.add(n("mlp.c_fc.bias"), {4 * C}, l, InitKind::kZeros);
-    b.add(n("mlp.c_proj.weight"), {C, 4 * C}, l, InitKind::kNormal, proj_std);
-    b.add(n("mlp.c_proj.bias"), {C}, l, InitKind::kZeros);
+  if (s.embed || s.head) {
+    ParamSpec& wte = b.add("wte.weight", {Vp, C}, -1, InitKind::kNormal, 0.02f);
+    wte.tied = true;
+    wte.real_rows = cfg.vocab_size;
+    split(wte, 0, s.tp, s.tp_rank, 1, b.offset);
   }
-  b.add("ln_f.weight", {C}, cfg.n_layer, InitKind::kOnes);
-  b.add("ln_f.bias", {C}, cfg.n_layer, InitKind::kZeros);
+  if (s.embed) b.add("wpe.weight", {cfg.block_size, C}, -1, InitKind::kNormal, 0.02f);
+  for (int l : s.blocks) {
+    LOOM_CHECK(l >= 0 && l < cfg.n_layer, "block {} outside [0, {})", l, cfg.n_layer);
+    add_block(b, cfg, s, l);
+  }
+  if (s.head) {
+    b.add("ln_f.weight", {C}, cfg.n_layer, InitKind::kOnes);
+    b.add("ln_f.bias", {C}, cfg.n_layer, InitKind::kZeros);
+  }
   return b.specs;
 }
 
@@ -110,7 +158,14 @@ int64_t global_index(const ParamSpec& p, int64_t i) {
     idx[d] = rem % p.local_shape[d];
     rem /= p.local_shape[d];
   }
-  idx[p.split_dim] += p.split_start;
+  if (p.split_parts > 1) {
+    const int64_t local_part = p.local_shape[size_t(p.split_dim)] / p.split_parts;
+    const int64_t global_part = p.global_shape[size_t(p.split_dim)] / p.split_parts;
+    const int64_t i_d = idx[size_t(p.split_dim)];
+    idx[size_t(p.split_dim)] = i_d / local_part * global_part + p.split_start + i_d % local_part;
+  } else {
+    idx[size_t(p.split_dim)] += p.split_start;
+  }
   for (int d = int(p.global_shape.size()) - 1; d >= 0; --d) {
     g += idx[d] * stride;
     stride *= p.global_shape[d];
@@ -119,6 +174,16 @@ int64_t global_index(const ParamSpec& p, int64_t i) {
 }
 
 }  // namespace
+
+void slice_to_local(const ParamSpec& p, const float* global_tensor, float* local) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < int64_t(p.numel); ++i) local[i] = global_tensor[global_index(p, i)];
+}
+
+void local_to_global(const ParamSpec& p, const float* local, float* global_tensor) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < int64_t(p.numel); ++i) global_tensor[global_index(p, i)] = local[i];
+}
 
 void init_params(const std::vector<ParamSpec>& specs, uint64_t seed, float* weights) {
   for (const ParamSpec& p : specs) {

@@ -21,9 +21,12 @@ struct ParamSpec {
   std::string name;                   // HF GPT-2 global name
   std::vector<int64_t> global_shape;  // loom orientation, unpadded for tp but Vp for wte
   // The slice this rank holds: along split_dim (-1 = whole tensor), [split_start,
-  // split_start + local_shape[split_dim]).
+  // split_start + local_shape[split_dim]). With split_parts P > 1 the dimension is P equal
+  // parts (q|k|v of c_attn) and the rank holds [split_start, +local/P) of each part,
+  // concatenated part by part (Megatron's partition stride).
   int split_dim = -1;
   int64_t split_start = 0;
+  int split_parts = 1;
   std::vector<int64_t> local_shape;
   size_t offset = 0;  // into the flat buffers, in floats
   size_t numel = 0;   // local elements
@@ -43,6 +46,27 @@ struct ParamSpec {
 // ln_f. Per-block contiguity means a block's parameters are one range of the flat buffer
 // (pipeline stages, ZeRO-3 gathers and gradient buckets are ranges).
 std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg);
+
+// What one rank holds of the model: a tensor-parallel slice of some blocks, the embeddings
+// (first pipeline stage) and/or the head (last stage: ln_f and its own copy of the tied
+// wte). Megatron's layout: c_attn and mlp.c_fc are column-parallel (split along out, heads
+// kept whole), attn.c_proj and mlp.c_proj row-parallel (split along in; their biases
+// replicated), wte vocab-parallel (split along Vp rows), wpe and the layernorms replicated.
+struct ModelShard {
+  int tp = 1, tp_rank = 0;
+  std::vector<int> blocks;  // in flat-buffer order (chunk order for interleaved pipelines)
+  bool embed = true;        // wte + wpe
+  bool head = true;         // ln_f (+ wte)
+  static ModelShard whole(const GptConfig& cfg);
+};
+// The shard's parameters in flat order: wte (if embed or head), wpe (if embed), the blocks
+// in the given order, ln_f (if head). Vp = cfg.padded_vocab(tp). InputError when heads or
+// widths do not divide by tp.
+std::vector<ParamSpec> gpt2_param_specs(const GptConfig& cfg, const ModelShard& shard);
+
+// Copies between a whole tensor (global_shape, row-major) and this rank's slice of it.
+void slice_to_local(const ParamSpec& p, const float* global_tensor, float* local);
+void local_to_global(const ParamSpec& p, const float* local, float* global_tensor);
 
 // Total floats of the flat buffer for these specs.
 size_t flat_size(const std::vector<ParamSpec>& specs);
