@@ -12,6 +12,7 @@
 #include "comm/mpi_comm.h"
 #include "comm/process_grid.h"
 #include "core/check.h"
+#include "parallel/partition.h"
 #include "train/startup_checks.h"
 #include "train/trainer.h"
 
@@ -22,11 +23,36 @@ struct TrainOpts {
   std::string config;
   std::vector<std::string> overrides;
   std::string resume;
-  std::optional<int> dp, tp, pp, zero;
+  std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
+  std::optional<std::string> schedule, stage_layers;
+  bool sequence_parallel = false, trace = false;
 };
 
-int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o) {
+std::vector<std::string> flag_overrides(const TrainOpts& o) {
+  std::vector<std::string> out = o.overrides;
+  for (auto [key, v] : {std::pair{"parallel.dp", o.dp}, {"parallel.tp", o.tp},
+                        {"parallel.pp", o.pp}, {"parallel.zero", o.zero},
+                        {"train.grad_accum", o.microbatches},
+                        {"parallel.virtual_stages", o.virtual_stages}})
+    if (v) out.push_back(fmt::format("{}={}", key, *v));
+  if (o.schedule) out.push_back(fmt::format("parallel.schedule=\"{}\"", *o.schedule));
+  if (o.stage_layers) out.push_back(fmt::format("parallel.stage_layers=\"{}\"", *o.stage_layers));
+  if (o.sequence_parallel) out.push_back("parallel.sequence_parallel=true");
+  if (o.trace) out.push_back("run.trace=true");
+  return out;
+}
+
+int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
+             const std::function<void(Trace*)>& trace_sink = nullptr) {
   Trainer trainer(cfg, grid);
+  if (grid.rank() == 0 && grid.shape().pp > 1)
+    fmt::print("pipeline partition ({} schedule, {} micro-batches):\n{}\n", cfg.parallel.schedule,
+               cfg.train.grad_accum, describe(trainer.partition(), grid.shape().pp));
+  if (cfg.run.trace) {
+    grid.world().barrier();  // one clock origin for every rank of this host
+    trainer.enable_trace(Trace::Clock::now());
+    if (trace_sink) trace_sink(&trainer.trace());
+  }
   if (!o.resume.empty()) {
     const std::filesystem::path from =
         resolve_checkpoint(o.resume == "auto" ? std::filesystem::path(cfg.run.dir)
@@ -35,6 +61,8 @@ int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o) 
     if (grid.rank() == 0) fmt::print("resumed from {} at step {}\n", from.string(), trainer.next_step());
   }
   trainer.run(stdout);
+  if (trace_sink) trace_sink(nullptr);
+  trainer.write_trace();
   return 0;
 }
 
@@ -48,14 +76,21 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--tp", o->tp, "tensor-parallel ranks ([parallel] tp)");
   sub.add_option("--pp", o->pp, "pipeline stages ([parallel] pp)");
   sub.add_option("--zero", o->zero, "ZeRO stage 0-3 ([parallel] zero)");
+  sub.add_option("--microbatches", o->microbatches,
+                 "micro-batches per step and dp rank ([train] grad_accum)");
+  sub.add_option("--schedule", o->schedule, "pipeline schedule: gpipe | 1f1b | interleaved");
+  sub.add_option("--virtual-stages", o->virtual_stages,
+                 "model chunks per pipeline rank (interleaved, >= 2)");
+  sub.add_option("--stage-layers", o->stage_layers,
+                 "blocks per virtual stage, e.g. 3,4,4,1 (default: balanced by cost)");
+  sub.add_flag("--sequence-parallel", o->sequence_parallel,
+               "shard layernorm and residual token rows over tp ranks");
+  sub.add_flag("--trace", o->trace, "write per-rank Chrome traces to RUN/trace (loom report)");
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
                  "checkpoint directory");
   return [o] {
-    std::vector<std::string> overrides = o->overrides;
-    for (auto [key, v] : {std::pair{"dp", o->dp}, {"tp", o->tp}, {"pp", o->pp}, {"zero", o->zero}})
-      if (v) overrides.push_back(fmt::format("parallel.{}={}", key, *v));
-    const RunConfig cfg = load_run_config(o->config, overrides);
+    const RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
     if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
     const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
     if (!launched_under_mpi()) {
@@ -70,7 +105,7 @@ RunFn setup_train(CLI::App& sub) {
       ProcessGrid grid = ProcessGrid::create(mpi.world(), shape, &mpi.progress());
       mpi.set_rank_describer([&grid](int r) { return grid.describe(r); });
       check_same_binary_and_config(grid, cfg);
-      return train_on(cfg, grid, *o);
+      return train_on(cfg, grid, *o, [&mpi](Trace* t) { mpi.set_trace(t); });
     } catch (const Error& e) {
       // Every rank sees the same config error; a rank-local one must still end the job.
       fmt::print(stderr, "error (rank {}): {}\n", mpi.world_rank(), e.what());

@@ -19,5 +19,6 @@ RunFn setup_export(CLI::App& sub);
 RunFn setup_import(CLI::App& sub);
 RunFn setup_bench(CLI::App& sub);
 RunFn setup_plan(CLI::App& sub);
+RunFn setup_report(CLI::App& sub);
 
 }  // namespace loom::cli

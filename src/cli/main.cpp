@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
        setup_import},
       {"bench", "benchmarks: kernels | train | collectives", setup_bench},
       {"plan", "pipeline schedules: simulate and print the timeline", setup_plan},
+      {"report", "merge rank traces, print the bubble per rank, plot metrics", setup_report},
   };
   std::map<CLI::App*, RunFn> runs;
   for (const Entry& e : entries) {

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <climits>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/trace.h"
 
 namespace loom {
 namespace {
@@ -48,8 +50,11 @@ struct MpiRuntime::State {
   int rank = 0, size = 1;
   MPI_Win win = MPI_WIN_NULL;
   int64_t* entered = nullptr;  // (kMaxComms,) this rank's published sequence numbers
-  int next_comm_id = 0;
+  // Ids of live communicators. Every rank creates and frees communicators collectively in
+  // the same order, and a new one takes the lowest free id, so ids agree across ranks.
+  std::vector<bool> comm_ids = std::vector<bool>(kMaxComms, false);
   CommProgress progress;
+  std::atomic<Trace*> trace{nullptr};  // set_trace; read by every worker
   std::function<std::string(int)> describe = [](int r) { return fmt::format("rank {}", r); };
 };
 
@@ -57,9 +62,10 @@ namespace {
 
 struct OpTag {
   const char* op;
-  int64_t seq;
+  int64_t seq;  // collectives only: every rank of the group numbers them alike
   size_t bytes;
   CommProgress at;
+  int peer = -1;  // point-to-point: the other rank (group rank); seq is 0
 };
 
 // Completion of one operation.
@@ -142,8 +148,11 @@ class MpiComm final : public Comm {
  public:
   MpiComm(std::shared_ptr<MpiRuntime::State> rt, MPI_Comm comm, const std::string& base)
       : rt_(std::move(rt)), comm_(comm) {
-    LOOM_CHECK(rt_->next_comm_id < kMaxComms, "more than {} communicators", kMaxComms);
-    id_ = rt_->next_comm_id++;
+    auto free_id = std::find(rt_->comm_ids.begin(), rt_->comm_ids.end(), false);
+    LOOM_CHECK(free_id != rt_->comm_ids.end(), "more than {} live communicators", kMaxComms);
+    id_ = int(free_id - rt_->comm_ids.begin());
+    *free_id = true;
+    __atomic_store_n(rt_->entered + id_, int64_t{0}, __ATOMIC_SEQ_CST);
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     members_ = world_ranks();
@@ -152,6 +161,7 @@ class MpiComm final : public Comm {
   ~MpiComm() override {
     worker_.reset();  // drains and joins
     if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
+    rt_->comm_ids[size_t(id_)] = false;
   }
 
   int rank() const override { return rank_; }
@@ -204,12 +214,12 @@ class MpiComm final : public Comm {
   // Point-to-point runs on the same worker as the collectives: a rank's sends and
   // receives on one communicator are ordered with its collectives there.
   std::unique_ptr<CommHandle> send_async(const float* data, size_t count, int dst) override {
-    return submit_p2p("SEND", count * 4, [=, this](MPI_Request* req) {
+    return submit_p2p("SEND", count * 4, dst, [=, this](MPI_Request* req) {
       mpi_check(MPI_Isend(data, as_int(count), MPI_FLOAT, dst, 0, comm_, req), "MPI_Isend");
     });
   }
   std::unique_ptr<CommHandle> recv_async(float* data, size_t count, int src) override {
-    return submit_p2p("RECV", count * 4, [=, this](MPI_Request* req) {
+    return submit_p2p("RECV", count * 4, src, [=, this](MPI_Request* req) {
       mpi_check(MPI_Irecv(data, as_int(count), MPI_FLOAT, src, 0, comm_, req), "MPI_Irecv");
     });
   }
@@ -255,25 +265,31 @@ class MpiComm final : public Comm {
   }
 
  private:
-  std::unique_ptr<CommHandle> submit_p2p(const char* what, size_t bytes,
+  // Point-to-point operations are not numbered: ranks post different numbers of them, and
+  // the group's sequence numbers must stay comparable for the collectives' hang reports.
+  std::unique_ptr<CommHandle> submit_p2p(const char* what, size_t bytes, int peer,
                                          std::function<void(MPI_Request*)> post) {
     auto op = std::make_shared<OpState>();
     op->p2p = true;
-    return submit(what, bytes, [op, post = std::move(post)] { post(&op->req); }, op);
+    return submit(what, bytes, [op, post = std::move(post)] { post(&op->req); }, op, peer);
   }
 
   std::unique_ptr<CommHandle> submit(const char* what, size_t bytes, std::function<void()> fn,
-                                     std::shared_ptr<OpState> op = nullptr) {
+                                     std::shared_ptr<OpState> op = nullptr, int peer = -1) {
     if (!op) op = std::make_shared<OpState>();
-    const OpTag tag{what, ++seq_, bytes, rt_->progress};
+    const bool p2p = op && op->p2p;
+    const OpTag tag{what, p2p ? 0 : ++seq_, bytes, rt_->progress, peer};
     int64_t* slot = rt_->entered + id_;
     worker_->push([op, fn = std::move(fn), slot, seq = tag.seq, this, tag] {
-      __atomic_store_n(slot, seq, __ATOMIC_SEQ_CST);
-      {
+      if (seq > 0) __atomic_store_n(slot, seq, __ATOMIC_SEQ_CST);
+      if (seq > 0) {
         std::lock_guard lock(running_mu_);
         running_ = tag;
       }
+      Trace* trace = rt_->trace.load(std::memory_order_acquire);
+      const double t0 = trace ? trace->now_us() : 0.0;
       fn();
+      if (trace) record(*trace, tag, op->p2p, t0);
       std::lock_guard lock(op->mu);
       op->done = true;
       op->cv.notify_all();
@@ -281,7 +297,26 @@ class MpiComm final : public Comm {
     return std::make_unique<MpiHandle>(this, op, tag);
   }
 
+  // The event of an operation that started at t0 (microseconds of the trace's clock).
+  void record(Trace& trace, const OpTag& tag, bool p2p, double t0) const {
+    trace.add(TraceEvent{std::string(tag.op) + " " + name_, p2p ? "p2p" : "collective", t0,
+                         trace.now_us() - t0, p2p ? kLaneP2p : kLaneCollective,
+                         int64_t(tag.bytes), tag.at.step, tag.at.micro_batch});
+  }
+
   [[noreturn]] void report_hang(const OpTag& waited) {
+    if (waited.peer >= 0) {
+      fmt::print(stderr,
+                 "{}: deadline of {:.0f} s passed waiting for {} ({} bytes) {} {} of group {} at "
+                 "step {}, micro-batch {}: it never posted the matching {}\naborting the job\n",
+                 rt_->describe(rt_->rank), rt_->opt.timeout_s, waited.op, waited.bytes,
+                 std::string(waited.op) == "SEND" ? "to" : "from",
+                 rt_->describe(members_[size_t(waited.peer)]), name_, waited.at.step,
+                 waited.at.micro_batch, std::string(waited.op) == "SEND" ? "receive" : "send");
+      std::fflush(stderr);
+      MPI_Abort(MPI_COMM_WORLD, 3);
+      std::_Exit(3);
+    }
     // The operation this rank is stuck in may be an earlier one than the one waited for.
     const int64_t mine = __atomic_load_n(rt_->entered + id_, __ATOMIC_SEQ_CST);
     OpTag stuck = waited;
@@ -380,5 +415,6 @@ CommProgress& MpiRuntime::progress() { return state_->progress; }
 void MpiRuntime::set_rank_describer(std::function<std::string(int)> f) {
   state_->describe = std::move(f);
 }
+void MpiRuntime::set_trace(Trace* trace) { state_->trace.store(trace, std::memory_order_release); }
 
 }  // namespace loom

@@ -11,6 +11,10 @@
 // owner computes or sleeps). A wait that passes the deadline reads those numbers, prints
 // e.g. "rank 3 (pp 0, dp 3, tp 0) never entered ALLREDUCE #305 of group dp[0..3] at step
 // 12", then MPI_Aborts the job.
+//
+// Tracing: with set_trace(t), each operation adds a TraceEvent to t when the worker has
+// run it ("ALLREDUCE dp[0..3]", cat "collective" on kLaneCollective; SEND/RECV cat "p2p" on
+// kLaneP2p, spanning only the posting of the request), with bytes, step and micro-batch.
 #pragma once
 
 #include <functional>
@@ -20,6 +24,8 @@
 #include "comm/comm.h"
 
 namespace loom {
+
+class Trace;
 
 // True when this process was started by mpirun/srun (OpenMPI or PMI environment).
 bool launched_under_mpi();
@@ -44,6 +50,10 @@ class MpiRuntime {
   CommProgress& progress();
   // How a world rank is named in reports, e.g. "rank 3 (pp 0, dp 3, tp 0)".
   void set_rank_describer(std::function<std::string(int)> f);
+  // Records every communicator's operations into `trace` from now on; nullptr turns it
+  // off (the default). The trace must outlive the operations that run while it is set:
+  // set nullptr and wait for outstanding handles before destroying it.
+  void set_trace(Trace* trace);
 
   struct State;
 

@@ -37,6 +37,12 @@ class Trace {
   // when ranks share a clock, e.g. the time of a barrier).
   Trace(int rank, Clock::time_point origin) : enabled_(true), rank_(rank), origin_(origin) {}
 
+  // Starts recording (call before other threads use the trace).
+  void enable(int rank, Clock::time_point origin) {
+    enabled_ = true;
+    rank_ = rank;
+    origin_ = origin;
+  }
   bool enabled() const { return enabled_; }
   int rank() const { return rank_; }
   double now_us() const {

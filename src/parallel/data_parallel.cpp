@@ -289,11 +289,35 @@ std::string DataParallel::memory_report() const {
       formula[zero_] / kMiB);
 }
 
+void DataParallel::set_norm_exclusions(std::vector<std::pair<size_t, size_t>> ranges) {
+  std::sort(ranges.begin(), ranges.end());
+  norm_excluded_ = std::move(ranges);
+}
+
+namespace {
+
+// Sum of squares of g[lo, hi) outside the sorted, disjoint `excluded` ranges.
+double sum_squares_outside(const float* g, size_t lo, size_t hi,
+                           const std::vector<std::pair<size_t, size_t>>& excluded) {
+  double total = 0.0;
+  size_t at = lo;
+  for (auto [a, b] : excluded) {
+    if (b <= at) continue;
+    if (a >= hi) break;
+    if (a > at) total += kernels::sum_squares(g + at, a - at);
+    at = std::max(at, b);
+  }
+  if (at < hi) total += kernels::sum_squares(g + at, hi - at);
+  return total;
+}
+
+}  // namespace
+
 double DataParallel::grad_sum_squares() {
+  const float* g = model_.grads().data();
   if (zero_ < 2 || dp_.size() == 1)  // every rank holds the whole averaged gradient
-    return kernels::sum_squares(model_.grads().data(), model_.grads().size());
-  double local = kernels::sum_squares(model_.grads().data() + shard_begin_,
-                                      shard_end_ - shard_begin_);
+    return sum_squares_outside(g, 0, model_.grads().size(), norm_excluded_);
+  double local = sum_squares_outside(g, shard_begin_, shard_end_, norm_excluded_);
   dp_.allreduce(&local, 1, ReduceOp::kSum);
   return local;
 }

@@ -61,8 +61,11 @@ class DataParallel {
   // Completes gradient synchronisation; returns the gradients of [shard_begin, shard_end)
   // (element i is flat index shard_begin + i).
   const float* finish();
-  // Squared L2 norm of the full averaged gradient (a collective at ZeRO-2).
+  // Squared L2 norm of the averaged gradient of this model slice (a collective at
+  // ZeRO-2/3), leaving out the ranges set by set_norm_exclusions.
   double grad_sum_squares();
+  // Flat ranges another (tensor- or pipeline-parallel) rank also holds and counts.
+  void set_norm_exclusions(std::vector<std::pair<size_t, size_t>> ranges);
   // After the shard's update: every rank gets every weight (ZeRO 1/2); no-op at stage 0
   // and stage 3 (which gathers on demand).
   void gather_weights();
@@ -109,7 +112,8 @@ class DataParallel {
   double last_wait_s_ = 0;
   size_t early_ = 0;
   size_t early_floats_ = 0;
-  std::vector<std::pair<size_t, size_t>> units_;  // ZeRO-3: flat range of unit u at [u + 1]
+  std::vector<std::pair<size_t, size_t>> units_;
+  std::vector<std::pair<size_t, size_t>> norm_excluded_;  // sorted  // ZeRO-3: flat range of unit u at [u + 1]
 };
 
 }  // namespace loom

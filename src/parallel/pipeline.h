@@ -35,8 +35,21 @@ class PipelineStage {
   virtual void backward(int chunk, int mb, const float* dout, float* din) = 0;
 };
 
-// Which schedule, by name: "gpipe", "1f1b", "interleaved" (v >= 2).
+// Which schedule, by name, lowered: "gpipe", "1f1b" (v = 1), "interleaved" (v >= 2).
+// Throws InputError for an unknown name or a shape the builder rejects.
 Schedule build_schedule(const std::string& name, int p, int m, int v);
+
+// The step x rank grid of a lowered schedule (one row per action index, one column per
+// rank, as the simulator prints a deadlock), with rank `rank`'s action `failed_index`
+// marked "<-- ERROR HERE" (an index past the end marks the final wait for sends).
+std::string pipeline_error_grid(const Schedule& lowered, int v, int rank, size_t failed_index);
+
+// The executor posts sends and receives in list order and MPI matches the messages between
+// two ranks in posting order, so for every ordered pair (a, b) the sends a posts to b must
+// come in the order b posts its receives from a. Returns "" when they do, else names the
+// first pair and position where they differ. Messages a rank sends itself are exempt (the
+// executor copies them).
+std::string p2p_order_mismatch(const Schedule& lowered, int v);
 
 struct PipelineStats {
   double seconds = 0;       // wall time of run()
@@ -49,6 +62,8 @@ class PipelineExecutor {
   // `pp`: the pipeline communicator (rank = pipeline stage); `lowered`: the lowered
   // schedule of all p ranks (this rank runs lowered[pp.rank()]); `act_floats`: the size of
   // one activation (and of its gradient) exchanged between stages. `trace` may be null.
+  // Checks that the schedule fits the communicator and passes p2p_order_mismatch(). A
+  // message a rank sends itself (pp=1 interleaved) is copied, never sent.
   PipelineExecutor(Comm& pp, Schedule lowered, int m, int v, size_t act_floats,
                    Trace* trace = nullptr, CommProgress* progress = nullptr);
 
@@ -61,6 +76,15 @@ class PipelineExecutor {
   int peak_inflight(int chunk) const;
 
  private:
+  struct RunState;  // pending receives and sends, done flags and stats of one run()
+  void execute(const Action& a, RunState& st);
+  void compute(const Action& a, RunState& st);
+  void post_recv(const Action& a, RunState& st);
+  void post_send(const Action& a, RunState& st);
+  void wait_input(const Action& a, RunState& st);
+  std::vector<float>& buffer(OpKind op, int chunk, int mb);
+  bool tracing() const { return trace_ && trace_->enabled(); }
+
   Comm& pp_;
   Schedule lowered_;
   int m_, v_;
@@ -68,7 +92,8 @@ class PipelineExecutor {
   Trace* trace_;
   CommProgress* progress_;
   // [chunk][mb] buffers of act_floats_: received activations, sent activations,
-  // received output-gradients, sent input-gradients (allocated once).
+  // received output-gradients, sent input-gradients (allocated once, and only those this
+  // rank's forwards and backwards use; the rest stay empty).
   std::vector<std::vector<std::vector<float>>> recv_act_, send_act_, recv_grad_, send_grad_;
 };
 

@@ -48,6 +48,16 @@ std::string op_code(OpKind op) {
 
 }  // namespace
 
+MsgKey msg_key(const Action& a, int p) {
+  const int vs = virtual_stage(a, p);
+  switch (a.op) {
+    case OpKind::kSendAct: return {false, a.microbatch, vs, vs + 1};
+    case OpKind::kRecvAct: return {false, a.microbatch, vs - 1, vs};
+    case OpKind::kSendGrad: return {true, a.microbatch, vs, vs - 1};
+    default: return {true, a.microbatch, vs + 1, vs};  // kRecvGrad (callers pass messages)
+  }
+}
+
 std::string to_string(const Action& a, int v) {
   std::string s = fmt::format("{}{}{}", a.stage, op_code(a.op), a.microbatch);
   if (v > 1) s += fmt::format("c{}", a.chunk);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace loom {
@@ -28,6 +29,14 @@ inline int virtual_stage(const Action& a, int p) { return a.chunk * p + a.stage;
 std::string to_string(const Action& a, int v = 1);
 
 using Schedule = std::vector<std::vector<Action>>;
+
+inline bool is_send(OpKind op) { return op == OpKind::kSendAct || op == OpKind::kSendGrad; }
+inline bool is_recv(OpKind op) { return op == OpKind::kRecvAct || op == OpKind::kRecvGrad; }
+
+// A message as both of its ends name it: (gradient?, micro-batch, from virtual stage, to
+// virtual stage); a send and its receive compute the same key on their own sides.
+using MsgKey = std::tuple<bool, int, int, int>;
+MsgKey msg_key(const Action& a, int p);
 
 // All forwards, then all backwards: peak memory m activations on every rank.
 Schedule build_gpipe(int p, int m);

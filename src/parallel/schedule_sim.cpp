@@ -11,23 +11,6 @@
 namespace loom {
 namespace {
 
-// A message is named by kind, micro-batch and the virtual stages it goes from and to, so
-// a send and its receive compute the same key on their own sides.
-using MsgKey = std::tuple<bool /*grad*/, int /*mb*/, int /*from vs*/, int /*to vs*/>;
-
-bool is_send(OpKind op) { return op == OpKind::kSendAct || op == OpKind::kSendGrad; }
-bool is_recv(OpKind op) { return op == OpKind::kRecvAct || op == OpKind::kRecvGrad; }
-
-MsgKey msg_key(const Action& a, int p) {
-  const int vs = virtual_stage(a, p);
-  switch (a.op) {
-    case OpKind::kSendAct: return {false, a.microbatch, vs, vs + 1};
-    case OpKind::kRecvAct: return {false, a.microbatch, vs - 1, vs};
-    case OpKind::kSendGrad: return {true, a.microbatch, vs, vs - 1};
-    default: return {true, a.microbatch, vs + 1, vs};  // kRecvGrad
-  }
-}
-
 class Simulator {
  public:
   Simulator(const Schedule& s, int m, int v, const SimOptions& opt)

@@ -37,10 +37,15 @@ std::vector<Field> fields(RunConfig& c) {
       {"data", "train", &c.data.train},       {"data", "val", &c.data.val},
       {"run", "dir", &c.run.dir},             {"run", "threads", &c.run.threads},
       {"run", "keep_last", &c.run.keep_last}, {"run", "gemm", &c.run.gemm},
+      {"run", "trace", &c.run.trace},
       {"train", "global_batch", &t.global_batch},
       {"parallel", "dp", &c.parallel.dp},     {"parallel", "tp", &c.parallel.tp},
       {"parallel", "pp", &c.parallel.pp},     {"parallel", "zero", &c.parallel.zero},
       {"parallel", "bucket_mb", &c.parallel.bucket_mb},
+      {"parallel", "schedule", &c.parallel.schedule},
+      {"parallel", "virtual_stages", &c.parallel.virtual_stages},
+      {"parallel", "stage_layers", &c.parallel.stage_layers},
+      {"parallel", "sequence_parallel", &c.parallel.sequence_parallel},
       {"comm", "timeout_s", &c.comm.timeout_s},
   };
 }
@@ -120,6 +125,8 @@ void apply_override(toml::table& root, const std::string& text) {
 
 }  // namespace
 
+void validate_model_parallel(const RunConfig& c);
+
 void RunConfig::validate() const {
   model.validate();
   const TrainConfig& t = train;
@@ -146,9 +153,7 @@ void RunConfig::validate() const {
   const ParallelConfig& p = parallel;
   LOOM_REQUIRE(p.dp >= 1 && p.tp >= 1 && p.pp >= 1,
                "[parallel] dp={} tp={} pp={} must all be >= 1", p.dp, p.tp, p.pp);
-  LOOM_REQUIRE(p.tp == 1 && p.pp == 1,
-               "[parallel] tp={} pp={}: tensor and pipeline parallelism are not implemented yet "
-               "(use tp = 1, pp = 1)", p.tp, p.pp);
+  validate_model_parallel(*this);
   LOOM_REQUIRE(p.zero >= 0 && p.zero <= 3, "[parallel] zero={} is not a ZeRO stage: use 0-3",
                p.zero);
   LOOM_REQUIRE(p.bucket_mb > 0, "[parallel] bucket_mb={} must be > 0", p.bucket_mb);
@@ -160,6 +165,40 @@ void RunConfig::validate() const {
                t.global_batch, t.micro_batch, t.grad_accum, p.dp, derived);
   LOOM_REQUIRE(run.gemm == "onednn" || run.gemm == "openblas",
                "[run] gemm='{}' must be 'onednn' or 'openblas'", run.gemm);
+}
+
+// Tensor and pipeline parallelism: everything that does not combine is rejected here,
+// before any process allocates or communicates.
+void validate_model_parallel(const RunConfig& c) {
+  const ParallelConfig& p = c.parallel;
+  const TrainConfig& t = c.train;
+  const int L = c.model.n_layer, v = p.virtual_stages;
+  LOOM_REQUIRE(c.model.n_head % p.tp == 0,
+               "[parallel] tp={} does not divide [model] n_head={}: tensor parallelism splits "
+               "whole attention heads", p.tp, c.model.n_head);
+  LOOM_REQUIRE(p.schedule == "gpipe" || p.schedule == "1f1b" || p.schedule == "interleaved",
+               "[parallel] schedule='{}' must be 'gpipe', '1f1b' or 'interleaved'", p.schedule);
+  LOOM_REQUIRE(v >= 1, "[parallel] virtual_stages={} must be >= 1", v);
+  if (p.schedule == "interleaved") {
+    LOOM_REQUIRE(v >= 2, "[parallel] schedule='interleaved' needs virtual_stages >= 2 (got {})",
+                 v);
+    LOOM_REQUIRE(t.grad_accum % p.pp == 0,
+                 "[parallel] the interleaved schedule needs the micro-batches ([train] "
+                 "grad_accum={}) to be a multiple of pp={}", t.grad_accum, p.pp);
+  } else {
+    LOOM_REQUIRE(v == 1, "[parallel] virtual_stages={} needs schedule='interleaved' (got '{}')",
+                 v, p.schedule);
+  }
+  LOOM_REQUIRE(L >= p.pp * v,
+               "[model] n_layer={} cannot fill pp={} x virtual_stages={} = {} pipeline stages",
+               L, p.pp, v, p.pp * v);
+  LOOM_REQUIRE(!(p.zero == 3 && p.pp > 1),
+               "[parallel] zero=3 with pp={} is not supported (ZeRO-3 gathers weights per "
+               "micro-batch, which pipelining would repeat per stage); use zero 1 or 2 with "
+               "pipeline parallelism", p.pp);
+  LOOM_REQUIRE(!p.sequence_parallel || (int64_t(t.micro_batch) * t.seq_len) % p.tp == 0,
+               "[parallel] sequence_parallel splits micro_batch x seq_len = {} token rows over "
+               "tp={}: they must divide", int64_t(t.micro_batch) * t.seq_len, p.tp);
 }
 
 std::string RunConfig::to_toml() const {

@@ -35,10 +35,15 @@ struct TrainConfig {
 
 struct ParallelConfig {
   int dp = 1;              // data-parallel ranks
-  int tp = 1;              // tensor-parallel ranks (must be 1 for now)
-  int pp = 1;              // pipeline stages (must be 1 for now)
-  int zero = 0;            // ZeRO stage: 0, 1 (optimizer state), 2 (+ gradients), 3 (+ weights)
+  int tp = 1;              // tensor-parallel ranks (n_head must divide by tp)
+  int pp = 1;              // pipeline stages; the micro-batches are [train] grad_accum
+  int zero = 0;            // ZeRO stage: 0, 1 (optimizer state), 2 (+ gradients), 3 (+ weights;
+                           // not with pp > 1)
   double bucket_mb = 25;   // gradient all-reduce bucket size, MiB
+  std::string schedule = "1f1b";  // pipeline schedule: "gpipe" | "1f1b" | "interleaved"
+  int virtual_stages = 1;  // model chunks per pipeline rank (interleaved: >= 2)
+  std::string stage_layers;  // blocks per virtual stage, e.g. "3,4,4,1"; "" = balanced by cost
+  bool sequence_parallel = false;  // shard layernorm/residual token rows over tp
 };
 
 struct CommConfig {
@@ -55,6 +60,7 @@ struct RunSection {
   int threads = 0;                   // OpenMP threads; 0 = all cores
   int keep_last = 2;                 // checkpoints kept; 0 = all
   std::string gemm = "onednn";       // GEMM backend: "onednn" | "openblas"
+  bool trace = false;                // per-rank Chrome traces in dir/trace/ (loom report)
 };
 
 struct RunConfig {

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <numeric>
 
-#include "ckpt/checkpoint.h"
 #include "core/check.h"
 #include "core/philox.h"
 #include "core/timer.h"
@@ -16,43 +15,79 @@
 namespace loom {
 namespace fs = std::filesystem;
 
-Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
-    : cfg_(cfg),
-      grid_(&grid),
-      model_(cfg.model, grid),
-      dp_(model_, grid.dp_comm(), cfg.parallel.zero, cfg.parallel.bucket_mb),
-      opt_(cfg.train, dp_.shard_begin(), dp_.shard_end()),
-      train_data_(cfg.data.train, cfg.train.micro_batch * grid.shape().dp, cfg.train.seq_len) {
-  cfg_.validate();
-  LOOM_REQUIRE(cfg_.parallel.dp == grid.shape().dp && cfg_.parallel.tp == grid.shape().tp &&
-                   cfg_.parallel.pp == grid.shape().pp,
+namespace {
+
+RunConfig checked(const RunConfig& cfg, const ProcessGrid& grid) {
+  cfg.validate();
+  LOOM_REQUIRE(cfg.parallel.dp == grid.shape().dp && cfg.parallel.tp == grid.shape().tp &&
+                   cfg.parallel.pp == grid.shape().pp,
                "config asks for dp={} tp={} pp={} but the process grid is dp={} tp={} pp={}",
-               cfg_.parallel.dp, cfg_.parallel.tp, cfg_.parallel.pp, grid.shape().dp,
+               cfg.parallel.dp, cfg.parallel.tp, cfg.parallel.pp, grid.shape().dp,
                grid.shape().tp, grid.shape().pp);
+  return cfg;
+}
+
+}  // namespace
+
+StagePartition Trainer::make_partition(const RunConfig& cfg) {
+  const ParallelConfig& p = cfg.parallel;
+  const int S = p.pp * p.virtual_stages;
+  const LayerCosts costs = model_layer_costs(cfg.model, cfg.train.seq_len);
+  return p.stage_layers.empty() ? balance_stages(costs, S, p.pp)
+                                : parse_stage_layers(p.stage_layers, costs, S, p.pp);
+}
+
+ModelLayout Trainer::make_layout(const RunConfig& cfg, const ProcessGrid& grid,
+                                 const StagePartition& part) {
+  const int p = grid.shape().pp, r = grid.coord().pp, S = part.stages();
+  ModelLayout layout;
+  layout.sequence_parallel = cfg.parallel.sequence_parallel;
+  for (int c = 0; c < cfg.parallel.virtual_stages; ++c) {
+    const int vs = c * p + r;
+    layout.chunks.push_back(ModelChunk{part.first[size_t(vs)], part.first[size_t(vs) + 1],
+                                       vs == 0, vs == S - 1});
+  }
+  return layout;
+}
+
+Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
+    : cfg_(checked(cfg, grid)),
+      grid_(&grid),
+      partition_(make_partition(cfg_)),
+      model_(cfg_.model, grid, make_layout(cfg_, grid, partition_)),
+      dp_(model_, grid.dp_comm(), cfg_.parallel.zero, cfg_.parallel.bucket_mb),
+      opt_(cfg_.train, dp_.shard_begin(), dp_.shard_end()),
+      train_data_(cfg_.data.train, cfg_.train.micro_batch * grid.shape().dp, cfg_.train.seq_len) {
   if (!cfg_.data.val.empty())
     val_data_.emplace(cfg_.data.val, cfg_.train.micro_batch * grid.shape().dp,
                       cfg_.train.seq_len);
   kernels::set_default_gemm_backend(kernels::parse_gemm_backend(cfg_.run.gemm));
-  const size_t N = size_t(cfg_.train.micro_batch) * cfg_.train.seq_len;
+  const int B = cfg_.train.micro_batch, T = cfg_.train.seq_len, tp = grid.shape().tp;
+  const size_t N = size_t(B) * T;
   inputs_.assign(N, 0);
   targets_.assign(N, 0);
-  model_.reserve(cfg_.train.micro_batch, cfg_.train.seq_len);
+  int slots = 1;
+  if (grid.shape().pp > 1) {
+    const ParallelConfig& p = cfg_.parallel;
+    const size_t act = (p.sequence_parallel && tp > 1 ? N / size_t(tp) : N) * cfg_.model.n_embd;
+    pipe_ = std::make_unique<PipelineExecutor>(
+        grid.pp_comm(), build_schedule(p.schedule, p.pp, cfg_.train.grad_accum, p.virtual_stages),
+        cfg_.train.grad_accum, p.virtual_stages, act, &trace_, grid.progress());
+    for (int c = 0; c < p.virtual_stages; ++c) slots = std::max(slots, pipe_->peak_inflight(c));
+  }
+  model_.reserve(B, T, slots);
   init_params(model_.params(), cfg_.train.seed, model_.weights().data());
+  dp_.set_norm_exclusions(model_.norm_duplicate_ranges());
   dp_.release_all();  // ZeRO-3: keep only this rank's shard resident
 }
 
-void Trainer::resume(const fs::path& ckpt_dir) {
-  // Every rank reads the whole checkpoint and keeps its shard of the moments.
-  std::vector<float> m(model_.weights().size()), v(model_.weights().size());
-  CheckpointState st = load_checkpoint(ckpt_dir, model_.params(), model_.weights().data(),
-                                       m.data(), v.data());
-  std::copy(m.begin() + opt_.begin(), m.begin() + opt_.end(), opt_.m().begin());
-  std::copy(v.begin() + opt_.begin(), v.begin() + opt_.end(), opt_.v().begin());
-  dp_.release_all();
-  LOOM_REQUIRE(st.step <= cfg_.train.steps,
-               "checkpoint {} is at step {}, past the configured steps={}", ckpt_dir.string(),
-               st.step, cfg_.train.steps);
-  step_ = int(st.step);
+void Trainer::enable_trace(Trace::Clock::time_point origin) { trace_.enable(grid_->rank(), origin); }
+
+void Trainer::write_trace() {
+  if (!trace_.enabled()) return;
+  const fs::path dir = fs::path(cfg_.run.dir) / "trace";
+  fs::create_directories(dir);
+  trace_.write(dir / fmt::format("rank_{:05}.json", grid_->rank()), grid_->describe());
 }
 
 uint64_t Trainer::batch_slot(uint64_t k) {
@@ -73,33 +108,50 @@ uint64_t Trainer::batch_slot(uint64_t k) {
   return perm_[k % nb];
 }
 
+void Trainer::load_rows(uint64_t k, int32_t* inputs, int32_t* targets) {
+  const int row0 = grid_->coord().dp * cfg_.train.micro_batch;
+  train_data_.load_rows(batch_slot(k), row0, cfg_.train.micro_batch, inputs, targets);
+}
+
 double Trainer::dp_mean(double local) {
   if (grid_->shape().dp == 1) return local;
   grid_->dp_comm().allreduce(&local, 1, ReduceOp::kSum);
   return local / grid_->shape().dp;
 }
 
+double Trainer::global_grad_sum_squares() {
+  double s = dp_.grad_sum_squares();  // this (pp, tp) slice's unique parameters
+  if (grid_->shape().tp > 1) grid_->tp_comm().allreduce(&s, 1, ReduceOp::kSum);
+  if (grid_->shape().pp > 1) grid_->pp_comm().allreduce(&s, 1, ReduceOp::kSum);
+  return s;
+}
+
 StepStats Trainer::train_step() {
   const TrainConfig& t = cfg_.train;
-  const int dp = grid_->shape().dp, row0 = grid_->coord().dp * t.micro_batch;
+  const int dp = grid_->shape().dp;
   Timer timer;
+  TraceScope span(&trace_, fmt::format("step {}", step_), "step", kLaneStep, -1, step_);
   StepStats s;
   s.step = step_;
   dp_.zero_grads();
   double loss_sum = 0.0;
-  for (int i = 0; i < t.grad_accum; ++i) {
-    if (grid_->progress()) *grid_->progress() = CommProgress{step_, i};
-    const uint64_t k = uint64_t(step_) * t.grad_accum + i;
-    train_data_.load_rows(batch_slot(k), row0, t.micro_batch, inputs_.data(), targets_.data());
-    if (i == t.grad_accum - 1) dp_.arm_for_last_micro_batch();
-    // Each rank's mean is weighted 1/(accum*dp): the all-reduced sum is the global mean.
-    loss_sum += model_.forward_train(inputs_.data(), targets_.data(), t.micro_batch, t.seq_len,
-                                     1.0f / float(t.grad_accum * dp));
-    model_.backward();
+  if (pipe_) {
+    loss_sum = run_pipeline();
+  } else {
+    for (int i = 0; i < t.grad_accum; ++i) {
+      if (grid_->progress()) *grid_->progress() = CommProgress{step_, i};
+      load_rows(uint64_t(step_) * t.grad_accum + i, inputs_.data(), targets_.data());
+      if (i == t.grad_accum - 1) dp_.arm_for_last_micro_batch();
+      TraceScope f(&trace_, fmt::format("F mb{}", i), "compute", kLaneCompute, -1, step_, i);
+      // Each rank's mean is weighted 1/(accum*dp): the all-reduced sum is the global mean.
+      loss_sum += model_.forward_train(inputs_.data(), targets_.data(), t.micro_batch,
+                                       t.seq_len, 1.0f / float(t.grad_accum * dp));
+      model_.backward();
+    }
   }
   const float* grads = dp_.finish();
   s.loss = float(dp_mean(loss_sum / t.grad_accum));
-  const ClipResult clip = clip_coefficient(dp_.grad_sum_squares(), t.grad_clip);
+  const ClipResult clip = clip_coefficient(global_grad_sum_squares(), t.grad_clip);
   s.grad_norm = clip.norm;
   s.lr = learning_rate(t, step_);
   opt_.update(model_.params(), model_.weights(), grads, s.lr, clip.scale, step_ + 1);
@@ -114,41 +166,13 @@ float Trainer::evaluate(int64_t tokens) {
   LOOM_REQUIRE(val_data_.has_value(), "no validation shard configured ([data] val)");
   const int B = cfg_.train.micro_batch, T = cfg_.train.seq_len, dp = grid_->shape().dp;
   const int64_t batches = std::max<int64_t>(1, tokens / (int64_t(B) * dp * T));
+  if (pipe_) return float(dp_mean(evaluate_pipeline(batches)));
   double sum = 0.0;
   for (int64_t k = 0; k < batches; ++k) {
     val_data_->load_rows(uint64_t(k), grid_->coord().dp * B, B, inputs_.data(), targets_.data());
     sum += model_.forward(inputs_.data(), targets_.data(), B, T);
   }
   return float(dp_mean(sum / double(batches)));
-}
-
-fs::path Trainer::save_checkpoint() {
-  CheckpointState st;
-  st.step = step_;
-  st.next_batch = uint64_t(step_) * cfg_.train.grad_accum;
-  st.seed = cfg_.train.seed;
-  st.config_toml = cfg_.to_toml();
-  st.model = cfg_.model;
-  // ZeRO: gather the moment shards so the checkpoint holds whole tensors.
-  const float* m = opt_.m().data();
-  const float* v = opt_.v().data();
-  std::vector<float> full_m, full_v;
-  if (opt_.end() - opt_.begin() != model_.weights().size()) {
-    full_m.resize(model_.weights().size());
-    full_v.resize(model_.weights().size());
-    grid_->dp_comm().allgather(opt_.m().data(), full_m.data(), opt_.m().size());
-    grid_->dp_comm().allgather(opt_.v().data(), full_v.data(), opt_.v().size());
-    m = full_m.data();
-    v = full_v.data();
-  }
-  fs::path dir = fs::path(cfg_.run.dir) / "checkpoints" / checkpoint_dir_name(step_);
-  dp_.materialize_all();  // ZeRO-3: whole tensors for the checkpoint
-  if (is_writer())
-    dir = loom::save_checkpoint(cfg_.run.dir, model_.params(), model_.weights().data(), m, v, st,
-                                cfg_.run.keep_last);
-  dp_.release_all();
-  grid_->world().barrier();  // nobody reads a checkpoint before it is complete
-  return dir;
 }
 
 double Trainer::flops_per_token() const {

@@ -12,7 +12,10 @@
 #include "comm/process_grid.h"
 #include "data/loader.h"
 #include "model/gpt.h"
+#include "core/trace.h"
 #include "parallel/data_parallel.h"
+#include "parallel/partition.h"
+#include "parallel/pipeline.h"
 #include "train/optimizer.h"
 #include "train/run_config.h"
 
@@ -29,7 +32,9 @@ struct StepStats {
 
 // Data parallel: the global micro-batch has micro_batch * dp rows; dp rank r trains on rows
 // [r*micro_batch, (r+1)*micro_batch), so every dp size sees exactly the single process's
-// data. Only world rank 0 prints, writes metrics and checkpoints.
+// data. Tensor parallel: every tp rank reads the same rows. Pipeline parallel: the step's
+// grad_accum micro-batches run through the schedule's executor; the first stage reads the
+// tokens, the last the targets. Only world rank 0 prints, writes metrics and checkpoints.
 class Trainer {
  public:
   Trainer(const RunConfig& cfg, const ProcessGrid& grid);
@@ -47,6 +52,14 @@ class Trainer {
   void run(std::FILE* progress);
 
   int next_step() const { return step_; }
+  // The pipeline partition (one virtual stage covering everything when pp = 1).
+  const StagePartition& partition() const { return partition_; }
+  // Per-rank Chrome trace (enabled by enable_trace); written by write_trace().
+  void enable_trace(Trace::Clock::time_point origin);
+  void write_trace();
+  Trace& trace() { return trace_; }
+  // Idle fraction of the last step's pipeline (0 when pp = 1).
+  double last_pipeline_idle() const { return last_pipe_.idle_fraction(); }
   Gpt& model() { return model_; }
   DataParallel& data_parallel() { return dp_; }
   AdamW& optimizer() { return opt_; }
@@ -59,13 +72,29 @@ class Trainer {
   uint64_t batch_slot(uint64_t k);
   // Mean of a per-rank value over the data-parallel group.
   double dp_mean(double local);
+  StepStats train_step_single();  // pp = 1: micro-batches in a loop
+  double run_pipeline();          // pp > 1: the schedule; returns the summed loss (last stage)
+  void sync_tied_embedding();     // pp > 1: sum wte's gradients of the first and last stages
+  double global_grad_sum_squares();
+  float evaluate_pipeline(int64_t batches);
+  void load_rows(uint64_t k, int32_t* inputs, int32_t* targets);
+  // Whole tensors (gpt2_param_specs layout) of a flat buffer of this rank, on world rank 0.
+  std::vector<float> gather_whole(const float* flat);
+  void scatter_whole(const float* whole, float* flat);
+  static ModelLayout make_layout(const RunConfig& cfg, const ProcessGrid& grid,
+                                 const StagePartition& part);
+  static StagePartition make_partition(const RunConfig& cfg);
   bool is_writer() const { return grid_->rank() == 0; }
 
   RunConfig cfg_;
   const ProcessGrid* grid_;
+  StagePartition partition_;
   Gpt model_;
   DataParallel dp_;
   AdamW opt_;
+  Trace trace_;
+  std::unique_ptr<PipelineExecutor> pipe_;
+  PipelineStats last_pipe_;
   TokenLoader train_data_;
   std::optional<TokenLoader> val_data_;
   std::vector<int32_t> inputs_, targets_;  // (B,T), this rank's rows

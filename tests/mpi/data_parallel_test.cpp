@@ -102,17 +102,6 @@ TEST(DataParallel, BucketsCoverTheBufferInReverseLayerOrder) {
 namespace loom {
 namespace {
 
-// A directory every rank of this job shares (rank 0 makes it).
-std::filesystem::path shared_dir(const ProcessGrid& grid, const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("loom_" + name + "_" + std::to_string(::getppid()));
-  if (grid.rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-  }
-  grid.world().barrier();
-  return dir;
-}
 
 TEST(DataParallel, ResumeUnderZeroIsBitwiseIdentical) {
   const int dp = test::mpi().world_size();
@@ -120,7 +109,7 @@ TEST(DataParallel, ResumeUnderZeroIsBitwiseIdentical) {
       ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = dp, .tp = 1});
   for (int zero : {1, 2, 3}) {
     RunConfig cfg = config(dp, zero, 2);
-    cfg.run.dir = (shared_dir(grid, "dp_resume") / "run").string();
+    cfg.run.dir = (test::shared_dir(grid, "dp_resume") / "run").string();
     Trainer whole(cfg, grid);
     std::vector<float> expected;
     for (int s = 0; s < 6; ++s) expected.push_back(whole.train_step().loss);
