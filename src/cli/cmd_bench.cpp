@@ -81,7 +81,7 @@ int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,
 
 RunFn setup_bench(CLI::App& sub) {
   struct Opts {
-    int threads = 2, repeats = 10, steps = 5, warmup = 1, iters = 20, dp = 1;
+    int threads = 2, repeats = 10, steps = 5, warmup = 1, iters = 20, dp = 1, pp = 1;
     size_t min_bytes = 4096, max_bytes = size_t(256) << 20;
     std::string config = "configs/gpt2-124m.toml", json;
     std::vector<std::string> overrides;
@@ -106,6 +106,10 @@ RunFn setup_bench(CLI::App& sub) {
   t->add_option("--steps", o->steps, "timed steps")->capture_default_str();
   t->add_option("--dp", o->dp,
                  "data-parallel weak scaling instead (run under mpirun -np DP; 1 thread per rank)");
+  t->add_option("--pp", o->pp,
+                 "pipeline stages: schedules' tokens/s and bubble vs the simulator (under "
+                 "mpirun -np PP)")
+      ->capture_default_str();
   t->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
@@ -123,6 +127,13 @@ RunFn setup_bench(CLI::App& sub) {
     opt.torch_script = o->torch_script;
     opt.json_out = o->json.empty() ? "loom-bench-train.json" : o->json;
     const RunConfig cfg = load_run_config(o->config, o->overrides);
+    if (o->pp > 1) {
+      LOOM_REQUIRE(launched_under_mpi(), "bench train --pp {0} runs under mpirun -np {0}", o->pp);
+      MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});
+      const ProcessGrid grid =
+          ProcessGrid::create(mpi.world(), GridShape{.pp = o->pp, .dp = 1, .tp = 1});
+      return bench_train_pp(cfg, opt, grid);
+    }
     if (o->dp == 1) return bench_train(cfg, opt);
     LOOM_REQUIRE(launched_under_mpi(), "bench train --dp {0} runs under mpirun -np {0}", o->dp);
     MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});

@@ -84,7 +84,9 @@ class Simulator {
       fail(fmt::format("{} runs twice", to_string(a, v_)));
     if (!fwd && !forwarded_.count(key))
       fail(fmt::format("backward {} runs before its forward", to_string(a, v_)));
-    const double cost = fwd ? opt_.t_fwd : opt_.t_bwd;
+    const std::vector<double>& per_stage = fwd ? opt_.stage_fwd : opt_.stage_bwd;
+    const double cost = per_stage.empty() ? (fwd ? opt_.t_fwd : opt_.t_bwd)
+                                          : per_stage.at(size_t(vs));
     r_.ran[rank].push_back({clock_[rank], clock_[rank] + cost, a});
     clock_[rank] += cost;
     r_.busy[rank] += cost;

@@ -13,6 +13,9 @@ namespace loom {
 struct SimOptions {
   double t_fwd = 1;  // cost of one forward of one chunk
   double t_bwd = 2;  // backward costs about twice the forward (two GEMMs per forward GEMM)
+  // Per virtual stage (chunk * p + rank) costs, measured or from a cost model; when set
+  // (size p*v) they replace t_fwd / t_bwd, so unbalanced stages are simulated as they run.
+  std::vector<double> stage_fwd, stage_bwd;
 };
 
 // One compute action as it ran.

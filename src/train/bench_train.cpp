@@ -20,15 +20,12 @@
 namespace loom {
 namespace fs = std::filesystem;
 
-namespace {
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// A shard of random tokens long enough for every step (speed does not depend on the text).
 void write_random_shard(const fs::path& path, const RunConfig& cfg) {
   const TrainConfig& t = cfg.train;
   const size_t n = size_t(t.steps) * t.grad_accum * t.micro_batch * t.seq_len + 1;
@@ -37,6 +34,8 @@ void write_random_shard(const fs::path& path, const RunConfig& cfg) {
   for (size_t i = 0; i < n; ++i) tokens[i] = uint16_t(rng.block(i)[0] % cfg.model.vocab_size);
   write_shard(path, tokens);
 }
+
+namespace {
 
 struct Side {
   std::vector<double> losses, seconds;

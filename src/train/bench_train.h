@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "comm/process_grid.h"
 #include "train/run_config.h"
@@ -28,5 +29,17 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt);
 // gradient bytes whose all-reduce completed behind backward (buckets already done when the
 // optimizer asked), beside the exposed wait and the all-reduce time with nothing to overlap.
 int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGrid& grid);
+
+// Pipeline schedules on pp = world size ranks (1 thread each): for 1F1B and interleaved
+// (v = 2) at m = 2, 4, 8 micro-batches, tokens/s and the measured bubble (idle fraction of
+// the executor, from the step's forward/backward times) beside the simulator's prediction
+// for the same schedule with the measured forward and backward times; then the simulator's
+// bubble for larger pipelines. Validates the first step's loss against one process first.
+int bench_train_pp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGrid& grid);
+
+// Shared by the benchmarks: the median, and a shard of random tokens long enough for every
+// step of cfg (speed does not depend on the text).
+double median(std::vector<double> v);
+void write_random_shard(const std::filesystem::path& path, const RunConfig& cfg);
 
 }  // namespace loom

@@ -60,6 +60,7 @@ class Trainer {
   Trace& trace() { return trace_; }
   // Idle fraction of the last step's pipeline (0 when pp = 1).
   double last_pipeline_idle() const { return last_pipe_.idle_fraction(); }
+  double last_pipeline_seconds() const { return last_pipe_.seconds; }
   Gpt& model() { return model_; }
   DataParallel& data_parallel() { return dp_; }
   AdamW& optimizer() { return opt_; }
