@@ -169,6 +169,46 @@ TEST_F(Cli, DataParallelUnderMpirunResumesAndRejectsBadLayouts) {
   EXPECT_TRUE(contains(r.output, "mpirun -np 2")) << r.output;
 }
 
+// Pipeline + tensor parallel from the command line: traces, the merged report, the
+// hybrid checkpoint resumed in another layout, and the layouts that do not combine.
+TEST_F(Cli, HybridTracesReportAndRejectsUnsupportedLayouts) {
+  const std::string cfg = "train --config " + (dir_ / "tiny.toml").string();
+  const fs::path run_dir = dir_ / "pp_run";
+  const std::string runp = " --set run.dir=" + run_dir.string();
+  Result r = run(cfg + runp + " --pp 2 --microbatches 2 --schedule 1f1b --trace",
+                 "OMP_NUM_THREADS=1", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "pipeline partition (1f1b schedule, 2 micro-batches)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "(virtual stage 1): block 1 + head")) << r.output;
+  ASSERT_TRUE(fs::exists(run_dir / "trace/rank_00000.json"));
+  ASSERT_TRUE(fs::exists(run_dir / "trace/rank_00001.json"));
+  r = run("report " + run_dir.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string merged = slurp(run_dir / "trace.json");
+  EXPECT_TRUE(contains(merged, "\"F mb1 c0\"")) << "forward events in the merged trace";
+  EXPECT_TRUE(contains(merged, "SEND")) << "point-to-point events in the merged trace";
+  EXPECT_EQ(slurp(run_dir / "loss.png").substr(0, 4), "\x89PNG");
+  EXPECT_EQ(slurp(run_dir / "tokens_per_s.png").substr(0, 4), "\x89PNG");
+  // The pipeline's checkpoint resumes tensor-parallel.
+  r = run(cfg + runp + " --tp 2 --microbatches 2 --resume auto --set train.steps=6",
+          "OMP_NUM_THREADS=1", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "at step 4")) << r.output;
+
+  r = run(cfg + " --pp 2 --zero 3", "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "zero=3 with pp=2 is not supported")) << r.output;
+  r = run(cfg + " --tp 2 --set model.n_head=1 --set model.n_embd=16", "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "tp=2 does not divide [model] n_head=1")) << r.output;
+  r = run(cfg + " --pp 2 --schedule interleaved --virtual-stages 2 --microbatches 2",
+          "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "n_layer=2 cannot fill pp=2 x virtual_stages=2")) << r.output;
+  r = run(cfg + " --pp 2 --stage-layers 1,2", "OMP_NUM_THREADS=1", 2);
+  EXPECT_EQ(r.code, 2) << r.output;
+}
+
 TEST_F(Cli, CorruptCheckpointIsRejected) {
   const fs::path run_dir = dir_ / "run";
   ASSERT_TRUE(fs::exists(run_dir / "checkpoints/step_00000004/model.safetensors"))
