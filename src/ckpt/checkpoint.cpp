@@ -316,7 +316,8 @@ std::string checkpoint_dir_name(int64_t step) { return fmt::format("step_{:08d}"
 
 fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& specs,
                          const float* weights, const float* m, const float* v,
-                         const CheckpointState& state, int keep_last) {
+                         const CheckpointState& state, int keep_last,
+                         const std::function<void()>& before_commit) {
   check_unsharded(specs);
   LOOM_CHECK((m == nullptr) == (v == nullptr),
              "save_checkpoint: m and v must both be given or "
@@ -342,6 +343,7 @@ fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& 
   if (m != nullptr)
     files[kOptimizerFile] =
         write_tensors(tmp_dir / kOptimizerFile, specs, {{"exp_avg.", m}, {"exp_avg_sq.", v}});
+  if (before_commit) before_commit();
   write_file_atomic(tmp_dir / kManifest, manifest_json(state, files).dump(2) + "\n");
   fsync_dir(tmp_dir);
 

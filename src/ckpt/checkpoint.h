@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,11 +44,13 @@ struct CheckpointState {
 // moments in the flat layout of `weights` (both null: no optimizer file). Keeps only the
 // newest `keep_last` complete checkpoints (0 = keep all) and removes the temporary
 // directories of interrupted saves of earlier steps. Replaces an existing checkpoint of the
-// same step.
+// same step. `before_commit` runs after the tensor files are written and before the
+// manifest is (fault injection tests a crash there).
 std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir,
                                       const std::vector<ParamSpec>& specs, const float* weights,
                                       const float* m, const float* v, const CheckpointState& state,
-                                      int keep_last);
+                                      int keep_last,
+                                      const std::function<void()>& before_commit = {});
 
 // Validates the manifest (magic, version, fields), the size and xxh64 of every file, the
 // model sizes and every tensor's name and shape against `specs`; then fills weights and, if

@@ -39,7 +39,10 @@ int run_plan(const PlanOpts& o) {
   else LOOM_REQUIRE(false, "plan: unknown --schedule '{}' (gpipe, 1f1b, interleaved)", o.schedule);
 
   const Schedule lowered = lower(compute, p, v);
-  const SimResult r = simulate(lowered, m, v, {.t_fwd = o.t_fwd, .t_bwd = o.t_bwd});
+  SimOptions sim;
+  sim.t_fwd = o.t_fwd;
+  sim.t_bwd = o.t_bwd;
+  const SimResult r = simulate(lowered, m, v, sim);
   LOOM_CHECK(r.ok, "schedule {} failed in simulation:\n{}", o.schedule, r.error);
 
   // Textbook bubble (Narayanan et al. 2021): b / (m + b) with b = (p-1)/v pipeline fills.

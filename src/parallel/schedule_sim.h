@@ -11,6 +11,8 @@
 namespace loom {
 
 struct SimOptions {
+  SimOptions() = default;
+  SimOptions(double fwd, double bwd) : t_fwd(fwd), t_bwd(bwd) {}
   double t_fwd = 1;  // cost of one forward of one chunk
   double t_bwd = 2;  // backward costs about twice the forward (two GEMMs per forward GEMM)
   // Per virtual stage (chunk * p + rank) costs, measured or from a cost model; when set

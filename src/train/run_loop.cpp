@@ -86,6 +86,7 @@ void Trainer::run(std::FILE* progress_out) {
   const int first = step_;
   double ema_tps = 0.0;
   while (step_ < t.steps) {
+    if (step_observer_) step_observer_(step_);
     const StepStats s = train_step();
     ema_tps = ema_tps == 0.0 ? s.tokens_per_s : 0.8 * ema_tps + 0.2 * s.tokens_per_s;
     // MFU against the peak of all the job's ranks.

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -58,6 +59,11 @@ class Trainer {
   void enable_trace(Trace::Clock::time_point origin);
   void write_trace();
   Trace& trace() { return trace_; }
+  // Called at the start of every step of run() with the step index (heartbeats, fault
+  // injection), and in the middle of every checkpoint save: after the tensor files are
+  // written, before the manifest is committed.
+  void set_step_observer(std::function<void(int step)> f) { step_observer_ = std::move(f); }
+  void set_checkpoint_observer(std::function<void()> f) { checkpoint_observer_ = std::move(f); }
   // Idle fraction of the last step's pipeline (0 when pp = 1).
   double last_pipeline_idle() const { return last_pipe_.idle_fraction(); }
   double last_pipeline_seconds() const { return last_pipe_.seconds; }
@@ -95,6 +101,8 @@ class Trainer {
   AdamW opt_;
   Trace trace_;
   std::unique_ptr<PipelineExecutor> pipe_;
+  std::function<void(int)> step_observer_;
+  std::function<void()> checkpoint_observer_;
   PipelineStats last_pipe_;
   TokenLoader train_data_;
   std::optional<TokenLoader> val_data_;

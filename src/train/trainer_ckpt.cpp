@@ -113,17 +113,21 @@ fs::path Trainer::save_checkpoint() {
   }
   fs::path dir = fs::path(cfg_.run.dir) / "checkpoints" / checkpoint_dir_name(step_);
   dp_.materialize_all();  // ZeRO-3: whole tensors for the checkpoint
+  const std::function<void()> mid_save = [this] {
+    if (checkpoint_observer_) checkpoint_observer_();
+  };
   if (whole_layout(*grid_)) {
     if (is_writer())
       dir = loom::save_checkpoint(cfg_.run.dir, model_.params(), model_.weights().data(), m, v,
-                                  st, cfg_.run.keep_last);
+                                  st, cfg_.run.keep_last, mid_save);
   } else {
     const std::vector<float> w_all = gather_whole(model_.weights().data());
     const std::vector<float> m_all = gather_whole(m), v_all = gather_whole(v);
     if (is_writer())
       dir = loom::save_checkpoint(cfg_.run.dir, gpt2_param_specs(cfg_.model), w_all.data(),
-                                  m_all.data(), v_all.data(), st, cfg_.run.keep_last);
+                                  m_all.data(), v_all.data(), st, cfg_.run.keep_last, mid_save);
   }
+  if (!is_writer()) mid_save();
   dp_.release_all();
   grid_->world().barrier();  // nobody reads a checkpoint before it is complete
   return dir;

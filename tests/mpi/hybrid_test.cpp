@@ -261,3 +261,123 @@ TEST(Hybrid, RepeatAndResumeAreBitwise) {
 
 }  // namespace
 }  // namespace loom
+
+namespace loom {
+namespace {
+
+struct Layout {
+  GridShape shape;
+  int zero = 0, m = 1;
+};
+
+// Trains `from` for 3 steps (or loads nothing), saves, resumes in `to` for 3 more; the
+// losses and final weights must match the single process over the same 6 steps (and be
+// bitwise equal to `from` uninterrupted when the layouts are identical). A one-process
+// layout runs on world rank 0 alone.
+struct Resharded {
+  std::vector<float> losses;
+};
+
+RunConfig layout_config(const std::filesystem::path& data, const std::string& run,
+                        const Layout& l, int global_rows) {
+  RunConfig cfg = hybrid_config(data, global_rows / (l.shape.dp * l.m), l.m);
+  cfg.parallel.dp = l.shape.dp;
+  cfg.parallel.tp = l.shape.tp;
+  cfg.parallel.pp = l.shape.pp;
+  cfg.parallel.zero = l.zero;
+  cfg.train.steps = 6;
+  cfg.run.dir = run;
+  return cfg;
+}
+
+// Runs fn(grid) on the ranks of the layout (all ranks, or rank 0 alone for one process).
+template <class Fn>
+void on_layout(const Layout& l, Fn fn) {
+  const int n = test::mpi().world_size();
+  if (l.shape.world() == n) {
+    const ProcessGrid grid = ProcessGrid::create(test::mpi().world(), l.shape);
+    fn(grid);
+    return;
+  }
+  ASSERT_EQ(l.shape.world(), 1);
+  const ProcessGrid world = ProcessGrid::create(test::mpi().world(), GridShape{1, n, 1});
+  if (world.rank() == 0) {
+    const ProcessGrid single = ProcessGrid::single();
+    fn(single);
+  }
+  world.world().barrier();
+}
+
+TEST(Hybrid, CheckpointsResumeInAnyLayout) {
+  const int n = test::mpi().world_size();
+  auto L = [](int dp, int tp, int pp, int zero, int m) {
+    return Layout{GridShape{.pp = pp, .dp = dp, .tp = tp}, zero, m};
+  };
+  std::vector<std::pair<Layout, Layout>> pairs;
+  if (n == 8)
+    pairs = {{L(2, 2, 2, 1, 2), L(1, 4, 2, 0, 4)}, {L(4, 1, 2, 2, 2), L(1, 1, 1, 0, 1)},
+             {L(1, 1, 1, 0, 2), L(2, 2, 2, 1, 2)}, {L(2, 2, 2, 2, 2), L(2, 2, 2, 0, 2)},
+             {L(2, 2, 2, 1, 2), L(2, 2, 2, 1, 2)}};
+  else if (n == 4)
+    pairs = {{L(2, 1, 2, 1, 2), L(1, 4, 1, 0, 2)}, {L(1, 1, 1, 0, 2), L(1, 2, 2, 0, 2)},
+             {L(2, 2, 1, 2, 2), L(2, 2, 1, 0, 2)}};
+  else
+    pairs = {{L(1, 1, 2, 0, 2), L(2, 1, 1, 1, 2)}, {L(1, 1, 1, 0, 2), L(1, 2, 1, 0, 2)}};
+  constexpr int kRows = 8;  // global rows per step
+  const ProcessGrid world = ProcessGrid::create(test::mpi().world(), GridShape{1, n, 1});
+  const Reference ref = [&] {
+    Reference r;
+    RunConfig cfg = hybrid_config(test::temp_dir("rsref"), kRows, 1);
+    cfg.train.steps = 6;  // the LR schedule depends on the total
+    r.losses.resize(6);
+    if (world.rank() == 0) {
+      const ProcessGrid single = ProcessGrid::single();
+      Trainer tr(cfg, single);
+      for (int s = 0; s < 6; ++s) r.losses[size_t(s)] = tr.train_step().loss;
+    }
+    world.world().broadcast(r.losses.data(), 6, 0);
+    return r;
+  }();
+  for (const auto& [from, to] : pairs) {
+    const std::string what = fmt::format("(dp {}, tp {}, pp {}, zero {}) -> (dp {}, tp {}, pp {}, "
+                                         "zero {})", from.shape.dp, from.shape.tp, from.shape.pp,
+                                         from.zero, to.shape.dp, to.shape.tp, to.shape.pp, to.zero);
+    SCOPED_TRACE(what);
+    const std::string run = (test::shared_dir(world, "reshard") / "run").string();
+    const auto data = test::temp_dir("rsdata");
+    std::vector<float> losses(6, 0.0f), whole(6, 0.0f);
+    on_layout(from, [&](const ProcessGrid& g) {
+      Trainer tr(layout_config(data, run, from, kRows), g);
+      for (int s = 0; s < 3; ++s) losses[size_t(s)] = tr.train_step().loss;
+      tr.save_checkpoint();
+      for (int s = 3; s < 6; ++s) whole[size_t(s)] = tr.train_step().loss;
+    });
+    on_layout(to, [&](const ProcessGrid& g) {
+      Trainer tr(layout_config(data, run, to, kRows), g);
+      tr.resume(resolve_checkpoint(run));
+      EXPECT_EQ(tr.next_step(), 3);
+      for (int s = 3; s < 6; ++s) losses[size_t(s)] = tr.train_step().loss;
+    });
+    world.world().broadcast(losses.data(), 6, 0);
+    world.world().broadcast(whole.data(), 6, 0);
+    double worst = 0;
+    for (int s = 0; s < 6; ++s)
+      worst = std::max(worst, double(std::abs(losses[size_t(s)] - ref.losses[size_t(s)])) /
+                                  ref.losses[size_t(s)]);
+    if (world.rank() == 0)
+      std::printf("resume %s: worst relative loss diff %.3g\n", what.c_str(), worst);
+    if (world.rank() == 0 && worst > kLossTol)
+      for (int s = 0; s < 6; ++s)
+        std::printf("  step %d: %.7f vs one process %.7f\n", s, losses[size_t(s)],
+                    ref.losses[size_t(s)]);
+    EXPECT_LE(worst, kLossTol);
+    const bool same = from.shape.dp == to.shape.dp && from.shape.tp == to.shape.tp &&
+                      from.shape.pp == to.shape.pp && from.zero == to.zero && from.m == to.m;
+    if (same) {
+      for (int s = 3; s < 6; ++s) EXPECT_EQ(losses[size_t(s)], whole[size_t(s)]) << "bitwise";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace loom
