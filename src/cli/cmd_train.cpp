@@ -1,9 +1,11 @@
 // loom train --config FILE.toml [--set section.key=value ...] [--dp N --zero Z]
-//            [--resume auto|DIR]
+//            [--resume auto|DIR] [--inject-fault SPEC]
 // Under mpirun/srun the job's processes form the process grid; alone it is one process.
+// Under `loom launch` every rank also sends heartbeats with its step to the supervisor.
 #include <fmt/core.h>
 #include <omp.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 
@@ -12,6 +14,8 @@
 #include "comm/mpi_comm.h"
 #include "comm/process_grid.h"
 #include "core/check.h"
+#include "launch/fault.h"
+#include "launch/heartbeat.h"
 #include "parallel/partition.h"
 #include "train/startup_checks.h"
 #include "train/trainer.h"
@@ -23,6 +27,8 @@ struct TrainOpts {
   std::string config;
   std::vector<std::string> overrides;
   std::string resume;
+  std::string inject_fault;
+  FaultSpec fault;  // parsed inject_fault
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
   std::optional<std::string> schedule, stage_layers;
   bool sequence_parallel = false, trace = false;
@@ -42,9 +48,37 @@ std::vector<std::string> flag_overrides(const TrainOpts& o) {
   return out;
 }
 
+// A restart by `loom launch` (LOOM_ATTEMPT > 0) resumes with "auto"; when the failed attempt
+// saved no valid checkpoint it starts again from step 0, which gives the same run.
+bool restarted_by_supervisor() {
+  const char* attempt = std::getenv("LOOM_ATTEMPT");
+  return attempt != nullptr && std::string(attempt) != "0";
+}
+
+std::optional<std::filesystem::path> resume_point(const RunConfig& cfg, const std::string& resume,
+                                                  int rank) {
+  if (resume.empty()) return std::nullopt;
+  if (resume != "auto") return resolve_checkpoint(resume);
+  if (!restarted_by_supervisor()) return resolve_checkpoint(cfg.run.dir);
+  try {
+    return resolve_checkpoint(cfg.run.dir);
+  } catch (const InputError& e) {
+    if (rank == 0)
+      fmt::print("restart without a checkpoint ({}): starting from step 0\n", e.what());
+    return std::nullopt;
+  }
+}
+
 int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
              const std::function<void(Trace*)>& trace_sink = nullptr) {
+  const std::unique_ptr<HeartbeatClient> heartbeat = HeartbeatClient::from_env(grid.rank());
+  const FaultInjector injector(o.fault, grid.rank(), fault_armed_from_env());
   Trainer trainer(cfg, grid);
+  trainer.set_step_observer([&heartbeat, &injector](int step) {
+    if (heartbeat) heartbeat->set_step(step);
+    injector.at_step(step);
+  });
+  trainer.set_checkpoint_observer([&injector] { injector.during_checkpoint(); });
   if (grid.rank() == 0 && grid.shape().pp > 1)
     fmt::print("pipeline partition ({} schedule, {} micro-batches):\n{}\n", cfg.parallel.schedule,
                cfg.train.grad_accum, describe(trainer.partition(), grid.shape().pp));
@@ -53,14 +87,13 @@ int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
     trainer.enable_trace(Trace::Clock::now());
     if (trace_sink) trace_sink(&trainer.trace());
   }
-  if (!o.resume.empty()) {
-    const std::filesystem::path from =
-        resolve_checkpoint(o.resume == "auto" ? std::filesystem::path(cfg.run.dir)
-                                              : std::filesystem::path(o.resume));
-    trainer.resume(from);
-    if (grid.rank() == 0) fmt::print("resumed from {} at step {}\n", from.string(), trainer.next_step());
+  if (const auto from = resume_point(cfg, o.resume, grid.rank())) {
+    trainer.resume(*from);
+    if (grid.rank() == 0)
+      fmt::print("resumed from {} at step {}\n", from->string(), trainer.next_step());
   }
   trainer.run(stdout);
+  if (heartbeat) heartbeat->finish();
   if (trace_sink) trace_sink(nullptr);
   trainer.write_trace();
   return 0;
@@ -89,7 +122,11 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
                  "checkpoint directory");
+  sub.add_option("--inject-fault", o->inject_fault,
+                 "for recovery tests: kill:rank=R:step=S | hang:rank=R:step=S | "
+                 "exit-during-checkpoint:rank=R[:step=S] (only when LOOM_ATTEMPT is unset or 0)");
   return [o] {
+    o->fault = parse_fault(o->inject_fault);
     const RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
     if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
     const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};

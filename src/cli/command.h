@@ -20,5 +20,6 @@ RunFn setup_import(CLI::App& sub);
 RunFn setup_bench(CLI::App& sub);
 RunFn setup_plan(CLI::App& sub);
 RunFn setup_report(CLI::App& sub);
+RunFn setup_launch(CLI::App& sub);
 
 }  // namespace loom::cli

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
       {"bench", "benchmarks: kernels | train | collectives", setup_bench},
       {"plan", "pipeline schedules: simulate and print the timeline", setup_plan},
       {"report", "merge rank traces, print the bubble per rank, plot metrics", setup_report},
+      {"launch", "run training under mpirun; restart it from checkpoints on failure", setup_launch},
   };
   std::map<CLI::App*, RunFn> runs;
   for (const Entry& e : entries) {

@@ -9,33 +9,19 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../shell_util.h"
+
 namespace {
 namespace fs = std::filesystem;
 
-struct Result {
-  int code;
-  std::string output;  // stdout + stderr
-};
+using loom::test::contains;
+using loom::test::Result;
+using loom::test::slurp;
 
 Result run(const std::string& args, const std::string& env = "", int np = 0) {
   const std::string launcher =
       np > 0 ? std::string(LOOM_MPIRUN) + " -np " + std::to_string(np) + " " : std::string();
-  const std::string cmd = env + " " + launcher + LOOM_BINARY " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return Result{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
-
-bool contains(const std::string& s, const std::string& what) {
-  return s.find(what) != std::string::npos;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
+  return loom::test::shell(env + " " + launcher + LOOM_BINARY " " + args);
 }
 
 class Cli : public ::testing::Test {

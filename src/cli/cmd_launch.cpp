@@ -1,0 +1,48 @@
+// loom launch -n N [--max-restarts R] [--heartbeat-s S] [--min-n M] [--hosts h1:s1,h2:s2]
+//             [--mpirun PATH] -- train --config FILE.toml --dp D --tp T --pp P ...
+// Runs the train command under mpirun and, when a rank dies or hangs, restarts the job from
+// its newest checkpoint (launch/supervisor.h).
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "cli/command.h"
+#include "core/check.h"
+#include "launch/supervisor.h"
+
+namespace loom::cli {
+namespace {
+
+// OpenMPI's flags for oversubscribed hosts (ranks may outnumber cores), plus root if needed.
+std::vector<std::string> default_mpirun_args(const std::string& hosts) {
+  std::vector<std::string> args = {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1",
+                                   "--bind-to", "none"};
+  if (geteuid() == 0) args.push_back("--allow-run-as-root");
+  if (!hosts.empty()) args.insert(args.end(), {"--host", hosts});
+  return args;
+}
+
+}  // namespace
+
+RunFn setup_launch(CLI::App& sub) {
+  auto o = std::make_shared<LaunchOptions>();
+  sub.add_option("-n", o->n, "processes (mpirun -np)")->required();
+  sub.add_option("--max-restarts", o->max_restarts, "restarts after a failure (default 3)");
+  sub.add_option("--heartbeat-s", o->heartbeat_s,
+                 "seconds a rank may stay silent before it counts as failed (default 10)");
+  sub.add_option("--min-n", o->min_n, "elastic restarts on fewer processes: not supported");
+  sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (heartbeats reach "
+                 "the supervisor only from this host)");
+  sub.add_option("--mpirun", o->mpirun, "the mpirun to run (default: mpirun from PATH)");
+  sub.add_option("train", o->train_args, "after '--': train --config FILE.toml ...")
+      ->required();
+  return [o] {
+    std::error_code ec;
+    o->loom_binary = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+    LOOM_CHECK(!ec, "cannot resolve /proc/self/exe: {}", ec.message());
+    o->mpirun_args = default_mpirun_args(o->hosts);
+    return run_supervisor(*o);
+  };
+}
+
+}  // namespace loom::cli

@@ -1,0 +1,74 @@
+// Heartbeats from training ranks to `loom launch`'s supervisor.
+//
+// The supervisor passes, in the environment of every rank:
+//   LOOM_SUPERVISOR=127.0.0.1:PORT   where it listens (TCP)
+//   LOOM_SUPERVISOR_SECRET=HEX       the job's secret (16 random bytes, hex)
+//   LOOM_HEARTBEAT_S=S               the supervisor's heartbeat timeout in seconds
+// A rank connects once and sends text lines on that connection:
+//   "SECRET RANK STEP\n"   hello and every heartbeat (STEP = the step it is in, -1 = before
+//                          the first); sent every S/3 seconds and whenever the step changes
+//   "SECRET RANK done\n"   the rank finished cleanly and will send no more
+// A line with a wrong secret is rejected (the supervisor closes that connection).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+
+namespace loom {
+
+struct HeartbeatLine {
+  int rank = -1;
+  int step = -1;
+  bool done = false;
+};
+
+// "SECRET RANK STEP" or "SECRET RANK done" (no newline).
+std::string format_heartbeat_line(std::string_view secret, int rank, int step);
+std::string format_done_line(std::string_view secret, int rank);
+
+// The parsed line, or nullopt when it is malformed or its secret is not `secret` (compared
+// in constant time). `line` has no trailing newline.
+std::optional<HeartbeatLine> parse_heartbeat_line(std::string_view line, std::string_view secret);
+
+class HeartbeatClient {
+ public:
+  // nullptr when LOOM_SUPERVISOR is unset (not launched by `loom launch`). A supervisor that
+  // cannot be reached is reported once on stderr; training goes on without heartbeats.
+  static std::unique_ptr<HeartbeatClient> from_env(int world_rank);
+
+  HeartbeatClient(const std::string& address, std::string secret, int rank, double period_s);
+  ~HeartbeatClient();
+  HeartbeatClient(const HeartbeatClient&) = delete;
+  HeartbeatClient& operator=(const HeartbeatClient&) = delete;
+
+  // The step this rank is in: sent at once when it changes, then with every heartbeat.
+  void set_step(int step);
+  // Says "done" and stops: the supervisor stops expecting heartbeats from this rank.
+  void finish();
+  bool connected() const { return fd_ >= 0; }
+
+ private:
+  void loop();
+  bool send_line(const std::string& line);
+  void stop_thread();
+
+  std::string secret_;
+  int rank_;
+  double period_s_;
+  int fd_ = -1;
+  std::atomic<int> step_{-1};
+  std::atomic<bool> failed_{false};  // a send failed (reported once); no more sends
+  std::mutex send_mu_;  // one line at a time on fd_
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace loom

@@ -1,0 +1,553 @@
+#include "launch/supervisor.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <utility>
+
+#include "core/check.h"
+#include "launch/heartbeat.h"
+
+extern char** environ;
+
+namespace loom {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+void say(const std::string& msg) {
+  // On a terminal, rank 0's progress line may be unfinished: start on a clean line.
+  fmt::print(stderr, "{}loom launch: {}\n", isatty(STDERR_FILENO) ? "\r\x1b[K" : "", msg);
+  std::fflush(stderr);
+}
+
+// An owned file descriptor.
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  void reset() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_;
+};
+
+// A TCP listener on 127.0.0.1 at an ephemeral port (returned in `port`).
+Fd listen_local(int* port) {
+  Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  LOOM_CHECK(fd.get() >= 0, "socket: {}", std::strerror(errno));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  LOOM_CHECK(bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0 &&
+                 listen(fd.get(), 256) == 0 &&
+                 getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0,
+             "cannot listen on 127.0.0.1: {}", std::strerror(errno));
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
+// SIGINT, SIGTERM and SIGHUP arrive on this descriptor (they are blocked in this process;
+// children get them unblocked and at their default action).
+Fd interrupt_fd() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
+  LOOM_CHECK(sigprocmask(SIG_BLOCK, &set, nullptr) == 0, "sigprocmask: {}", std::strerror(errno));
+  Fd fd(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK));
+  LOOM_CHECK(fd.get() >= 0, "signalfd: {}", std::strerror(errno));
+  return fd;
+}
+
+std::vector<std::string> child_env(const std::string& address, const std::string& secret,
+                                   double heartbeat_s, int attempt) {
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) {
+    const std::string_view kv(*e);
+    if (kv.starts_with("LOOM_SUPERVISOR=") || kv.starts_with("LOOM_SUPERVISOR_SECRET=") ||
+        kv.starts_with("LOOM_ATTEMPT=") || kv.starts_with("LOOM_HEARTBEAT_S="))
+      continue;
+    env.emplace_back(kv);
+  }
+  env.push_back("LOOM_SUPERVISOR=" + address);
+  env.push_back("LOOM_SUPERVISOR_SECRET=" + secret);
+  env.push_back(fmt::format("LOOM_HEARTBEAT_S={}", heartbeat_s));
+  env.push_back(fmt::format("LOOM_ATTEMPT={}", attempt));
+  return env;
+}
+
+std::vector<char*> c_strings(std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (std::string& s : v) out.push_back(s.data());
+  out.push_back(nullptr);
+  return out;
+}
+
+struct Child {
+  pid_t pid = -1;  // also the process group id
+  Fd err;          // read end of its stderr
+};
+
+// posix_spawnp in a new process group, stderr into a pipe, signals at their defaults.
+Child spawn_child(std::vector<std::string> argv, std::vector<std::string> env) {
+  int pipe_fds[2];
+  LOOM_CHECK(pipe2(pipe_fds, O_CLOEXEC) == 0, "pipe: {}", std::strerror(errno));
+  Child child{.pid = -1, .err = Fd(pipe_fds[0])};
+  Fd write_end(pipe_fds[1]);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, write_end.get(), STDERR_FILENO);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setpgroup(&attr, 0);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) sigaddset(&defaults, s);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  std::vector<char*> cargv = c_strings(argv), cenv = c_strings(env);
+  const int rc = posix_spawnp(&child.pid, cargv[0], &fa, &attr, cargv.data(), cenv.data());
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  LOOM_REQUIRE(rc == 0, "cannot start '{}': {}", argv[0], std::strerror(rc));
+  fcntl(child.err.get(), F_SETFL, O_NONBLOCK);
+  return child;
+}
+
+// The child's exit status (128 + signal when killed) once it has exited, without reaping it:
+// the process group id stays reserved until the stragglers are killed.
+std::optional<int> exited(pid_t pid) {
+  siginfo_t info{};
+  if (waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0)
+    return std::nullopt;
+  return info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
+}
+
+std::string join(const std::vector<std::string>& v, const char* sep = " ") {
+  std::string out;
+  for (const std::string& s : v) out += (out.empty() ? "" : sep) + s;
+  return out;
+}
+
+struct RankState {
+  int step = -1;  // the last step it reported (-1: none yet)
+  Clock::time_point last_heard;
+  bool done = false;    // said "done"
+  bool closed = false;  // its connection closed without "done"
+};
+
+struct Conn {
+  Fd fd;
+  std::string buf;  // bytes after the last complete line
+  std::string peer;
+  int rank = -1;    // from its first valid line
+};
+
+// What one attempt ended with.
+struct AttemptResult {
+  bool ok = false;
+  int interrupted_by = 0;  // a signal to the supervisor
+  int status = 0;          // mpirun's exit status (128 + signal when killed; -1 if we ended it)
+  std::string cause;
+  Clock::time_point ended_at;
+  int last_step = -1;     // the highest step any rank reported
+  int started_step = -1;  // the first step a rank reported
+  std::optional<Clock::time_point> progressed_at;  // first report of a step > started_step
+  std::map<int, Clock::time_point> step_seen;      // first report of each step
+};
+
+class Attempt {
+ public:
+  Attempt(const LaunchOptions& opt, int index, int listen_fd, int signal_fd,
+          const std::string& address, const std::string& secret)
+      : opt_(opt), index_(index), listen_fd_(listen_fd), signal_fd_(signal_fd),
+        address_(address), secret_(secret) {}
+
+  AttemptResult run();
+
+ private:
+  std::vector<std::string> argv() const;
+  void watch();
+  bool poll_once(int timeout_ms);  // false when nothing was ready
+  void accept_conns();
+  void read_conn(Conn& c);
+  void on_line(Conn& c, std::string_view line);
+  bool read_stderr(bool flush);  // true at end of file
+  std::optional<std::string> silent_rank(Clock::time_point now) const;
+  void end_group();
+  std::string exit_cause() const;
+
+  const LaunchOptions& opt_;
+  int index_, listen_fd_, signal_fd_;
+  const std::string &address_, &secret_;
+  Child child_;
+  std::vector<Conn> conns_;
+  std::map<int, RankState> ranks_;
+  std::string err_buf_;
+  StderrReport report_;
+  AttemptResult result_;
+  std::vector<int> closed_;  // ranks whose connection closed unfinished, in order
+  bool all_said_hello_ = false;
+  bool err_eof_ = false;
+};
+
+std::vector<std::string> Attempt::argv() const {
+  std::vector<std::string> a = {opt_.mpirun, "-np", std::to_string(opt_.n)};
+  a.insert(a.end(), opt_.mpirun_args.begin(), opt_.mpirun_args.end());
+  a.push_back(opt_.loom_binary);
+  const std::vector<std::string> train = attempt_train_args(opt_.train_args, index_);
+  a.insert(a.end(), train.begin(), train.end());
+  return a;
+}
+
+AttemptResult Attempt::run() {
+  const std::vector<std::string> args = argv();
+  say(fmt::format("attempt {} of {} (LOOM_ATTEMPT={}): {}", index_ + 1, opt_.max_restarts + 1,
+                  index_, join(args)));
+  child_ = spawn_child(args, child_env(address_, secret_, opt_.heartbeat_s, index_));
+  watch();
+  end_group();
+  if (!result_.ok && result_.cause.empty()) result_.cause = exit_cause();
+  return std::move(result_);
+}
+
+// Until mpirun exits, a rank falls silent or the supervisor is interrupted.
+void Attempt::watch() {
+  for (;;) {
+    poll_once(100);
+    const Clock::time_point now = Clock::now();
+    if (const std::optional<int> status = exited(child_.pid)) {
+      // The ranks' last lines may still be unread: take what is there (at most 1 s more).
+      for (int i = 0; i < 50 && poll_once(20);) ++i;
+      result_.status = *status;
+      result_.ok = *status == 0;
+      result_.ended_at = now;
+      return;
+    }
+    if (const std::optional<std::string> silent = silent_rank(now)) {
+      result_.status = -1;
+      result_.cause = *silent;
+      result_.ended_at = now;
+      return;
+    }
+    signalfd_siginfo si{};
+    if (read(signal_fd_, &si, sizeof si) == ssize_t(sizeof si)) {
+      result_.interrupted_by = int(si.ssi_signo);
+      result_.status = -1;
+      result_.cause = fmt::format("the supervisor got signal {} ({})", si.ssi_signo,
+                                  strsignal(int(si.ssi_signo)));
+      result_.ended_at = now;
+      return;
+    }
+  }
+}
+
+bool Attempt::poll_once(int timeout_ms) {
+  std::vector<pollfd> fds = {{listen_fd_, POLLIN, 0}, {signal_fd_, POLLIN, 0},
+                             {err_eof_ ? -1 : child_.err.get(), POLLIN, 0}};
+  for (const Conn& c : conns_) fds.push_back({c.fd.get(), POLLIN, 0});
+  if (poll(fds.data(), fds.size(), timeout_ms) <= 0) return false;
+  if (fds[0].revents) accept_conns();
+  if (fds[2].revents) err_eof_ = read_stderr(false);
+  for (size_t i = 0; i < conns_.size(); ++i)
+    if (fds[3 + i].revents) read_conn(conns_[i]);
+  std::erase_if(conns_, [](const Conn& c) { return c.fd.get() < 0; });
+  return true;
+}
+
+void Attempt::accept_conns() {
+  for (;;) {
+    sockaddr_in peer{};
+    socklen_t len = sizeof peer;
+    const int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&peer), &len,
+                           SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return;
+    char ip[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
+    conns_.push_back(Conn{Fd(fd), "", fmt::format("{}:{}", ip, ntohs(peer.sin_port))});
+  }
+}
+
+void Attempt::read_conn(Conn& c) {
+  char buf[4096];
+  const ssize_t n = read(c.fd.get(), buf, sizeof buf);
+  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n <= 0) {  // closed: a rank that did not say "done" stops beating and will be missed
+    if (c.rank >= 0 && !ranks_[c.rank].done) {
+      ranks_[c.rank].closed = true;
+      closed_.push_back(c.rank);
+    }
+    c.fd.reset();
+    return;
+  }
+  c.buf.append(buf, size_t(n));
+  for (size_t nl; c.fd.get() >= 0 && (nl = c.buf.find('\n')) != std::string::npos;) {
+    const std::string line = c.buf.substr(0, nl);
+    c.buf.erase(0, nl + 1);
+    on_line(c, line);
+  }
+  if (c.buf.size() > 1024) {
+    say(fmt::format("closed the connection from {}: a line longer than 1024 bytes", c.peer));
+    c.fd.reset();
+  }
+}
+
+void Attempt::on_line(Conn& c, std::string_view line) {
+  const std::optional<HeartbeatLine> hb = parse_heartbeat_line(line, secret_);
+  if (!hb || hb->rank >= opt_.n) {
+    say(fmt::format("rejected the connection from {}: {}", c.peer,
+                    hb ? fmt::format("rank {} is not below -n {}", hb->rank, opt_.n)
+                       : std::string("a wrong secret or a malformed line")));
+    c.fd.reset();
+    return;
+  }
+  const Clock::time_point now = Clock::now();
+  RankState& r = ranks_[hb->rank];
+  r.last_heard = now;
+  r.closed = false;
+  if (hb->done) {
+    r.done = true;
+  } else if (hb->step >= 0) {
+    r.step = hb->step;
+    if (result_.started_step < 0) result_.started_step = hb->step;
+    if (hb->step > result_.started_step && !result_.progressed_at) result_.progressed_at = now;
+    result_.step_seen.try_emplace(hb->step, now);
+    result_.last_step = std::max(result_.last_step, hb->step);
+  }
+  c.peer = fmt::format("rank {}", hb->rank);
+  c.rank = hb->rank;
+  if (!all_said_hello_ && int(ranks_.size()) == opt_.n) {
+    all_said_hello_ = true;
+    say(fmt::format("attempt {}: all {} ranks are reporting", index_ + 1, opt_.n));
+  }
+}
+
+// Passes mpirun's stderr through line by line, scanning each line for the failure's cause.
+bool Attempt::read_stderr(bool flush) {
+  char buf[8192];
+  ssize_t n;
+  while ((n = read(child_.err.get(), buf, sizeof buf)) > 0) err_buf_.append(buf, size_t(n));
+  size_t begin = 0;
+  for (size_t nl; (nl = err_buf_.find('\n', begin)) != std::string::npos; begin = nl + 1) {
+    const std::string_view line(err_buf_.data() + begin, nl - begin);
+    report_.scan(line);
+    fmt::print(stderr, "{}\n", line);
+  }
+  err_buf_.erase(0, begin);
+  if ((flush || err_buf_.size() > 65536) && !err_buf_.empty()) {
+    report_.scan(err_buf_);
+    fmt::print(stderr, "{}\n", err_buf_);
+    err_buf_.clear();
+  }
+  std::fflush(stderr);
+  return n == 0;
+}
+
+std::optional<std::string> Attempt::silent_rank(Clock::time_point now) const {
+  for (const auto& [rank, r] : ranks_) {
+    if (r.done || seconds(r.last_heard, now) < opt_.heartbeat_s) continue;
+    return fmt::format("rank {} missed its heartbeat for {:g} s (last step {})", rank,
+                       opt_.heartbeat_s, r.step);
+  }
+  return std::nullopt;
+}
+
+// Ends whatever is left of the process group: SIGTERM, then SIGKILL after 5 s; reaps mpirun
+// and reads the rest of its stderr.
+void Attempt::end_group() {
+  const pid_t pgid = child_.pid;
+  if (!exited(pgid)) {
+    kill(-pgid, SIGTERM);
+    const Clock::time_point start = Clock::now();
+    while (!exited(pgid) && seconds(start, Clock::now()) < 5.0) {
+      pollfd p{err_eof_ ? -1 : child_.err.get(), POLLIN, 0};
+      if (poll(&p, 1, 50) > 0) err_eof_ = read_stderr(false);
+    }
+  }
+  kill(-pgid, SIGKILL);  // stragglers; mpirun itself is a zombie or still running
+  int status = 0;
+  waitpid(pgid, &status, 0);
+  // The pipe ends when the last process holding it is gone (stragglers were just killed).
+  for (const Clock::time_point t0 = Clock::now(); !err_eof_ && seconds(t0, Clock::now()) < 2.0;) {
+    pollfd p{child_.err.get(), POLLIN, 0};
+    if (poll(&p, 1, 50) > 0) err_eof_ = read_stderr(false);
+  }
+  read_stderr(true);
+  conns_.clear();
+}
+
+std::string Attempt::exit_cause() const {
+  std::string cause = fmt::format("mpirun exited with status {}", result_.status);
+  if (result_.status > 128) cause += fmt::format(" ({})", strsignal(result_.status - 128));
+  if (!closed_.empty())
+    cause += fmt::format("; rank {} (last step {}) was the first to disconnect", closed_[0],
+                         ranks_.at(closed_[0]).step);
+  const std::string seen = report_.describe();
+  if (!seen.empty()) cause += "; " + seen;
+  return cause;
+}
+
+// The per-failure recovery lines of the final summary.
+struct Failure {
+  int attempt;
+  std::string cause;
+  Clock::time_point at;
+  int last_step;
+};
+
+void print_recovery(const std::vector<Failure>& failures, const std::vector<AttemptResult>& runs) {
+  for (size_t i = 0; i < failures.size(); ++i) {
+    const Failure& f = failures[i];
+    std::string line = fmt::format("failure {} (attempt {}, last step {}): ", i + 1,
+                                   f.attempt + 1, f.last_step);
+    std::optional<double> resumed, passed;
+    for (size_t a = size_t(f.attempt) + 1; a < runs.size(); ++a) {
+      if (!resumed && runs[a].progressed_at) resumed = seconds(f.at, *runs[a].progressed_at);
+      for (const auto& [step, t] : runs[a].step_seen)
+        if (!passed && step > f.last_step) passed = seconds(f.at, t);
+    }
+    line += resumed ? fmt::format("training again {:.1f} s later (a step completed after the "
+                                  "restart)", *resumed)
+                    : std::string("no step completed after the restart");
+    if (passed) line += fmt::format(", past step {} {:.1f} s later", f.last_step, *passed);
+    say(line);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> attempt_train_args(const std::vector<std::string>& train_args,
+                                            int attempt) {
+  if (attempt == 0) return train_args;
+  std::vector<std::string> out;
+  for (size_t i = 0; i < train_args.size(); ++i) {
+    if (train_args[i] == "--resume") {
+      ++i;  // and its value
+      continue;
+    }
+    if (train_args[i].starts_with("--resume=")) continue;
+    out.push_back(train_args[i]);
+  }
+  out.insert(out.end(), {"--resume", "auto"});
+  return out;
+}
+
+std::string make_job_secret() {
+  std::ifstream in("/dev/urandom", std::ios::binary);
+  unsigned char bytes[16];
+  LOOM_CHECK(in.read(reinterpret_cast<char*>(bytes), sizeof bytes).good(),
+             "cannot read /dev/urandom");
+  std::string hex;
+  for (unsigned char b : bytes) hex += fmt::format("{:02x}", b);
+  return hex;
+}
+
+void StderrReport::scan(std::string_view line) {
+  if (line.find("deadline of ") != std::string_view::npos &&
+      line.find(" passed waiting for ") != std::string_view::npos) {
+    if (deadline_.empty()) deadline_ = line;
+  } else if (line.find(" never entered ") != std::string_view::npos) {
+    if (never_entered_.size() < 8) never_entered_.emplace_back(line);
+  } else if (line.starts_with("error (rank ")) {
+    if (errors_.size() < 8) errors_.emplace_back(line);
+  } else if (line.starts_with("mpirun noticed that process rank") ||
+             line.starts_with("MPI_ABORT was invoked on rank")) {
+    if (mpirun_notice_.empty()) mpirun_notice_ = line;
+  }
+}
+
+std::string StderrReport::describe() const {
+  std::vector<std::string> parts;
+  if (!deadline_.empty()) {
+    std::string d = "deadline report: " + deadline_;
+    for (const std::string& l : never_entered_) d += " / " + l;
+    parts.push_back(d);
+  }
+  parts.insert(parts.end(), errors_.begin(), errors_.end());
+  if (!mpirun_notice_.empty()) parts.push_back(mpirun_notice_);
+  return join(parts, "; ");
+}
+
+int run_supervisor(const LaunchOptions& opt) {
+  LOOM_REQUIRE(opt.n >= 1, "launch: -n must be at least 1 (got {})", opt.n);
+  LOOM_REQUIRE(opt.max_restarts >= 0, "launch: --max-restarts must be >= 0 (got {})",
+               opt.max_restarts);
+  LOOM_REQUIRE(opt.heartbeat_s > 0, "launch: --heartbeat-s must be > 0 (got {})", opt.heartbeat_s);
+  LOOM_REQUIRE(opt.min_n == 0 || opt.min_n == opt.n,
+               "launch: --min-n {} (elastic restarts on fewer processes) is not supported: every "
+               "attempt runs on -n {}", opt.min_n, opt.n);
+  LOOM_REQUIRE(!opt.train_args.empty() && opt.train_args[0] == "train",
+               "launch: expected the train command after '--', e.g. loom launch -n 2 -- train "
+               "--config FILE.toml --dp 2");
+  int port = 0;
+  const Fd listener = listen_local(&port);
+  const Fd signals = interrupt_fd();
+  const std::string address = fmt::format("127.0.0.1:{}", port), secret = make_job_secret();
+  say(fmt::format("{} processes, up to {} restart(s), heartbeat timeout {:g} s, listening on {}",
+                  opt.n, opt.max_restarts, opt.heartbeat_s, address));
+  std::vector<AttemptResult> runs;
+  std::vector<Failure> failures;
+  for (int attempt = 0; attempt <= opt.max_restarts; ++attempt) {
+    runs.push_back(Attempt(opt, attempt, listener.get(), signals.get(), address, secret).run());
+    const AttemptResult& r = runs.back();
+    if (r.ok) {
+      say(fmt::format("completed after {} restart(s)", attempt));
+      print_recovery(failures, runs);
+      return 0;
+    }
+    say(fmt::format("attempt {} failed: {}", attempt + 1, r.cause));
+    failures.push_back({attempt, r.cause, r.ended_at, r.last_step});
+    if (r.interrupted_by) {
+      say("interrupted: the job was ended; not restarting");
+      return 128 + r.interrupted_by;
+    }
+    if (attempt == 0 && r.status == 2 && r.started_step < 0) {
+      say("the job failed with exit status 2 (bad input) before its first step: not restarting");
+      return 2;
+    }
+    if (attempt < opt.max_restarts)
+      say(fmt::format("restarting from the newest checkpoint (restart {} of {})", attempt + 1,
+                      opt.max_restarts));
+  }
+  say(fmt::format("gave up: {} attempt(s) failed, the last with: {}", runs.size(),
+                  failures.back().cause));
+  return 1;
+}
+
+}  // namespace loom

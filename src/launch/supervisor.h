@@ -1,0 +1,63 @@
+// `loom launch`: runs a training job under mpirun and restarts it from its newest checkpoint
+// when it fails, so a rank that dies or hangs costs only the steps since that checkpoint.
+//
+// Per job: a TCP listener on 127.0.0.1 (ephemeral port) and a secret (16 random bytes, hex).
+// Per attempt: `mpirun -np N <mpirun_args> <loom> <train_args>` in its own process group,
+// with LOOM_SUPERVISOR, LOOM_SUPERVISOR_SECRET, LOOM_HEARTBEAT_S and LOOM_ATTEMPT (0 for the
+// first attempt, then the restart count) in its environment; restarts add `--resume auto`.
+// Ranks report their step over the socket (launch/heartbeat.h). An attempt fails when
+// mpirun exits non-zero or by a signal, or when a rank that said hello is silent for
+// heartbeat_s; the supervisor then names the cause (the silent rank, mpirun's status, the
+// deadline report and "error (rank N)" lines it saw on mpirun's stderr, which it passes
+// through), ends the process group (SIGTERM, SIGKILL 5 s later) and starts the next attempt.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace loom {
+
+struct LaunchOptions {
+  int n = 0;                            // processes per attempt (mpirun -np)
+  int max_restarts = 3;                 // attempts after the first
+  double heartbeat_s = 10;              // a rank silent this long has failed (seconds)
+  int min_n = 0;                        // elastic lower bound: not supported (must be 0 or n)
+  std::string hosts;                    // "h1:s1,h2:s2" (informational; see mpirun_args)
+  std::vector<std::string> train_args;  // "train", "--config", FILE, ...
+  std::string loom_binary;              // the loom executable each rank runs
+  std::string mpirun = "mpirun";        // looked up in PATH
+  std::vector<std::string> mpirun_args; // between `-np N` and the binary
+};
+
+// Runs attempts until one succeeds (returns 0) or max_restarts restarts have failed (returns
+// 1 after a summary). Returns 2 if the first attempt fails with exit status 2 before any rank
+// started a step (bad input: restarting would fail the same way), 128+signal if the
+// supervisor itself is interrupted (SIGINT/SIGTERM/SIGHUP end the job first).
+int run_supervisor(const LaunchOptions& opt);
+
+// The train arguments of attempt `attempt` (0 = first): restarts continue from the newest
+// checkpoint, `--resume auto` replacing any --resume of the user's.
+std::vector<std::string> attempt_train_args(const std::vector<std::string>& train_args,
+                                            int attempt);
+
+// 16 bytes of /dev/urandom as 32 lowercase hex digits.
+std::string make_job_secret();
+
+// What mpirun's stderr says about a failure: loom's collective-deadline report (the line
+// "...: deadline of N s passed waiting for ..." and the "never entered" lines after it),
+// "error (rank N): ..." lines, and mpirun's own "mpirun noticed that process rank ..." line.
+class StderrReport {
+ public:
+  void scan(std::string_view line);
+  // "deadline report: ...; error (rank 1): ...; mpirun noticed ..." ("" if nothing seen).
+  std::string describe() const;
+
+ private:
+  std::string deadline_;
+  std::vector<std::string> never_entered_;
+  std::vector<std::string> errors_;
+  std::string mpirun_notice_;
+};
+
+}  // namespace loom

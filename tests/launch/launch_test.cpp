@@ -1,0 +1,341 @@
+// `loom launch` and its parts: fault specs and injection, the heartbeat protocol, the
+// supervisor against a scripted fake mpirun (rejected secrets, a silent rank, a deadline
+// report, bad input), and end to end under mpirun: a rank killed, hung, or exiting in the
+// middle of a checkpoint, after which the job finishes with the bytes of an unbroken run.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "../shell_util.h"
+#include "core/check.h"
+#include "launch/fault.h"
+#include "launch/heartbeat.h"
+#include "launch/supervisor.h"
+
+namespace {
+namespace fs = std::filesystem;
+using loom::FaultSpec;
+
+using loom::test::contains;
+using loom::test::Result;
+using loom::test::slurp;
+
+// Runs a shell command under `timeout` so a broken supervisor fails the test, not CTest.
+Result sh(const std::string& cmd, int timeout_s = 300) {
+  return loom::test::shell("timeout -k 10 " + std::to_string(timeout_s) + " " + cmd);
+}
+
+TEST(Fault, ParsesTheThreeForms) {
+  FaultSpec f = loom::parse_fault("kill:rank=1:step=5");
+  EXPECT_EQ(f.kind, FaultSpec::Kind::kKill);
+  EXPECT_EQ(f.rank, 1);
+  EXPECT_EQ(f.step, 5);
+  f = loom::parse_fault("hang:rank=0:step=3");
+  EXPECT_EQ(f.kind, FaultSpec::Kind::kHang);
+  EXPECT_EQ(f.rank, 0);
+  EXPECT_EQ(f.step, 3);
+  f = loom::parse_fault("exit-during-checkpoint:rank=2");
+  EXPECT_EQ(f.kind, FaultSpec::Kind::kExitDuringCheckpoint);
+  EXPECT_EQ(f.rank, 2);
+  EXPECT_EQ(f.step, -1);
+  f = loom::parse_fault("exit-during-checkpoint:rank=0:step=4");
+  EXPECT_EQ(f.step, 4);
+  EXPECT_EQ(loom::parse_fault("").kind, FaultSpec::Kind::kNone);
+}
+
+TEST(Fault, RejectsAnythingElseNamingTheForms) {
+  for (const char* bad : {"kill", "kill:rank=1", "kill:step=5:rank=1", "hang:rank=-1:step=2",
+                          "hang:rank=x:step=2", "kill:rank=1:step=5:extra", "explode:rank=1:step=1",
+                          "kill:rank=1:step=", "exit-during-checkpoint", "kill:rank=1 :step=2"}) {
+    try {
+      loom::parse_fault(bad);
+      ADD_FAILURE() << "accepted '" << bad << "'";
+    } catch (const loom::InputError& e) {
+      EXPECT_TRUE(contains(e.what(), "kill:rank=R:step=S")) << e.what();
+      EXPECT_TRUE(contains(e.what(), bad)) << e.what();
+    }
+  }
+}
+
+TEST(Fault, FiresOnlyOnItsRankAndStepWhenArmed) {
+  const FaultSpec kill = loom::parse_fault("kill:rank=1:step=5");
+  loom::FaultInjector(kill, 0, true).at_step(5);   // another rank
+  loom::FaultInjector(kill, 1, true).at_step(4);   // another step
+  loom::FaultInjector(kill, 1, false).at_step(5);  // disarmed (a restart)
+  EXPECT_EXIT(loom::FaultInjector(kill, 1, true).at_step(5), testing::KilledBySignal(SIGKILL),
+              "rank 1 kills itself at step 5");
+  const FaultSpec save = loom::parse_fault("exit-during-checkpoint:rank=0:step=4");
+  const loom::FaultInjector injector(save, 0, true);
+  injector.at_step(1);
+  injector.during_checkpoint();  // saving checkpoint 2: not the one
+  injector.at_step(3);
+  EXPECT_EXIT(injector.during_checkpoint(), testing::ExitedWithCode(9), "checkpoint 4");
+}
+
+TEST(Fault, ArmedOnlyOnTheFirstAttempt) {
+  unsetenv("LOOM_ATTEMPT");
+  EXPECT_TRUE(loom::fault_armed_from_env());
+  setenv("LOOM_ATTEMPT", "0", 1);
+  EXPECT_TRUE(loom::fault_armed_from_env());
+  setenv("LOOM_ATTEMPT", "2", 1);
+  EXPECT_FALSE(loom::fault_armed_from_env());
+  unsetenv("LOOM_ATTEMPT");
+}
+
+TEST(Heartbeat, LinesRoundTripAndWrongSecretsAreRejected) {
+  const std::string secret = loom::make_job_secret();
+  ASSERT_EQ(secret.size(), 32u);
+  EXPECT_EQ(secret.find_first_not_of("0123456789abcdef"), std::string::npos) << secret;
+  EXPECT_NE(secret, loom::make_job_secret());
+
+  auto hb = loom::parse_heartbeat_line(loom::format_heartbeat_line(secret, 3, 412), secret);
+  ASSERT_TRUE(hb.has_value());
+  EXPECT_EQ(hb->rank, 3);
+  EXPECT_EQ(hb->step, 412);
+  EXPECT_FALSE(hb->done);
+  hb = loom::parse_heartbeat_line(loom::format_heartbeat_line(secret, 0, -1), secret);
+  ASSERT_TRUE(hb.has_value());
+  EXPECT_EQ(hb->step, -1);
+  hb = loom::parse_heartbeat_line(loom::format_done_line(secret, 2), secret);
+  ASSERT_TRUE(hb.has_value());
+  EXPECT_TRUE(hb->done);
+  EXPECT_EQ(hb->rank, 2);
+
+  std::string wrong = secret;
+  wrong[5] = wrong[5] == 'a' ? 'b' : 'a';
+  for (const std::string& bad :
+       {loom::format_heartbeat_line(wrong, 3, 412), loom::format_heartbeat_line("", 3, 412),
+        secret + " 3", secret + " 3 412 9", secret + " -1 4", secret + " 3 -2",
+        secret + " 3 x", secret + "  3 4", secret.substr(0, 31) + " 3 4"}) {
+    EXPECT_FALSE(loom::parse_heartbeat_line(bad, secret).has_value()) << bad;
+  }
+}
+
+TEST(Heartbeat, DisabledWithoutASupervisorAndSurvivesAnUnreachableOne) {
+  unsetenv("LOOM_SUPERVISOR");
+  EXPECT_EQ(loom::HeartbeatClient::from_env(0), nullptr);
+  // Port 1 on loopback refuses: reported once, no exception, set_step still works.
+  loom::HeartbeatClient client("127.0.0.1:1", "00", 0, 0.1);
+  EXPECT_FALSE(client.connected());
+  client.set_step(3);
+  client.finish();
+}
+
+TEST(Supervisor, RestartsResumeAutoReplacingTheUsersResume) {
+  const std::vector<std::string> args = {"train", "--config", "c.toml", "--resume", "ckpt/x"};
+  EXPECT_EQ(loom::attempt_train_args(args, 0), args);
+  const std::vector<std::string> want = {"train", "--config", "c.toml", "--resume", "auto"};
+  EXPECT_EQ(loom::attempt_train_args(args, 1), want);
+  EXPECT_EQ(loom::attempt_train_args({"train", "--resume=x", "--config", "c.toml"}, 2),
+            (std::vector<std::string>{"train", "--config", "c.toml", "--resume", "auto"}));
+}
+
+TEST(Supervisor, StderrReportNamesTheDeadlineAndTheErrors) {
+  loom::StderrReport report;
+  report.scan("step     3/8 | loss 10.8");
+  EXPECT_EQ(report.describe(), "");
+  report.scan("rank 1 (pp 0, dp 1, tp 0): deadline of 5 s passed waiting for ALLREDUCE #7 "
+              "(64 bytes) of group dp[0..1] at step 3, micro-batch 0");
+  report.scan("rank 0 (pp 0, dp 0, tp 0) never entered ALLREDUCE #7 of group dp[0..1] at step 3");
+  report.scan("error (rank 1): something broke");
+  const std::string d = report.describe();
+  EXPECT_TRUE(contains(d, "deadline report: rank 1 (pp 0, dp 1, tp 0): deadline of 5 s")) << d;
+  EXPECT_TRUE(contains(d, "rank 0 (pp 0, dp 0, tp 0) never entered ALLREDUCE #7")) << d;
+  EXPECT_TRUE(contains(d, "error (rank 1): something broke")) << d;
+}
+
+// The supervisor against a fake mpirun: a bash script that speaks the heartbeat protocol
+// over /dev/tcp and behaves as $MODE says.
+class FakeMpirun : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("loom_launch_fake_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream s(dir_ / "mpirun.sh");
+    s << R"(#!/bin/bash
+echo "$@" > "$FAKE_DIR/args_$LOOM_ATTEMPT"
+IFS=: read -r host port <<< "$LOOM_SUPERVISOR"
+beat() { echo "$LOOM_SUPERVISOR_SECRET 0 $1" >&3; }
+exec 3<>"/dev/tcp/$host/$port"
+case "$MODE" in
+  wrong-secret)
+    echo "0123456789abcdef0123456789abcdef 0 -1" >&3; sleep 1
+    exec 3<>"/dev/tcp/$host/$port"; beat -1; beat 0; beat 1; beat done; exit 0 ;;
+  silent)
+    beat -1; beat 0
+    if [ "$LOOM_ATTEMPT" = 0 ]; then exec 3>&-; sleep 600; fi
+    beat 1; beat 2; beat done; exit 0 ;;
+  deadline)
+    beat -1; beat 3
+    echo "rank 1 (pp 0, dp 1, tp 0): deadline of 5 s passed waiting for ALLREDUCE #7 (64 bytes) of group dp[0..1] at step 3, micro-batch 0" >&2
+    exit 3 ;;
+  bad-input)
+    echo "error (rank 0): config.toml: unknown key 'x'" >&2; exit 2 ;;
+esac
+)";
+    s.close();
+    fs::permissions(dir_ / "mpirun.sh", fs::perms::owner_all);
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  static Result launch(const std::string& mode, const std::string& flags) {
+    return sh("env MODE=" + mode + " FAKE_DIR=" + dir_.string() + " " LOOM_BINARY
+              " launch --mpirun " + (dir_ / "mpirun.sh").string() + " " + flags +
+              " -- train --config x.toml", 120);
+  }
+  static fs::path dir_;
+};
+fs::path FakeMpirun::dir_;
+
+TEST_F(FakeMpirun, AWrongSecretIsRejectedAndLogged) {
+  const Result r = launch("wrong-secret", "-n 1 --heartbeat-s 5 --max-restarts 0");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "rejected the connection from 127.0.0.1:")) << r.output;
+  EXPECT_TRUE(contains(r.output, "a wrong secret")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 0 restart(s)")) << r.output;
+  const std::string args = slurp(dir_ / "args_0");
+  EXPECT_TRUE(contains(args, "-np 1 ")) << args;
+  EXPECT_TRUE(contains(args, "--bind-to none")) << args;
+  EXPECT_TRUE(contains(args, " train --config x.toml")) << args;
+}
+
+TEST_F(FakeMpirun, ASilentRankIsRestartedWithResumeAuto) {
+  const Result r = launch("silent", "-n 1 --heartbeat-s 1 --max-restarts 2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: rank 0 missed its heartbeat for 1 s "
+                                 "(last step 0)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "failure 1 (attempt 1, last step 0): training again")) << r.output;
+  EXPECT_FALSE(contains(slurp(dir_ / "args_0"), "--resume"));
+  EXPECT_TRUE(contains(slurp(dir_ / "args_1"), "train --config x.toml --resume auto"));
+}
+
+TEST_F(FakeMpirun, GivesUpAfterMaxRestartsNamingTheDeadline) {
+  const Result r = launch("deadline", "-n 2 --heartbeat-s 5 --max-restarts 1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: mpirun exited with status 3")) << r.output;
+  EXPECT_TRUE(contains(r.output, "deadline report: rank 1 (pp 0, dp 1, tp 0): deadline of 5 s "
+                                 "passed waiting for ALLREDUCE #7")) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 2 failed")) << r.output;
+  EXPECT_TRUE(contains(r.output, "gave up: 2 attempt(s) failed")) << r.output;
+}
+
+TEST_F(FakeMpirun, BadInputIsNotRestarted) {
+  Result r = launch("bad-input", "-n 1 --max-restarts 3");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "error (rank 0): config.toml: unknown key 'x'")) << r.output;
+  EXPECT_TRUE(contains(r.output, "not restarting")) << r.output;
+  EXPECT_FALSE(contains(r.output, "attempt 2")) << r.output;
+
+  r = sh(LOOM_BINARY " launch -n 2 --min-n 1 -- train --config x.toml");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "--min-n 1 (elastic restarts on fewer processes) is not "
+                                 "supported")) << r.output;
+  r = sh(LOOM_BINARY " launch -n 2 -- eval --ckpt x");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "expected the train command after '--'")) << r.output;
+}
+
+// End to end: a tiny model on 2 data-parallel ranks, 8 steps, a checkpoint every 2.
+class LaunchEndToEnd : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = fs::temp_directory_path() / ("loom_launch_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream text(dir_ / "corpus.txt");
+    for (int i = 0; i < 400; ++i)
+      text << "In the beginning God created the heaven and the earth. Verse " << i << ".\n";
+    text.close();
+    std::ofstream cfg(dir_ / "tiny.toml");
+    cfg << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 16\nblock_size = 32\n"
+        << "[train]\nmicro_batch = 2\nseq_len = 16\nsteps = 8\ncheckpoint_every = 2\n"
+        << "[data]\ntrain = \"" << (dir_ / "data/train_000000.bin").string() << "\"\n"
+        << "[run]\ndir = \"" << (dir_ / "base").string() << "\"\nthreads = 1\n";
+    cfg.close();
+    prepared_ = sh(LOOM_BINARY " prepare --text " + (dir_ / "corpus.txt").string() + " --out " +
+                   (dir_ / "data").string() + " --val-fraction 0.1");
+    baseline_ = sh("env OMP_NUM_THREADS=1 " LOOM_MPIRUN " -np 2 " LOOM_BINARY
+                   " train --config " + (dir_ / "tiny.toml").string() + " --dp 2");
+  }
+  static void TearDownTestSuite() { fs::remove_all(dir_); }
+
+  static void expect_baseline() {
+    ASSERT_EQ(prepared_.code, 0) << prepared_.output;
+    ASSERT_EQ(baseline_.code, 0) << baseline_.output;
+    ASSERT_FALSE(final_model("base").empty());
+  }
+  static std::string final_model(const std::string& run) {
+    return slurp(dir_ / run / "checkpoints/step_00000008/model.safetensors");
+  }
+  // `loom launch -n 2` of the tiny run into run directory `run` with `extra` train flags.
+  static Result launch(const std::string& run, const std::string& extra) {
+    return sh("env OMP_NUM_THREADS=1 " LOOM_BINARY " launch -n 2 --max-restarts 2 "
+              "--heartbeat-s 5 -- train --config " + (dir_ / "tiny.toml").string() +
+              " --dp 2 --set run.dir=" + (dir_ / run).string() + " " + extra);
+  }
+  static fs::path dir_;
+  static Result prepared_, baseline_;
+};
+fs::path LaunchEndToEnd::dir_;
+Result LaunchEndToEnd::prepared_, LaunchEndToEnd::baseline_;
+
+TEST_F(LaunchEndToEnd, AKilledRankIsRestartedFromTheLastCheckpoint) {
+  expect_baseline();
+  const Result r = launch("killed", "--inject-fault kill:rank=1:step=5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "injected fault: rank 1 kills itself at step 5")) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: mpirun exited with status")) << r.output;
+  // The dead rank is named: by its socket closing first, or (when the other rank's closed in
+  // the same poll) by mpirun's own report.
+  EXPECT_TRUE(contains(r.output, "rank 1 (last step 5) was the first to disconnect") ||
+              contains(r.output, "mpirun noticed that process rank 1 "))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "--resume auto")) << r.output;
+  EXPECT_TRUE(contains(r.output, "at step 4")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "failure 1 (attempt 1, last step 5): training again")) << r.output;
+  EXPECT_TRUE(final_model("killed") == final_model("base")) << "the final weights differ";
+}
+
+TEST_F(LaunchEndToEnd, AHungRankIsDetectedRestartedAndCompletes) {
+  expect_baseline();
+  const Result r = launch("hung", "--set comm.timeout_s=5 --inject-fault hang:rank=0:step=3");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "injected fault: rank 0 hangs at step 3")) << r.output;
+  const bool named = contains(r.output, "deadline report: ") ||
+                     contains(r.output, "missed its heartbeat");
+  EXPECT_TRUE(named) << r.output;
+  EXPECT_TRUE(contains(r.output, "at step 2")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  EXPECT_TRUE(final_model("hung") == final_model("base")) << "the final weights differ";
+}
+
+TEST_F(LaunchEndToEnd, ExitDuringACheckpointKeepsThePreviousOne) {
+  expect_baseline();
+  const Result r = launch("torn", "--inject-fault exit-during-checkpoint:rank=0:step=4");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "rank 0 exits during the save of checkpoint 4")) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed")) << r.output;
+  // The torn save of step 4 never became a checkpoint: the restart resumes from step 2.
+  EXPECT_TRUE(contains(r.output, "step_00000002 at step 2")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  EXPECT_TRUE(final_model("torn") == final_model("base")) << "the final weights differ";
+}
+
+TEST_F(LaunchEndToEnd, AFailureBeforeTheFirstCheckpointStartsAgainFromStepZero) {
+  expect_baseline();
+  const Result r = launch("early", "--inject-fault kill:rank=0:step=1");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "restart without a checkpoint")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  EXPECT_TRUE(final_model("early") == final_model("base")) << "the final weights differ";
+}
+
+}  // namespace
