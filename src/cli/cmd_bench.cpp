@@ -83,7 +83,7 @@ RunFn setup_bench(CLI::App& sub) {
   struct Opts {
     int threads = 2, repeats = 10, steps = 5, warmup = 1, iters = 20, dp = 1, pp = 1;
     size_t min_bytes = 4096, max_bytes = size_t(256) << 20;
-    std::string config = "configs/gpt2-124m.toml", json;
+    std::string config = "configs/gpt2-124m.toml", json, dir = "runs";
     std::vector<std::string> overrides;
     std::string torch_script = LOOM_SOURCE_DIR "/bench/torch_train.py";
   };
@@ -98,6 +98,11 @@ RunFn setup_bench(CLI::App& sub) {
   c->add_option("--max-bytes", o->max_bytes, "largest size (x4 steps)")->capture_default_str();
   c->add_option("--iters", o->iters, "timed iterations per size (at most)")->capture_default_str();
   c->add_option("--json", o->json, "JSON output (default loom-bench-collectives.json)");
+  CLI::App* ck = sub.add_subcommand("checkpoint", "checkpoint write GB/s beside dd");
+  ck->add_option("--config", o->config, "model config (TOML)")->capture_default_str();
+  ck->add_option("--dir", o->dir, "where to write")->capture_default_str();
+  ck->add_option("--repeats", o->repeats, "timed saves")->capture_default_str();
+  ck->add_option("--json", o->json, "JSON output (default loom-bench-checkpoint.json)");
   CLI::App* t = sub.add_subcommand("train", "training step throughput beside PyTorch");
   t->add_option("--config", o->config, "model/train config (TOML)")->capture_default_str();
   t->add_option("--set", o->overrides, "override a config value: section.key=value");
@@ -113,7 +118,10 @@ RunFn setup_bench(CLI::App& sub) {
   t->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
-  return [o, k, c, t] {
+  return [o, k, c, t, ck] {
+    if (ck->parsed())
+      return bench_checkpoint(load_run_config(o->config, o->overrides), o->dir, o->repeats,
+                              o->json.empty() ? "loom-bench-checkpoint.json" : o->json);
     if (c->parsed())
       return run_bench_collectives(o->min_bytes, o->max_bytes, o->iters,
                                    o->json.empty() ? "loom-bench-collectives.json" : o->json);

@@ -37,6 +37,11 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
 // bubble for larger pipelines. Validates the first step's loss against one process first.
 int bench_train_pp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGrid& grid);
 
+// Checkpoint write bandwidth (weights + moments of cfg.model, whole tensors, fsynced and
+// renamed) beside `dd conv=fsync` of the same bytes into `dir`; validates a load first.
+int bench_checkpoint(const RunConfig& cfg, const std::filesystem::path& dir, int repeats,
+                     const std::filesystem::path& json_out);
+
 // Shared by the benchmarks: the median, and a shard of random tokens long enough for every
 // step of cfg (speed does not depend on the text).
 double median(std::vector<double> v);
