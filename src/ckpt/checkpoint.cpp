@@ -11,6 +11,7 @@
 #include <set>
 
 #include "ckpt/safetensors.h"
+#include "ckpt/shards.h"
 #include "core/check.h"
 #include "core/file_io.h"
 
@@ -21,18 +22,20 @@ using Json = nlohmann::ordered_json;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-constexpr const char* kModelFile = "model.safetensors";
-constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kTmpSuffix = ".tmp";
+
+using namespace ckpt_detail;
 
 struct Manifest {
   CheckpointState state;
   std::map<std::string, FileDigest> files;
+  std::vector<ShardEntry> tensors;
 };
 
 // ---- manifest ---------------------------------------------------------------------------
 
-Json manifest_json(const CheckpointState& s, const std::map<std::string, FileDigest>& files) {
+Json manifest_json(const CheckpointState& s, const std::map<std::string, FileDigest>& files,
+                   const std::vector<ShardEntry>& tensors) {
   Json j;
   j["magic"] = kCheckpointMagic;
   j["version"] = kCheckpointVersion;
@@ -45,10 +48,19 @@ Json manifest_json(const CheckpointState& s, const std::map<std::string, FileDig
                 {"block_size", s.model.block_size},
                 {"vocab_size", s.model.vocab_size}};
   j["config_toml"] = s.config_toml;
+  j["config_xxh64"] = fmt::format("{:016x}", xxh64_of(std::span<const uint8_t>(
+                                                  reinterpret_cast<const uint8_t*>(s.config_toml.data()),
+                                                  s.config_toml.size())));
+  j["layout"] = s.layout;
+  // The optimizer's step count and the LR schedule's position are the step; the RNG is
+  // Philox keyed by (seed, name, index) and (seed, epoch): stateless, so the seed is all.
+  j["optimizer_step"] = s.step;
+  j["data"] = {{"next_micro_batch", s.next_batch}, {"order", "sequential or per-epoch Philox"}};
   Json fj = Json::object();
   for (const auto& [name, d] : files)
     fj[name] = {{"bytes", d.bytes}, {"xxh64", fmt::format("{:016x}", d.xxh64)}};
   j["files"] = fj;
+  j["tensors"] = entries_json(tensors);
   return j;
 }
 
@@ -107,14 +119,14 @@ std::map<std::string, FileDigest> parse_files(const std::string& what, const Jso
   std::map<std::string, FileDigest> out;
   for (const auto& [name, entry] : files.items()) {
     // Only the files loom writes: a manifest must never point outside its directory.
-    LOOM_REQUIRE(name == kModelFile || name == kOptimizerFile,
-                 "{}: unknown file '{}' in 'files' (expected {} and optionally {})", what, name,
-                 kModelFile, kOptimizerFile);
+    LOOM_REQUIRE(is_shard_file_name(name),
+                 "{}: unknown file '{}' in 'files' (expected model-NNNNN.safetensors and "
+                 "optimizer-NNNNN.safetensors)", what, name);
     const std::string fw = fmt::format("{} (files.{})", what, name);
     out[name] = {get_u64(fw, entry, "bytes"),
                  parse_hex64(what, name, get_string(fw, entry, "xxh64"))};
   }
-  LOOM_REQUIRE(out.count(kModelFile), "{}: 'files' does not list {}", what, kModelFile);
+  LOOM_REQUIRE(!out.empty(), "{}: 'files' lists no shard", what);
   return out;
 }
 
@@ -149,7 +161,16 @@ Manifest parse_manifest(const fs::path& dir) {
   m.state.config_toml = get_string(what, j, "config_toml");
   m.state.model = parse_model(what, j);
   m.files = parse_files(what, j);
-  m.state.has_optimizer = m.files.count(kOptimizerFile) != 0;
+  m.tensors = parse_entries(what, field(what, j, "tensors"));
+  if (j.contains("layout") && j["layout"].is_string()) m.state.layout = j["layout"].get<std::string>();
+  m.state.has_optimizer = false;
+  for (const auto& [name, d] : m.files) m.state.has_optimizer |= name.starts_with(kOptimizerPrefix);
+  for (const ShardEntry& e : m.tensors) {
+    LOOM_REQUIRE(m.files.count(e.file), "{}: tensor '{}' is in {}, which 'files' does not list",
+                 what, e.name, e.file);
+    LOOM_REQUIRE(!m.state.has_optimizer || m.files.count(optimizer_file_for(e.file)),
+                 "{}: {} has no optimizer shard {}", what, e.file, optimizer_file_for(e.file));
+  }
   return m;
 }
 
@@ -186,73 +207,52 @@ SafetensorsFile open_verified(const fs::path& dir, const std::string& name,
 
 // ---- tensors ----------------------------------------------------------------------------
 
-void check_unsharded(const std::vector<ParamSpec>& specs) {
-  for (const ParamSpec& p : specs)
-    LOOM_CHECK(p.split_dim < 0 && p.local_shape == p.global_shape,
-               "checkpoints hold whole tensors; '{}' is a shard (split_dim={})", p.name,
-               p.split_dim);
-}
-
-// The model sizes the specs were built from, compared field by field for a readable error.
+// The model sizes the checkpoint was saved from against the specs to fill (any slicing of
+// any subset of the model), field by field for a readable error.
 void check_model(const fs::path& dir, const GptConfig& ckpt, const std::vector<ParamSpec>& specs) {
   auto mismatch = [&](const char* field, int64_t have, int64_t want) {
     LOOM_REQUIRE(have == want, "checkpoint '{}': checkpoint has {}={} but the model has {}={}",
                  dir.string(), field, have, field, want);
   };
-  int64_t n_layer = 0;
-  for (const ParamSpec& p : specs) n_layer = std::max<int64_t>(n_layer, p.layer);
-  mismatch("n_layer", ckpt.n_layer, n_layer);
+  for (const ParamSpec& p : specs)
+    if (p.name == "ln_f.weight") mismatch("n_layer", ckpt.n_layer, p.layer);
   for (const ParamSpec& p : specs) {
     if (p.name == "wte.weight") {
       mismatch("n_embd", ckpt.n_embd, p.global_shape.at(1));
       mismatch("vocab_size", ckpt.vocab_size, p.real_rows >= 0 ? p.real_rows : p.global_shape[0]);
     }
     if (p.name == "wpe.weight") mismatch("block_size", ckpt.block_size, p.global_shape.at(0));
+    LOOM_REQUIRE(p.layer < ckpt.n_layer || p.name.starts_with("ln_f"),
+                 "checkpoint '{}': the model has block {} but the checkpoint has n_layer={}",
+                 dir.string(), p.layer, ckpt.n_layer);
+    if (p.global_shape.size() == 1) mismatch("n_embd", ckpt.n_embd, p.name.ends_with("c_fc.bias")
+                                                                  ? p.global_shape[0] / 4
+                                                                  : p.name.ends_with("c_attn.bias")
+                                                                        ? p.global_shape[0] / 3
+                                                                        : p.global_shape[0]);
   }
-  // Anything the sizes above do not capture shows up as a different parameter list.
-  const std::vector<ParamSpec> want = gpt2_param_specs(ckpt);
-  LOOM_REQUIRE(want.size() == specs.size(),
-               "checkpoint '{}': checkpoint has {} parameters but the model has {}", dir.string(),
-               want.size(), specs.size());
-  for (size_t i = 0; i < specs.size(); ++i)
-    LOOM_REQUIRE(want[i].name == specs[i].name && want[i].global_shape == specs[i].global_shape,
-                 "checkpoint '{}': checkpoint parameter {} is '{}' {} but the model has '{}' {}",
-                 dir.string(), i, want[i].name, shape_str(want[i].global_shape), specs[i].name,
-                 shape_str(specs[i].global_shape));
 }
 
-// Validates names, dtypes and shapes of every tensor before any is copied, so a bad file
-// never leaves the caller's buffers half overwritten.
-void check_tensors(const SafetensorsFile& f, const std::vector<std::string>& prefixes,
-                   const std::vector<ParamSpec>& specs) {
-  for (const std::string& prefix : prefixes) {
-    for (const ParamSpec& p : specs) {
-      const auto& t = f.tensor(prefix + p.name);
-      LOOM_REQUIRE(t.dtype == "F32" && t.shape == p.global_shape,
-                   "'{}': tensor '{}' is {} {} but the model expects F32 {}", f.path().string(),
-                   t.name, t.dtype, shape_str(t.shape), shape_str(p.global_shape));
-    }
+// The stored pieces of every spec, validated (present, same global shape; wte may differ
+// in padded rows) before anything is copied.
+std::vector<std::vector<const ShardEntry*>> match_pieces(const fs::path& dir, const Manifest& man,
+                                                         const std::vector<ParamSpec>& specs) {
+  std::map<std::string, std::vector<const ShardEntry*>> by_name;
+  for (const ShardEntry& e : man.tensors) by_name[e.name].push_back(&e);
+  std::vector<std::vector<const ShardEntry*>> out;
+  for (const ParamSpec& p : specs) {
+    auto it = by_name.find(p.name);
+    LOOM_REQUIRE(it != by_name.end(), "checkpoint '{}': no tensor '{}' (the manifest lists {})",
+                 dir.string(), p.name, man.tensors.size());
+    const std::vector<int64_t>& saved = it->second.front()->global_shape;
+    const bool same = saved == p.global_shape;
+    const bool vocab_padding = p.tied && saved.size() == 2 && saved[1] == p.global_shape.at(1) &&
+                               saved[0] >= p.real_rows;
+    LOOM_REQUIRE(same || vocab_padding, "checkpoint '{}': tensor '{}' is {} but the model expects {}",
+                 dir.string(), p.name, shape_str(saved), shape_str(p.global_shape));
+    out.push_back(it->second);
   }
-  std::set<std::string> expected;
-  for (const std::string& prefix : prefixes)
-    for (const ParamSpec& p : specs) expected.insert(prefix + p.name);
-  for (const auto& t : f.tensors())
-    LOOM_REQUIRE(expected.count(t.name),
-                 "'{}': unexpected tensor '{}' (not a parameter of this model)",
-                 f.path().string(), t.name);
-}
-
-void read_tensors(const SafetensorsFile& f, const std::string& prefix,
-                  const std::vector<ParamSpec>& specs, float* flat) {
-  for (const ParamSpec& p : specs) f.read(prefix + p.name, flat + p.offset, p.global_shape);
-}
-
-FileDigest write_tensors(const fs::path& path, const std::vector<ParamSpec>& specs,
-                         const std::vector<std::pair<std::string, const float*>>& groups) {
-  SafetensorsWriter w;
-  for (const auto& [prefix, flat] : groups)
-    for (const ParamSpec& p : specs) w.add(prefix + p.name, p.global_shape, flat + p.offset);
-  return w.write(path);
+  return out;
 }
 
 // ---- directories ------------------------------------------------------------------------
@@ -314,39 +314,34 @@ void prune_checkpoints(const fs::path& root, int keep_last, int64_t saved) {
 
 std::string checkpoint_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
 
-fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& specs,
-                         const float* weights, const float* m, const float* v,
-                         const CheckpointState& state, int keep_last,
-                         const std::function<void()>& before_commit) {
-  check_unsharded(specs);
-  LOOM_CHECK((m == nullptr) == (v == nullptr),
-             "save_checkpoint: m and v must both be given or "
-             "both be null");
-  LOOM_CHECK(state.step >= 0, "save_checkpoint: negative step {}", state.step);
-  try {
-    check_model(run_dir, state.model, specs);
-  } catch (const InputError& e) {
-    LOOM_CHECK(false, "save_checkpoint: CheckpointState::model disagrees with the specs: {}",
-               e.what());
-  }
+fs::path begin_checkpoint(const fs::path& run_dir, int64_t step) {
   const fs::path root = run_dir / "checkpoints";
   fs::create_directories(root);
   fsync_dir(run_dir);
-  const fs::path final_dir = root / checkpoint_dir_name(state.step);
-  fs::path tmp_dir = final_dir;
+  fs::path tmp_dir = root / checkpoint_dir_name(step);
   tmp_dir += kTmpSuffix;
   fs::remove_all(tmp_dir);  // the leftover of an interrupted save of this step
   fs::create_directory(tmp_dir);
+  return tmp_dir;
+}
 
+void write_checkpoint_shard(const fs::path& tmp_dir, int shard,
+                            const std::vector<ParamSpec>& specs, const float* weights,
+                            const float* m, const float* v) {
+  write_shard_files(tmp_dir, shard, specs, weights, m, v);
+}
+
+fs::path commit_checkpoint(const fs::path& run_dir, const CheckpointState& state, int keep_last) {
+  LOOM_CHECK(state.step >= 0, "commit_checkpoint: negative step {}", state.step);
+  const fs::path root = run_dir / "checkpoints";
+  const fs::path final_dir = root / checkpoint_dir_name(state.step);
+  fs::path tmp_dir = final_dir;
+  tmp_dir += kTmpSuffix;
   std::map<std::string, FileDigest> files;
-  files[kModelFile] = write_tensors(tmp_dir / kModelFile, specs, {{"", weights}});
-  if (m != nullptr)
-    files[kOptimizerFile] =
-        write_tensors(tmp_dir / kOptimizerFile, specs, {{"exp_avg.", m}, {"exp_avg_sq.", v}});
-  if (before_commit) before_commit();
-  write_file_atomic(tmp_dir / kManifest, manifest_json(state, files).dump(2) + "\n");
+  const std::vector<ShardEntry> tensors = scan_shards(tmp_dir, files);
+  LOOM_CHECK(!tensors.empty(), "commit_checkpoint: no shard in {}", tmp_dir.string());
+  write_file_atomic(tmp_dir / kManifest, manifest_json(state, files, tensors).dump(2) + "\n");
   fsync_dir(tmp_dir);
-
   // rename() cannot replace a non-empty directory. Re-saving a step (a resumed run reaching
   // it again) removes the old one first; a crash in between loses only that step.
   if (fs::exists(final_dir)) fs::remove_all(final_dir);
@@ -354,6 +349,24 @@ fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& 
   fsync_dir(root);
   prune_checkpoints(root, keep_last, state.step);
   return final_dir;
+}
+
+fs::path save_checkpoint(const fs::path& run_dir, const std::vector<ParamSpec>& specs,
+                         const float* weights, const float* m, const float* v,
+                         const CheckpointState& state, int keep_last,
+                         const std::function<void()>& before_commit) {
+  LOOM_CHECK((m == nullptr) == (v == nullptr),
+             "save_checkpoint: m and v must both be given or both be null");
+  try {
+    check_model(run_dir, state.model, specs);
+  } catch (const InputError& e) {
+    LOOM_CHECK(false, "save_checkpoint: CheckpointState::model disagrees with the specs: {}",
+               e.what());
+  }
+  const fs::path tmp = begin_checkpoint(run_dir, state.step);
+  write_checkpoint_shard(tmp, 0, specs, weights, m, v);
+  if (before_commit) before_commit();
+  return commit_checkpoint(run_dir, state, keep_last);
 }
 
 CheckpointState read_checkpoint_manifest(const fs::path& ckpt_dir) {
@@ -372,26 +385,42 @@ CheckpointState verify_checkpoint(const fs::path& ckpt_dir) {
 
 CheckpointState load_checkpoint(const fs::path& ckpt_dir, const std::vector<ParamSpec>& specs,
                                 float* weights, float* m, float* v) {
-  check_unsharded(specs);
   LOOM_CHECK((m == nullptr) == (v == nullptr),
-             "load_checkpoint: m and v must both be given or "
-             "both be null");
+             "load_checkpoint: m and v must both be given or both be null");
   Manifest man = parse_manifest(ckpt_dir);
   check_model(ckpt_dir, man.state.model, specs);
+  const auto pieces = match_pieces(ckpt_dir, man, specs);
   for (const auto& [name, digest] : man.files) check_file_size(ckpt_dir, name, digest);
-
-  SafetensorsFile model = open_verified(ckpt_dir, kModelFile, man.files);
-  check_tensors(model, {""}, specs);
-  std::optional<SafetensorsFile> optim;
-  if (m != nullptr && man.state.has_optimizer) {
-    optim.emplace(open_verified(ckpt_dir, kOptimizerFile, man.files));
-    check_tensors(*optim, {"exp_avg.", "exp_avg_sq."}, specs);
-  }
+  // Open and verify every file a piece lives in, and check every tensor read below exists
+  // with its stored shape, before the caller's buffers are touched.
+  const bool moments = m != nullptr && man.state.has_optimizer;
+  std::map<std::string, SafetensorsFile> open;
+  for (const auto& list : pieces)
+    for (const ShardEntry* e : list) {
+      std::vector<std::string> names = {e->file};
+      if (moments) names.push_back(optimizer_file_for(e->file));
+      for (const std::string& f : names)
+        if (!open.count(f)) open.emplace(f, open_verified(ckpt_dir, f, man.files));
+      auto expect = [&](const std::string& file, const std::string& tensor) {
+        const auto& t = open.at(file).tensor(tensor);
+        LOOM_REQUIRE(t.dtype == "F32" && t.shape == e->local_shape,
+                     "'{}': tensor '{}' is {} {} but the manifest says F32 {}",
+                     (ckpt_dir / file).string(), tensor, t.dtype, shape_str(t.shape),
+                     shape_str(e->local_shape));
+      };
+      expect(e->file, e->name);
+      if (moments) {
+        expect(optimizer_file_for(e->file), "exp_avg." + e->name);
+        expect(optimizer_file_for(e->file), "exp_avg_sq." + e->name);
+      }
+    }
   // Everything validated: only now write into the caller's buffers.
-  read_tensors(model, "", specs, weights);
-  if (optim) {
-    read_tensors(*optim, "exp_avg.", specs, m);
-    read_tensors(*optim, "exp_avg_sq.", specs, v);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ParamSpec& p = specs[i];
+    assemble(p, pieces[i], open, "", weights + p.offset);
+    if (!moments) continue;
+    assemble(p, pieces[i], open, "exp_avg.", m + p.offset);
+    assemble(p, pieces[i], open, "exp_avg_sq.", v + p.offset);
   }
   return man.state;
 }

@@ -1,19 +1,21 @@
-// Training checkpoints. One directory per save:
+// Training checkpoints, sharded. One directory per save:
 //
 //   run_dir/checkpoints/step_00000100/
-//     model.safetensors       weights: loom names (ParamSpec::name), loom (out, in)
-//                             orientation, wte with all Vp rows
-//     optimizer.safetensors   AdamW moments "exp_avg.<name>", "exp_avg_sq.<name>" (optional)
-//     manifest.json           written last: magic, version, step, data position, seed,
-//                             model sizes, the resolved config, size + xxh64 of every file
+//     model-00000.safetensors      a writer's slices of the weights: tensors named by their
+//     model-00005.safetensors ...  global (loom) name with local shapes, loom (out, in)
+//                                  orientation; each slice's place in the global tensor is
+//                                  in the file's metadata ("loom.slices")
+//     optimizer-00000.safetensors  the AdamW moments of the same slices (optional)
+//     manifest.json                written last: magic, version, step, data position, seed,
+//                                  model sizes, the resolved config and its hash, the layout
+//                                  at save, size + xxh64 of every file, every slice
 //
-// A save writes step_XXXXXXXX.tmp/, fsyncs every file, renames the directory into place and
-// fsyncs the parent, so a crash mid-save never leaves a half checkpoint under a final name.
-// Loading validates the manifest, every file's size and checksum, and every tensor's name
-// and shape against the model before touching the caller's buffers' contents.
-//
-// Weights are whole (unsharded) tensors: the specs must describe full tensors
-// (split_dim == -1). Sharded layouts gather before saving and slice after loading.
+// Each parameter element is stored once (tensor-parallel slices by their ranks, replicated
+// parameters by one rank). A save writes step_XXXXXXXX.tmp/, fsyncs every file, renames the
+// directory into place and fsyncs the parent, so a crash mid-save never leaves a half
+// checkpoint under a final name. Loading validates the manifest, the size and checksum of
+// every file it reads and every tensor's shape, then assembles whatever slicing the caller's
+// specs describe (any tp, pp, dp, ZeRO) before touching the caller's buffers.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +30,7 @@
 namespace loom {
 
 inline constexpr const char* kCheckpointMagic = "loom-checkpoint";
-inline constexpr int kCheckpointVersion = 1;
+inline constexpr int kCheckpointVersion = 2;
 
 struct CheckpointState {
   int64_t step = 0;         // optimizer steps completed
@@ -36,6 +38,9 @@ struct CheckpointState {
   uint64_t seed = 0;        // the run's seed
   std::string config_toml;  // the resolved run config, verbatim
   GptConfig model;          // model sizes
+  // The parallel layout at save, e.g. "dp=2 tp=2 pp=2 zero=1 micro_batch=1 grad_accum=2"
+  // (informational: any layout loads any checkpoint).
+  std::string layout;
   // Set by load/read: whether the checkpoint holds optimizer state (imported models do not).
   bool has_optimizer = false;
 };
@@ -51,6 +56,18 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir,
                                       const float* m, const float* v, const CheckpointState& state,
                                       int keep_last,
                                       const std::function<void()>& before_commit = {});
+
+// The same in three collective-free parts, for many writers: rank 0 begins (a fresh
+// step_XXXXXXXX.tmp/, returned), every writer writes its shard (its slices of distinct
+// parameters, numbered by the caller), then, after all have written, rank 0 commits: it
+// reads the shards' headers, checks every tensor is covered exactly once, writes the
+// manifest, renames the directory into place and prunes.
+std::filesystem::path begin_checkpoint(const std::filesystem::path& run_dir, int64_t step);
+void write_checkpoint_shard(const std::filesystem::path& tmp_dir, int shard,
+                            const std::vector<ParamSpec>& specs, const float* weights,
+                            const float* m, const float* v);
+std::filesystem::path commit_checkpoint(const std::filesystem::path& run_dir,
+                                        const CheckpointState& state, int keep_last);
 
 // Validates the manifest (magic, version, fields), the size and xxh64 of every file, the
 // model sizes and every tensor's name and shape against `specs`; then fills weights and, if

@@ -85,9 +85,8 @@ class Trainer {
   double global_grad_sum_squares();
   float evaluate_pipeline(int64_t batches);
   void load_rows(uint64_t k, int32_t* inputs, int32_t* targets);
-  // Whole tensors (gpt2_param_specs layout) of a flat buffer of this rank, on world rank 0.
-  std::vector<float> gather_whole(const float* flat);
-  void scatter_whole(const float* whole, float* flat);
+  // The parameters this rank stores in checkpoints: all but the copies another rank holds.
+  std::vector<ParamSpec> unique_params() const;
   static ModelLayout make_layout(const RunConfig& cfg, const ProcessGrid& grid,
                                  const StagePartition& part);
   static StagePartition make_partition(const RunConfig& cfg);

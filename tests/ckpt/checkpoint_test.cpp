@@ -60,8 +60,8 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
   TrainedTiny t;
   const fs::path dir = t.save(tmp / "run");
   EXPECT_EQ(dir, tmp / "run" / "checkpoints" / "step_00000007");
-  EXPECT_TRUE(fs::is_regular_file(dir / "model.safetensors"));
-  EXPECT_TRUE(fs::is_regular_file(dir / "optimizer.safetensors"));
+  EXPECT_TRUE(fs::is_regular_file(dir / "model-00000.safetensors"));
+  EXPECT_TRUE(fs::is_regular_file(dir / "optimizer-00000.safetensors"));
   EXPECT_FALSE(fs::exists(tmp / "run" / "checkpoints" / "step_00000007.tmp"));
 
   const size_t n = t.weights.size();
@@ -94,12 +94,12 @@ TEST(Checkpoint, ManifestRecordsFilesAndState) {
   const fs::path dir = t.save(tmp / "run");
   const nlohmann::json j = read_manifest(dir);
   EXPECT_EQ(j["magic"], "loom-checkpoint");
-  EXPECT_EQ(j["version"], 1);
+  EXPECT_EQ(j["version"], 2);
   EXPECT_EQ(j["step"], 7);
   EXPECT_EQ(j["next_batch"], 123);
   EXPECT_EQ(j["model"]["n_layer"], 2);
   EXPECT_EQ(j["model"]["vocab_size"], 50);
-  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+  for (const char* name : {"model-00000.safetensors", "optimizer-00000.safetensors"}) {
     EXPECT_EQ(j["files"][name]["bytes"].get<uint64_t>(), fs::file_size(dir / name)) << name;
     EXPECT_EQ(j["files"][name]["xxh64"].get<std::string>().size(), 16u) << name;
   }
@@ -110,7 +110,7 @@ TEST(Checkpoint, WithoutOptimizerState) {
   TrainedTiny t;
   const fs::path dir =
       save_checkpoint(tmp / "run", t.specs, t.weights.data(), nullptr, nullptr, t.state, 0);
-  EXPECT_FALSE(fs::exists(dir / "optimizer.safetensors"));
+  EXPECT_FALSE(fs::exists(dir / "optimizer-00000.safetensors"));
   std::vector<float> w(t.weights.size()), m(w.size(), 5.0f), v(w.size(), 5.0f);
   const CheckpointState s = load_checkpoint(dir, t.specs, w.data(), m.data(), v.data());
   EXPECT_FALSE(s.has_optimizer);
@@ -136,9 +136,9 @@ TEST(Checkpoint, BadVersion) {
   TrainedTiny t;
   const fs::path dir = t.save(tmp / "run");
   nlohmann::json j = read_manifest(dir);
-  j["version"] = 2;
+  j["version"] = 3;
   write_manifest(dir, j);
-  EXPECT_INPUT_ERROR(read_checkpoint_manifest(dir), "manifest.json", "unsupported version 2");
+  EXPECT_INPUT_ERROR(read_checkpoint_manifest(dir), "manifest.json", "unsupported version 3");
 }
 
 TEST(Checkpoint, ManifestNotJsonOrMissingField) {
@@ -157,12 +157,12 @@ TEST(Checkpoint, ChecksumMismatchLeavesBuffersUntouched) {
   TempDir tmp;
   TrainedTiny t;
   const fs::path dir = t.save(tmp / "run");
-  auto bytes = file_bytes(dir / "model.safetensors");
+  auto bytes = file_bytes(dir / "model-00000.safetensors");
   bytes[bytes.size() - 100] ^= 0x01;  // one bit of one weight: sizes and header still valid
-  write_bytes(dir / "model.safetensors", bytes);
+  write_bytes(dir / "model-00000.safetensors", bytes);
   std::vector<float> w(t.weights.size(), 9.0f);
   EXPECT_INPUT_ERROR(load_checkpoint(dir, t.specs, w.data(), nullptr, nullptr), "step_00000007",
-                     "checksum mismatch in model.safetensors");
+                     "checksum mismatch in model-00000.safetensors");
   EXPECT_EQ(w, std::vector<float>(w.size(), 9.0f));
 }
 
@@ -170,22 +170,22 @@ TEST(Checkpoint, TruncatedFile) {
   TempDir tmp;
   TrainedTiny t;
   const fs::path dir = t.save(tmp / "run");
-  auto bytes = file_bytes(dir / "optimizer.safetensors");
+  auto bytes = file_bytes(dir / "optimizer-00000.safetensors");
   bytes.resize(bytes.size() - 4);
-  write_bytes(dir / "optimizer.safetensors", bytes);
+  write_bytes(dir / "optimizer-00000.safetensors", bytes);
   std::vector<float> w(t.weights.size()), m(w.size()), v(w.size());
   EXPECT_INPUT_ERROR(load_checkpoint(dir, t.specs, w.data(), m.data(), v.data()),
-                     "optimizer.safetensors", "truncated");
+                     "optimizer-00000.safetensors", "truncated");
 }
 
 TEST(Checkpoint, MissingFile) {
   TempDir tmp;
   TrainedTiny t;
   const fs::path dir = t.save(tmp / "run");
-  fs::remove(dir / "model.safetensors");
+  fs::remove(dir / "model-00000.safetensors");
   std::vector<float> w(t.weights.size());
   EXPECT_INPUT_ERROR(load_checkpoint(dir, t.specs, w.data(), nullptr, nullptr), "step_00000007",
-                     "model.safetensors listed in the manifest is missing");
+                     "model-00000.safetensors listed in the manifest is missing");
   fs::remove(dir / "manifest.json");
   EXPECT_INPUT_ERROR(read_checkpoint_manifest(dir), "manifest.json is missing");
 }
@@ -213,7 +213,7 @@ TEST(Checkpoint, ResolveIgnoresTmpAndInvalid) {
   const fs::path s2 = t.save(run, 0, 2);
   // An interrupted save of step 3: files but no manifest, under the temporary name.
   fs::create_directories(run / "checkpoints" / "step_00000003.tmp");
-  fs::copy_file(s2 / "model.safetensors", run / "checkpoints/step_00000003.tmp/model.safetensors");
+  fs::copy_file(s2 / "model-00000.safetensors", run / "checkpoints/step_00000003.tmp/model-00000.safetensors");
   testing::internal::CaptureStderr();
   EXPECT_EQ(resolve_checkpoint(run), s2);
   EXPECT_NE(testing::internal::GetCapturedStderr().find("step_00000003.tmp"), std::string::npos);
@@ -221,9 +221,9 @@ TEST(Checkpoint, ResolveIgnoresTmpAndInvalid) {
   EXPECT_EQ(resolve_checkpoint(s1), s1);
 
   // The newest is corrupt: fall back to step 1, saying why.
-  auto bytes = file_bytes(s2 / "model.safetensors");
+  auto bytes = file_bytes(s2 / "model-00000.safetensors");
   bytes.back() ^= 0x40;
-  write_bytes(s2 / "model.safetensors", bytes);
+  write_bytes(s2 / "model-00000.safetensors", bytes);
   testing::internal::CaptureStderr();
   EXPECT_EQ(resolve_checkpoint(run), s1);
   const std::string err = testing::internal::GetCapturedStderr();

@@ -197,15 +197,15 @@ TEST_F(Cli, HybridTracesReportAndRejectsUnsupportedLayouts) {
 
 TEST_F(Cli, CorruptCheckpointIsRejected) {
   const fs::path run_dir = dir_ / "run";
-  ASSERT_TRUE(fs::exists(run_dir / "checkpoints/step_00000004/model.safetensors"))
+  ASSERT_TRUE(fs::exists(run_dir / "checkpoints/step_00000004/model-00000.safetensors"))
       << trained_.output;
   const fs::path broken = dir_ / "broken";
   fs::remove_all(broken);
   fs::copy(run_dir / "checkpoints/step_00000004", broken, fs::copy_options::recursive);
-  fs::resize_file(broken / "model.safetensors", fs::file_size(broken / "model.safetensors") - 7);
+  fs::resize_file(broken / "model-00000.safetensors", fs::file_size(broken / "model-00000.safetensors") - 7);
   Result r = run("generate --ckpt " + broken.string() + " --prompt x --max-tokens 2");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_TRUE(contains(r.output, "model.safetensors")) << r.output;
+  EXPECT_TRUE(contains(r.output, "model-00000.safetensors")) << r.output;
 }
 
 }  // namespace

@@ -272,7 +272,7 @@ class LaunchEndToEnd : public ::testing::Test {
     ASSERT_FALSE(final_model("base").empty());
   }
   static std::string final_model(const std::string& run) {
-    return slurp(dir_ / run / "checkpoints/step_00000008/model.safetensors");
+    return slurp(dir_ / run / "checkpoints/step_00000008/model-00000.safetensors");
   }
   // `loom launch -n 2` of the tiny run into run directory `run` with `extra` train flags.
   static Result launch(const std::string& run, const std::string& extra) {

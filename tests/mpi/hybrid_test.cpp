@@ -12,6 +12,8 @@
 
 #include "../train/test_util.h"
 #include "ckpt/checkpoint.h"
+#include "core/check.h"
+#include "core/file_io.h"
 #include "comm/process_grid.h"
 #include "mpi_test_main.h"
 #include "train/trainer.h"
@@ -377,6 +379,65 @@ TEST(Hybrid, CheckpointsResumeInAnyLayout) {
       for (int s = 3; s < 6; ++s) EXPECT_EQ(losses[size_t(s)], whole[size_t(s)]) << "bitwise";
     }
   }
+}
+
+}  // namespace
+}  // namespace loom
+
+namespace loom {
+namespace {
+
+// Every dp-rank-0 process writes its own shard; the manifest records the layout and every
+// slice; a missing or corrupt shard is named when the checkpoint is loaded.
+TEST(Hybrid, ShardedCheckpointFiles) {
+  const int n = test::mpi().world_size();
+  const GridShape shape = n >= 8   ? GridShape{.pp = 2, .dp = 2, .tp = 2}
+                          : n >= 4 ? GridShape{.pp = 2, .dp = 1, .tp = 2}
+                                   : GridShape{.pp = 1, .dp = 1, .tp = 2};
+  ASSERT_EQ(shape.world(), n) << "run with 2, 4 or 8 ranks";
+  const ProcessGrid grid = ProcessGrid::create(test::mpi().world(), shape);
+  RunConfig cfg = case_config(test::temp_dir("hy_shards"), Case{shape, "1f1b", 1, 2, 0});
+  cfg.run.dir = (test::shared_dir(grid, "hy_shards_run") / "run").string();
+  Trainer tr(cfg, grid);
+  tr.train_step();
+  const std::filesystem::path dir = tr.save_checkpoint();
+  const int writers = n / shape.dp;
+  if (grid.rank() == 0) {
+    int model_files = 0, optim_files = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir)) {
+      const std::string f = e.path().filename().string();
+      model_files += f.starts_with("model-");
+      optim_files += f.starts_with("optimizer-");
+    }
+    EXPECT_EQ(model_files, writers);
+    EXPECT_EQ(optim_files, writers);
+    const std::string manifest = read_file_text(dir / "manifest.json");
+    EXPECT_NE(manifest.find(fmt::format("dp={} tp={} pp={}", shape.dp, shape.tp, shape.pp)),
+              std::string::npos);
+    EXPECT_NE(manifest.find("\"split_parts\": 3"), std::string::npos) << "q|k|v slices";
+    // A shard that goes missing is named; so is a corrupt one.
+    const std::filesystem::path broken = dir.parent_path() / "broken";
+    std::filesystem::copy(dir, broken, std::filesystem::copy_options::recursive);
+    std::filesystem::remove(broken / "model-00001.safetensors");
+    const ProcessGrid single = ProcessGrid::single();
+    RunConfig one = cfg;
+    one.parallel = ParallelConfig{};
+    Trainer t1(one, single);
+    try {
+      t1.resume(broken);
+      ADD_FAILURE() << "a missing shard must be an error";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("model-00001.safetensors listed in the manifest is "
+                                           "missing"),
+                std::string::npos)
+          << e.what();
+    }
+    std::filesystem::remove_all(broken);
+    // The checkpoint itself loads into one process.
+    t1.resume(dir);
+    EXPECT_EQ(t1.next_step(), 1);
+  }
+  grid.world().barrier();
 }
 
 }  // namespace
