@@ -47,6 +47,7 @@ std::vector<Field> fields(RunConfig& c) {
       {"parallel", "stage_layers", &c.parallel.stage_layers},
       {"parallel", "sequence_parallel", &c.parallel.sequence_parallel},
       {"comm", "timeout_s", &c.comm.timeout_s},
+      {"checkpoint", "async", &c.checkpoint.async},
   };
 }
 
@@ -91,7 +92,7 @@ void apply_table(RunConfig& c, const toml::table& root, const std::string& sourc
   for (auto&& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     std::string keys = known_keys(fs, section);
-    LOOM_REQUIRE(!keys.empty(), "{}: unknown section [{}] (known: model, train, data, run, parallel, comm)",
+    LOOM_REQUIRE(!keys.empty(), "{}: unknown section [{}] (known: model, train, data, run, parallel, comm, checkpoint)",
                  source, section);
     const toml::table* tbl = section_node.as_table();
     LOOM_REQUIRE(tbl != nullptr, "{}: [{}] must be a table", source, section);

@@ -50,6 +50,10 @@ struct CommConfig {
   double timeout_s = 300;  // deadline of every collective, seconds; then the job aborts
 };
 
+struct CheckpointConfig {
+  bool async = false;  // copy the state to host memory and write it on a background thread
+};
+
 struct DataConfig {
   std::string train;  // path of the train token shard (loom prepare's train_000000.bin)
   std::string val;    // path of the validation shard; "" = no validation
@@ -70,6 +74,7 @@ struct RunConfig {
   RunSection run;
   ParallelConfig parallel;
   CommConfig comm;
+  CheckpointConfig checkpoint;
 
   // Throws InputError on inconsistent values.
   void validate() const;

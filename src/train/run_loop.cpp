@@ -105,10 +105,17 @@ void Trainer::run(std::FILE* progress_out) {
       metrics << rec.dump() << "\n";
       metrics.flush();
     }
-    if (t.checkpoint_every > 0 && step_ % t.checkpoint_every == 0 && step_ < t.steps)
-      progress.note(fmt::format("checkpoint {}", save_checkpoint().string()));
+    if (t.checkpoint_every > 0 && step_ % t.checkpoint_every == 0 && step_ < t.steps) {
+      const fs::path saved = save_checkpoint();
+      progress.note(fmt::format("checkpoint {} ({}training stalled {:.3f} s)", saved.string(),
+                                cfg_.checkpoint.async ? "async, committed later; " : "",
+                                last_checkpoint_stall()));
+    }
   }
-  progress.note(fmt::format("checkpoint {}", save_checkpoint().string()));
+  const fs::path saved = save_checkpoint();
+  finish_checkpoint();
+  progress.note(fmt::format("checkpoint {} (training stalled {:.3f} s)", saved.string(),
+                            last_checkpoint_stall()));
 }
 
 }  // namespace loom

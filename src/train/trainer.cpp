@@ -129,6 +129,7 @@ double Trainer::global_grad_sum_squares() {
 StepStats Trainer::train_step() {
   const TrainConfig& t = cfg_.train;
   const int dp = grid_->shape().dp;
+  poll_checkpoint(false);  // commit an asynchronous save once every writer is done
   Timer timer;
   TraceScope span(&trace_, fmt::format("step {}", step_), "step", kLaneStep, -1, step_);
   StepStats s;

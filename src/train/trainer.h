@@ -5,11 +5,14 @@
 #pragma once
 
 #include <cstdio>
+#include <atomic>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
+#include <thread>
 
+#include "ckpt/checkpoint.h"
 #include "comm/process_grid.h"
 #include "data/loader.h"
 #include "model/gpt.h"
@@ -39,6 +42,7 @@ struct StepStats {
 class Trainer {
  public:
   Trainer(const RunConfig& cfg, const ProcessGrid& grid);
+  ~Trainer();  // waits for an asynchronous save still writing (without committing it)
 
   // Loads weights, optimizer moments and position from a checkpoint directory.
   void resume(const std::filesystem::path& ckpt_dir);
@@ -47,7 +51,16 @@ class Trainer {
   // Mean loss over the first `tokens` tokens of the validation shard (batches of B*T
   // advancing by B*T from offset 0).
   float evaluate(int64_t tokens);
+  // Saves a checkpoint (collective). With [checkpoint] async the state is copied to host
+  // memory and written by a background thread while training goes on; the save is
+  // committed (manifest written, directory renamed) at the first step start where every
+  // writer has finished, or by finish_checkpoint(). Returns the checkpoint's final path.
   std::filesystem::path save_checkpoint();
+  // Commits a pending asynchronous save, waiting for its writers (collective; no-op if none).
+  void finish_checkpoint() { poll_checkpoint(true); }
+  // Seconds the training loop spent on the last save: the whole save when synchronous;
+  // when asynchronous, the snapshot plus the commit.
+  double last_checkpoint_stall() const { return ckpt_stall_s_; }
 
   // The whole run: steps until train.steps, with eval, checkpoints, metrics and progress.
   void run(std::FILE* progress);
@@ -90,6 +103,12 @@ class Trainer {
   static ModelLayout make_layout(const RunConfig& cfg, const ProcessGrid& grid,
                                  const StagePartition& part);
   static StagePartition make_partition(const RunConfig& cfg);
+  CheckpointState checkpoint_state() const;
+  // Gathers the moment shards (ZeRO) into full per-rank buffers when needed.
+  void full_moments(std::vector<float>& m, std::vector<float>& v, const float** pm,
+                    const float** pv);
+  // Async saves: commit if every writer is done (or, with wait, once they are).
+  void poll_checkpoint(bool wait);
   bool is_writer() const { return grid_->rank() == 0; }
 
   RunConfig cfg_;
@@ -102,6 +121,13 @@ class Trainer {
   std::unique_ptr<PipelineExecutor> pipe_;
   std::function<void(int)> step_observer_;
   std::function<void()> checkpoint_observer_;
+  // Asynchronous save in flight: its writer thread, snapshot and state.
+  std::thread ckpt_thread_;
+  std::atomic<bool> ckpt_written_{false};
+  bool ckpt_pending_ = false;
+  CheckpointState ckpt_state_;
+  std::vector<float> snap_w_, snap_m_, snap_v_;
+  double ckpt_stall_s_ = 0;
   PipelineStats last_pipe_;
   TokenLoader train_data_;
   std::optional<TokenLoader> val_data_;

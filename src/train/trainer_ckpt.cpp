@@ -9,6 +9,7 @@
 
 #include "ckpt/checkpoint.h"
 #include "core/check.h"
+#include "core/timer.h"
 #include "train/trainer.h"
 
 namespace loom {
@@ -50,7 +51,7 @@ void Trainer::resume(const fs::path& ckpt_dir) {
   step_ = int(st.step);
 }
 
-fs::path Trainer::save_checkpoint() {
+CheckpointState Trainer::checkpoint_state() const {
   CheckpointState st;
   st.step = step_;
   st.next_batch = uint64_t(step_) * cfg_.train.grad_accum;
@@ -62,31 +63,91 @@ fs::path Trainer::save_checkpoint() {
                           "virtual_stages={} sequence_parallel={}",
                           p.dp, p.tp, p.pp, p.zero, cfg_.train.micro_batch, cfg_.train.grad_accum,
                           p.schedule, p.virtual_stages, p.sequence_parallel);
-  // ZeRO: gather the moment shards so each writer holds its slices' whole moments.
-  const float* m = opt_.m().data();
-  const float* v = opt_.v().data();
+  return st;
+}
+
+void Trainer::full_moments(std::vector<float>& m, std::vector<float>& v, const float** pm,
+                           const float** pv) {
+  *pm = opt_.m().data();
+  *pv = opt_.v().data();
+  if (opt_.end() - opt_.begin() == model_.weights().size()) return;
+  m.resize(model_.weights().size());
+  v.resize(model_.weights().size());
+  grid_->dp_comm().allgather(opt_.m().data(), m.data(), opt_.m().size());
+  grid_->dp_comm().allgather(opt_.v().data(), v.data(), opt_.v().size());
+  *pm = m.data();
+  *pv = v.data();
+}
+
+fs::path Trainer::save_checkpoint() {
+  poll_checkpoint(true);  // one save in flight at a time
+  Timer timer;
+  const CheckpointState st = checkpoint_state();
   std::vector<float> full_m, full_v;
-  if (opt_.end() - opt_.begin() != model_.weights().size()) {
-    full_m.resize(model_.weights().size());
-    full_v.resize(model_.weights().size());
-    grid_->dp_comm().allgather(opt_.m().data(), full_m.data(), opt_.m().size());
-    grid_->dp_comm().allgather(opt_.v().data(), full_v.data(), opt_.v().size());
-    m = full_m.data();
-    v = full_v.data();
-  }
+  const float* m = nullptr;
+  const float* v = nullptr;
+  full_moments(full_m, full_v, &m, &v);
   dp_.materialize_all();  // ZeRO-3: whole slices for the checkpoint
   if (is_writer()) begin_checkpoint(cfg_.run.dir, step_);
   grid_->world().barrier();
-  if (grid_->coord().dp == 0)
-    write_checkpoint_shard(tmp_dir_of(cfg_.run.dir, step_), grid_->rank(), unique_params(),
-                           model_.weights().data(), m, v);
+  const fs::path tmp = tmp_dir_of(cfg_.run.dir, step_);
+  const fs::path dir = fs::path(cfg_.run.dir) / "checkpoints" / checkpoint_dir_name(step_);
+  const bool writes = grid_->coord().dp == 0;
+  if (cfg_.checkpoint.async) {
+    // Snapshot to host memory; a background thread writes while training goes on.
+    if (writes) {
+      auto w = model_.weights();
+      snap_w_.assign(w.begin(), w.end());
+      snap_m_.assign(m, m + w.size());
+      snap_v_.assign(v, v + w.size());
+    }
+    dp_.release_all();
+    ckpt_state_ = st;
+    ckpt_pending_ = true;
+    ckpt_written_ = !writes;
+    if (writes)
+      ckpt_thread_ = std::thread([this, tmp, specs = unique_params()] {
+        write_checkpoint_shard(tmp, grid_->rank(), specs, snap_w_.data(), snap_m_.data(),
+                               snap_v_.data());
+        ckpt_written_ = true;
+      });
+    ckpt_stall_s_ = timer.seconds();
+    return dir;
+  }
+  if (writes)
+    write_checkpoint_shard(tmp, grid_->rank(), unique_params(), model_.weights().data(), m, v);
   grid_->world().barrier();
   if (checkpoint_observer_) checkpoint_observer_();
-  fs::path dir = fs::path(cfg_.run.dir) / "checkpoints" / checkpoint_dir_name(step_);
-  if (is_writer()) dir = commit_checkpoint(cfg_.run.dir, st, cfg_.run.keep_last);
+  if (is_writer()) commit_checkpoint(cfg_.run.dir, st, cfg_.run.keep_last);
   dp_.release_all();
   grid_->world().barrier();  // nobody reads a checkpoint before it is complete
+  ckpt_stall_s_ = timer.seconds();
   return dir;
+}
+
+void Trainer::poll_checkpoint(bool wait) {
+  if (!ckpt_pending_) return;
+  Timer timer;
+  if (!wait) {
+    // Every rank must take the same decision: commit only once all writers are done.
+    double busy = ckpt_written_ ? 0.0 : 1.0;
+    grid_->world().allreduce(&busy, 1, ReduceOp::kSum);
+    if (busy > 0) return;
+  }
+  if (ckpt_thread_.joinable()) ckpt_thread_.join();
+  grid_->world().barrier();
+  if (checkpoint_observer_) checkpoint_observer_();
+  if (is_writer()) commit_checkpoint(cfg_.run.dir, ckpt_state_, cfg_.run.keep_last);
+  grid_->world().barrier();
+  ckpt_pending_ = false;
+  snap_w_ = {};
+  snap_m_ = {};
+  snap_v_ = {};
+  ckpt_stall_s_ += timer.seconds();
+}
+
+Trainer::~Trainer() {
+  if (ckpt_thread_.joinable()) ckpt_thread_.join();
 }
 
 }  // namespace loom
