@@ -14,7 +14,8 @@ namespace loom {
 namespace {
 
 constexpr const char* kForms =
-    "kill:rank=R:step=S, hang:rank=R:step=S or exit-during-checkpoint:rank=R[:step=S] "
+    "kill:rank=R:step=S, kill:rank=R:every=N, hang:rank=R:step=S or "
+    "exit-during-checkpoint:rank=R[:step=S] "
     "(R a world rank, S a 0-based step; for exit-during-checkpoint S names checkpoint step_S)";
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -49,6 +50,10 @@ FaultSpec parse_fault(const std::string& spec) {
   const bool shape_ok = f.size() == 3 || (step_optional && f.size() == 2);
   if (out.kind != FaultSpec::Kind::kNone && shape_ok) {
     out.rank = parse_field(f[1], "rank");
+    if (out.kind == FaultSpec::Kind::kKill && f[2].rfind("every=", 0) == 0) {
+      out.every = parse_field(f[2], "every");
+      if (out.rank >= 0 && out.every > 0) return out;
+    }
     out.step = f.size() == 3 ? parse_field(f[2], "step") : -1;
     if (out.rank >= 0 && (f.size() == 2 || out.step >= 0)) return out;
   }
@@ -61,11 +66,18 @@ bool fault_armed_from_env() {
 }
 
 FaultInjector::FaultInjector(FaultSpec spec, int world_rank, bool armed)
-    : spec_(spec), world_rank_(world_rank), armed_(armed) {}
+    : spec_(spec), world_rank_(world_rank), armed_(armed) {
+  const char* attempt = std::getenv("LOOM_ATTEMPT");
+  if (attempt) attempt_ = std::atoi(attempt);
+}
 
 void FaultInjector::at_step(int step) const {
   last_step_.store(step);
-  if (!fires_here() || step != spec_.step) return;
+  if (spec_.every > 0) {
+    if (spec_.rank != world_rank_ || step != (attempt_ + 1) * spec_.every) return;
+  } else if (!fires_here() || step != spec_.step) {
+    return;
+  }
   if (spec_.kind == FaultSpec::Kind::kKill) {
     std::fprintf(stderr, "loom: injected fault: rank %d kills itself at step %d\n", world_rank_,
                  step);

@@ -4,6 +4,10 @@
 //   hang:rank=R:step=S                       world rank R sleeps forever at the start of step S
 //   exit-during-checkpoint:rank=R[:step=S]   world rank R calls _Exit(9) in the middle of the
 //                                            save of checkpoint S (the first save if omitted)
+//   kill:rank=R:every=N                      world rank R raises SIGKILL at step (a+1)*N on
+//                                            supervisor attempt a (LOOM_ATTEMPT): one failure
+//                                            every N steps however far back each restart
+//                                            resumes (measuring recovery over many failures)
 //
 // Steps are 0-based optimizer step indices (Trainer::next_step()); checkpoint S is the one
 // saved after S completed steps (checkpoints/step_S). A supervisor's restarts set
@@ -19,6 +23,7 @@ struct FaultSpec {
   enum class Kind { kNone, kKill, kHang, kExitDuringCheckpoint } kind = Kind::kNone;
   int rank = -1;  // world rank that fails
   int step = -1;  // kill/hang: step index; exit-during-checkpoint: checkpoint step (-1 = first)
+  int every = 0;  // kill: every N steps (and on every attempt) when > 0
 };
 
 // Parses SPEC as above; "" gives kNone. Anything else throws InputError listing the forms.
@@ -44,6 +49,7 @@ class FaultInjector {
   bool armed_;
   // The last step seen by at_step: the checkpoint being saved is step last_step_ + 1.
   mutable std::atomic<int> last_step_{-1};
+  int attempt_ = 0;  // LOOM_ATTEMPT
 };
 
 }  // namespace loom

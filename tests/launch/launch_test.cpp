@@ -77,6 +77,22 @@ TEST(Fault, FiresOnlyOnItsRankAndStepWhenArmed) {
   EXPECT_EXIT(injector.during_checkpoint(), testing::ExitedWithCode(9), "checkpoint 4");
 }
 
+// kill:every=N fires on attempt a at step (a+1)*N: one failure every N steps of progress.
+TEST(Fault, KillEveryNStepsMovesOnWithTheAttempt) {
+  const FaultSpec every = loom::parse_fault("kill:rank=1:every=3");
+  EXPECT_EQ(every.every, 3);
+  EXPECT_EQ(every.step, -1);
+  setenv("LOOM_ATTEMPT", "1", 1);
+  const loom::FaultInjector second(every, 1, false);  // a restart: still fires
+  unsetenv("LOOM_ATTEMPT");
+  second.at_step(3);  // attempt 0's step
+  second.at_step(4);
+  EXPECT_EXIT(second.at_step(6), testing::KilledBySignal(SIGKILL), "rank 1 kills itself at step 6");
+  loom::FaultInjector(every, 0, true).at_step(3);  // another rank
+  EXPECT_THROW(loom::parse_fault("kill:rank=1:every=0"), loom::InputError);
+  EXPECT_THROW(loom::parse_fault("hang:rank=1:every=3"), loom::InputError);
+}
+
 TEST(Fault, ArmedOnlyOnTheFirstAttempt) {
   unsetenv("LOOM_ATTEMPT");
   EXPECT_TRUE(loom::fault_armed_from_env());
