@@ -30,7 +30,10 @@ RunFn setup_launch(CLI::App& sub) {
   sub.add_option("--max-restarts", o->max_restarts, "restarts after a failure (default 3)");
   sub.add_option("--heartbeat-s", o->heartbeat_s,
                  "seconds a rank may stay silent before it counts as failed (default 10)");
-  sub.add_option("--min-n", o->min_n, "elastic restarts on fewer processes: not supported");
+  sub.add_option("--min-n", o->min_n,
+                 "elastic: restart on fewer processes (as --available-cmd reports), down to this");
+  sub.add_option("--available-cmd", o->available_cmd,
+                 "elastic: a shell command printing how many processes can run now");
   sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (heartbeats reach "
                  "the supervisor only from this host)");
   sub.add_option("--mpirun", o->mpirun, "the mpirun to run (default: mpirun from PATH)");

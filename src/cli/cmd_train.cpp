@@ -31,7 +31,7 @@ struct TrainOpts {
   FaultSpec fault;  // parsed inject_fault
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
   std::optional<std::string> schedule, stage_layers;
-  bool sequence_parallel = false, trace = false;
+  bool sequence_parallel = false, trace = false, elastic = false;
 };
 
 std::vector<std::string> flag_overrides(const TrainOpts& o) {
@@ -67,6 +67,31 @@ std::optional<std::filesystem::path> resume_point(const RunConfig& cfg, const st
       fmt::print("restart without a checkpoint ({}): starting from step 0\n", e.what());
     return std::nullopt;
   }
+}
+
+// Elastic restart on a different number of processes: data parallelism takes what tensor
+// and pipeline parallelism leave, and accumulation grows or shrinks so the global batch (and
+// with it the data order and the optimizer's trajectory) stays the same.
+RunConfig elastic_config(RunConfig cfg, int world, int rank) {
+  ParallelConfig& p = cfg.parallel;
+  TrainConfig& t = cfg.train;
+  const int mp = p.tp * p.pp;
+  LOOM_REQUIRE(world % mp == 0, "--elastic: {} processes cannot hold tp={} x pp={}", world, p.tp,
+               p.pp);
+  const int dp = world / mp;
+  if (dp == p.dp) return cfg;
+  const int64_t global = int64_t(t.micro_batch) * t.grad_accum * p.dp;
+  LOOM_REQUIRE(global % (int64_t(t.micro_batch) * dp) == 0,
+               "--elastic: the global batch {} is not micro_batch {} x a whole accumulation at "
+               "dp={}", global, t.micro_batch, dp);
+  if (rank == 0)
+    fmt::print("elastic: {} processes: dp {} -> {}, grad_accum {} -> {} (global batch {} kept)\n",
+               world, p.dp, dp, t.grad_accum, global / (int64_t(t.micro_batch) * dp), global);
+  t.grad_accum = int(global / (int64_t(t.micro_batch) * dp));
+  p.dp = dp;
+  if (t.global_batch != 0) t.global_batch = int(global);
+  cfg.validate();
+  return cfg;
 }
 
 int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
@@ -122,15 +147,19 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
                  "checkpoint directory");
+  sub.add_flag("--elastic", o->elastic,
+               "fit data parallelism to the processes started (loom launch --min-n), keeping "
+               "the global batch");
   sub.add_option("--inject-fault", o->inject_fault,
                  "for recovery tests: kill:rank=R:step=S | hang:rank=R:step=S | "
                  "exit-during-checkpoint:rank=R[:step=S] (only when LOOM_ATTEMPT is unset or 0)");
   return [o] {
     o->fault = parse_fault(o->inject_fault);
-    const RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
+    RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
     if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
-    const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
     if (!launched_under_mpi()) {
+      if (o->elastic) cfg = elastic_config(cfg, 1, 0);
+      const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
       LOOM_REQUIRE(shape.world() == 1,
                    "pp={} x dp={} x tp={} needs {} processes: run under mpirun -np {} (or srun)",
                    shape.pp, shape.dp, shape.tp, shape.world(), shape.world());
@@ -139,6 +168,8 @@ RunFn setup_train(CLI::App& sub) {
     }
     MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});
     try {
+      if (o->elastic) cfg = elastic_config(cfg, mpi.world_size(), mpi.world_rank());
+      const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
       ProcessGrid grid = ProcessGrid::create(mpi.world(), shape, &mpi.progress());
       mpi.set_rank_describer([&grid](int r) { return grid.describe(r); });
       check_same_binary_and_config(grid, cfg);

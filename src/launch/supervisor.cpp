@@ -194,9 +194,9 @@ struct AttemptResult {
 
 class Attempt {
  public:
-  Attempt(const LaunchOptions& opt, int index, int listen_fd, int signal_fd,
+  Attempt(const LaunchOptions& opt, int index, int n, int listen_fd, int signal_fd,
           const std::string& address, const std::string& secret)
-      : opt_(opt), index_(index), listen_fd_(listen_fd), signal_fd_(signal_fd),
+      : opt_(opt), index_(index), n_(n), listen_fd_(listen_fd), signal_fd_(signal_fd),
         address_(address), secret_(secret) {}
 
   AttemptResult run();
@@ -214,7 +214,7 @@ class Attempt {
   std::string exit_cause() const;
 
   const LaunchOptions& opt_;
-  int index_, listen_fd_, signal_fd_;
+  int index_, n_, listen_fd_, signal_fd_;
   const std::string &address_, &secret_;
   Child child_;
   std::vector<Conn> conns_;
@@ -228,11 +228,12 @@ class Attempt {
 };
 
 std::vector<std::string> Attempt::argv() const {
-  std::vector<std::string> a = {opt_.mpirun, "-np", std::to_string(opt_.n)};
+  std::vector<std::string> a = {opt_.mpirun, "-np", std::to_string(n_)};
   a.insert(a.end(), opt_.mpirun_args.begin(), opt_.mpirun_args.end());
   a.push_back(opt_.loom_binary);
   const std::vector<std::string> train = attempt_train_args(opt_.train_args, index_);
   a.insert(a.end(), train.begin(), train.end());
+  if (n_ != opt_.n) a.push_back("--elastic");  // fewer processes: train reshapes dp
   return a;
 }
 
@@ -330,9 +331,9 @@ void Attempt::read_conn(Conn& c) {
 
 void Attempt::on_line(Conn& c, std::string_view line) {
   const std::optional<HeartbeatLine> hb = parse_heartbeat_line(line, secret_);
-  if (!hb || hb->rank >= opt_.n) {
+  if (!hb || hb->rank >= n_) {
     say(fmt::format("rejected the connection from {}: {}", c.peer,
-                    hb ? fmt::format("rank {} is not below -n {}", hb->rank, opt_.n)
+                    hb ? fmt::format("rank {} is not below -n {}", hb->rank, n_)
                        : std::string("a wrong secret or a malformed line")));
     c.fd.reset();
     return;
@@ -352,9 +353,9 @@ void Attempt::on_line(Conn& c, std::string_view line) {
   }
   c.peer = fmt::format("rank {}", hb->rank);
   c.rank = hb->rank;
-  if (!all_said_hello_ && int(ranks_.size()) == opt_.n) {
+  if (!all_said_hello_ && int(ranks_.size()) == n_) {
     all_said_hello_ = true;
-    say(fmt::format("attempt {}: all {} ranks are reporting", index_ + 1, opt_.n));
+    say(fmt::format("attempt {}: all {} ranks are reporting", index_ + 1, n_));
   }
 }
 
@@ -452,6 +453,34 @@ void print_recovery(const std::vector<Failure>& failures, const std::vector<Atte
 
 }  // namespace
 
+// How many processes the next attempt runs on: -n, or with --min-n (elastic) what
+// --available-cmd reports, if at least --min-n; -1 (after saying why) if too few remain.
+static int restart_size(const LaunchOptions& opt) {
+  if (opt.min_n == 0 || opt.available_cmd.empty()) return opt.n;
+  FILE* p = popen(opt.available_cmd.c_str(), "r");
+  LOOM_CHECK(p != nullptr, "cannot run --available-cmd '{}'", opt.available_cmd);
+  char buf[64] = {};
+  const size_t got = fread(buf, 1, sizeof buf - 1, p);
+  const int status = pclose(p);
+  int available = -1;
+  if (status == 0 && got > 0) available = std::atoi(buf);
+  if (available < 0) {
+    say(fmt::format("--available-cmd '{}' did not print a process count; restarting on {}",
+                    opt.available_cmd, opt.n));
+    return opt.n;
+  }
+  const int n = std::min(opt.n, available);
+  if (n < opt.min_n) {
+    say(fmt::format("only {} process(es) available, below --min-n {}: giving up", available,
+                    opt.min_n));
+    return -1;
+  }
+  if (n < opt.n)
+    say(fmt::format("elastic: {} of {} processes available; restarting on {} (train reshapes "
+                    "data parallelism and keeps the global batch)", available, opt.n, n));
+  return n;
+}
+
 std::vector<std::string> attempt_train_args(const std::vector<std::string>& train_args,
                                             int attempt) {
   if (attempt == 0) return train_args;
@@ -509,9 +538,8 @@ int run_supervisor(const LaunchOptions& opt) {
   LOOM_REQUIRE(opt.max_restarts >= 0, "launch: --max-restarts must be >= 0 (got {})",
                opt.max_restarts);
   LOOM_REQUIRE(opt.heartbeat_s > 0, "launch: --heartbeat-s must be > 0 (got {})", opt.heartbeat_s);
-  LOOM_REQUIRE(opt.min_n == 0 || opt.min_n == opt.n,
-               "launch: --min-n {} (elastic restarts on fewer processes) is not supported: every "
-               "attempt runs on -n {}", opt.min_n, opt.n);
+  LOOM_REQUIRE(opt.min_n >= 0 && opt.min_n <= opt.n,
+               "launch: --min-n {} must be between 1 and -n {}", opt.min_n, opt.n);
   LOOM_REQUIRE(!opt.train_args.empty() && opt.train_args[0] == "train",
                "launch: expected the train command after '--', e.g. loom launch -n 2 -- train "
                "--config FILE.toml --dp 2");
@@ -524,7 +552,9 @@ int run_supervisor(const LaunchOptions& opt) {
   std::vector<AttemptResult> runs;
   std::vector<Failure> failures;
   for (int attempt = 0; attempt <= opt.max_restarts; ++attempt) {
-    runs.push_back(Attempt(opt, attempt, listener.get(), signals.get(), address, secret).run());
+    const int n = attempt == 0 ? opt.n : restart_size(opt);
+    if (n < 0) return 1;
+    runs.push_back(Attempt(opt, attempt, n, listener.get(), signals.get(), address, secret).run());
     const AttemptResult& r = runs.back();
     if (r.ok) {
       say(fmt::format("completed after {} restart(s)", attempt));

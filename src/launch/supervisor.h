@@ -22,7 +22,11 @@ struct LaunchOptions {
   int n = 0;                            // processes per attempt (mpirun -np)
   int max_restarts = 3;                 // attempts after the first
   double heartbeat_s = 10;              // a rank silent this long has failed (seconds)
-  int min_n = 0;                        // elastic lower bound: not supported (must be 0 or n)
+  int min_n = 0;                        // elastic lower bound (0 = not elastic)
+  // Elastic: a shell command printing how many processes can run now (a scheduler's or a
+  // host check's answer); with min_n > 0 a restart runs on min(n, that) if >= min_n, with
+  // `--elastic` added so train reshapes data parallelism for the new world size.
+  std::string available_cmd;
   std::string hosts;                    // "h1:s1,h2:s2" (informational; see mpirun_args)
   std::vector<std::string> train_args;  // "train", "--config", FILE, ...
   std::string loom_binary;              // the loom executable each rank runs

@@ -249,10 +249,9 @@ TEST_F(FakeMpirun, BadInputIsNotRestarted) {
   EXPECT_TRUE(contains(r.output, "not restarting")) << r.output;
   EXPECT_FALSE(contains(r.output, "attempt 2")) << r.output;
 
-  r = sh(LOOM_BINARY " launch -n 2 --min-n 1 -- train --config x.toml");
+  r = sh(LOOM_BINARY " launch -n 2 --min-n 3 -- train --config x.toml");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_TRUE(contains(r.output, "--min-n 1 (elastic restarts on fewer processes) is not "
-                                 "supported")) << r.output;
+  EXPECT_TRUE(contains(r.output, "--min-n 3 must be between 1 and -n 2")) << r.output;
   r = sh(LOOM_BINARY " launch -n 2 -- eval --ckpt x");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(contains(r.output, "expected the train command after '--'")) << r.output;
@@ -352,6 +351,35 @@ TEST_F(LaunchEndToEnd, AFailureBeforeTheFirstCheckpointStartsAgainFromStepZero) 
   EXPECT_TRUE(contains(r.output, "restart without a checkpoint")) << r.output;
   EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
   EXPECT_TRUE(final_model("early") == final_model("base")) << "the final weights differ";
+}
+
+}  // namespace
+
+namespace {
+
+// Elastic: after a failure only one process is available; the job restarts on it with dp 1
+// and twice the accumulation, keeping the global batch, and finishes where the 2-process run
+// did (the same samples per step; equal within fp32 round-off).
+TEST_F(LaunchEndToEnd, ElasticRestartOnFewerProcessesKeepsTheGlobalBatch) {
+  expect_baseline();
+  const Result r = sh("env OMP_NUM_THREADS=1 " LOOM_BINARY " launch -n 2 --min-n 1 "
+                      "--available-cmd 'echo 1' --max-restarts 2 --heartbeat-s 5 -- train "
+                      "--config " + (dir_ / "tiny.toml").string() + " --dp 2 --set run.dir=" +
+                      (dir_ / "elastic").string() + " --inject-fault kill:rank=1:step=5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "elastic: 1 of 2 processes available; restarting on 1"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "dp 2 -> 1, grad_accum 1 -> 2")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  // The last metrics line of each run: step 8's loss.
+  auto last_loss = [](const fs::path& run) {
+    const std::string m = slurp(run / "metrics.jsonl");
+    const size_t at = m.rfind("\"loss\":");
+    return at == std::string::npos ? -1.0 : std::stod(m.substr(at + 7));
+  };
+  const double base = last_loss(dir_ / "base"), elastic = last_loss(dir_ / "elastic");
+  ASSERT_GT(base, 0);
+  EXPECT_NEAR(elastic, base, 1e-5 * base);
 }
 
 }  // namespace
