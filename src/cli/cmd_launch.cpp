@@ -18,7 +18,13 @@ std::vector<std::string> default_mpirun_args(const std::string& hosts) {
   std::vector<std::string> args = {"--oversubscribe", "--mca", "mpi_yield_when_idle", "1",
                                    "--bind-to", "none"};
   if (geteuid() == 0) args.push_back("--allow-run-as-root");
-  if (!hosts.empty()) args.insert(args.end(), {"--host", hosts});
+  if (!hosts.empty()) {
+    args.insert(args.end(), {"--host", hosts});
+    // Ranks on other hosts need the supervisor's address, secret and attempt too.
+    for (const char* v : {"LOOM_SUPERVISOR", "LOOM_SUPERVISOR_SECRET", "LOOM_HEARTBEAT_S",
+                          "LOOM_ATTEMPT"})
+      args.insert(args.end(), {"-x", v});
+  }
   return args;
 }
 
@@ -34,8 +40,8 @@ RunFn setup_launch(CLI::App& sub) {
                  "elastic: restart on fewer processes (as --available-cmd reports), down to this");
   sub.add_option("--available-cmd", o->available_cmd,
                  "elastic: a shell command printing how many processes can run now");
-  sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (heartbeats reach "
-                 "the supervisor only from this host)");
+  sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (the supervisor "
+                 "then listens on the job's network, by this host's name)");
   sub.add_option("--mpirun", o->mpirun, "the mpirun to run (default: mpirun from PATH)");
   sub.add_option("train", o->train_args, "after '--': train --config FILE.toml ...")
       ->required();

@@ -63,13 +63,14 @@ class Fd {
   int fd_;
 };
 
-// A TCP listener on 127.0.0.1 at an ephemeral port (returned in `port`).
-Fd listen_local(int* port) {
+// A TCP listener at an ephemeral port (returned in `port`): on 127.0.0.1, or on every
+// interface when ranks run on other hosts (the per-job secret keeps other processes out).
+Fd listen_local(int* port, bool any_interface) {
   Fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   LOOM_CHECK(fd.get() >= 0, "socket: {}", std::strerror(errno));
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_addr.s_addr = htonl(any_interface ? INADDR_ANY : INADDR_LOOPBACK);
   addr.sin_port = 0;
   socklen_t len = sizeof addr;
   LOOM_CHECK(bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len) == 0 &&
@@ -544,9 +545,13 @@ int run_supervisor(const LaunchOptions& opt) {
                "launch: expected the train command after '--', e.g. loom launch -n 2 -- train "
                "--config FILE.toml --dp 2");
   int port = 0;
-  const Fd listener = listen_local(&port);
+  // With --hosts the ranks reach the supervisor over the job's network, by this host's name.
+  const bool remote = !opt.hosts.empty();
+  const Fd listener = listen_local(&port, remote);
   const Fd signals = interrupt_fd();
-  const std::string address = fmt::format("127.0.0.1:{}", port), secret = make_job_secret();
+  char host[256] = "127.0.0.1";
+  if (remote) LOOM_CHECK(gethostname(host, sizeof host - 1) == 0, "gethostname failed");
+  const std::string address = fmt::format("{}:{}", host, port), secret = make_job_secret();
   say(fmt::format("{} processes, up to {} restart(s), heartbeat timeout {:g} s, listening on {}",
                   opt.n, opt.max_restarts, opt.heartbeat_s, address));
   std::vector<AttemptResult> runs;
