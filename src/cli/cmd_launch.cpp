@@ -4,6 +4,7 @@
 // its newest checkpoint (launch/supervisor.h).
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 
 #include "cli/command.h"
@@ -32,6 +33,7 @@ std::vector<std::string> default_mpirun_args(const std::string& hosts) {
 
 RunFn setup_launch(CLI::App& sub) {
   auto o = std::make_shared<LaunchOptions>();
+  o->launcher = "auto";
   sub.add_option("-n", o->n, "processes (mpirun -np)")->required();
   sub.add_option("--max-restarts", o->max_restarts, "restarts after a failure (default 3)");
   sub.add_option("--heartbeat-s", o->heartbeat_s,
@@ -42,7 +44,12 @@ RunFn setup_launch(CLI::App& sub) {
                  "elastic: a shell command printing how many processes can run now");
   sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (the supervisor "
                  "then listens on the job's network, by this host's name)");
-  sub.add_option("--mpirun", o->mpirun, "the mpirun to run (default: mpirun from PATH)");
+  sub.add_option("--mpirun", o->mpirun,
+                 "the launcher binary to run (default: mpirun, or srun with --launcher srun)");
+  sub.add_option("--launcher", o->launcher,
+                 "mpirun | srun | auto (default auto: srun inside a Slurm allocation, i.e. when "
+                 "SLURM_JOB_ID is set, else mpirun)")
+      ->check(CLI::IsMember({"mpirun", "srun", "auto"}));
   sub.add_option("train", o->train_args, "after '--': train --config FILE.toml ...")
       ->required();
   return [o] {
@@ -50,6 +57,10 @@ RunFn setup_launch(CLI::App& sub) {
     o->loom_binary = std::filesystem::read_symlink("/proc/self/exe", ec).string();
     LOOM_CHECK(!ec, "cannot resolve /proc/self/exe: {}", ec.message());
     o->mpirun_args = default_mpirun_args(o->hosts);
+    if (o->launcher == "auto") o->launcher = std::getenv("SLURM_JOB_ID") ? "srun" : "mpirun";
+    if (o->launcher == "srun" && o->mpirun == "mpirun") o->mpirun = "srun";
+    LOOM_REQUIRE(o->launcher != "srun" || o->hosts.empty(),
+                 "launch: --hosts is for mpirun; under srun the allocation names the hosts");
     return run_supervisor(*o);
   };
 }

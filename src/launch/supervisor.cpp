@@ -229,8 +229,13 @@ class Attempt {
 };
 
 std::vector<std::string> Attempt::argv() const {
-  std::vector<std::string> a = {opt_.mpirun, "-np", std::to_string(n_)};
-  a.insert(a.end(), opt_.mpirun_args.begin(), opt_.mpirun_args.end());
+  std::vector<std::string> a;
+  if (opt_.launcher == "srun") {
+    a = {opt_.mpirun, "-n", std::to_string(n_), "--kill-on-bad-exit=1", "--export=ALL"};
+  } else {
+    a = {opt_.mpirun, "-np", std::to_string(n_)};
+    a.insert(a.end(), opt_.mpirun_args.begin(), opt_.mpirun_args.end());
+  }
   a.push_back(opt_.loom_binary);
   const std::vector<std::string> train = attempt_train_args(opt_.train_args, index_);
   a.insert(a.end(), train.begin(), train.end());

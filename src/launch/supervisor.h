@@ -30,8 +30,11 @@ struct LaunchOptions {
   std::string hosts;                    // "h1:s1,h2:s2" (informational; see mpirun_args)
   std::vector<std::string> train_args;  // "train", "--config", FILE, ...
   std::string loom_binary;              // the loom executable each rank runs
-  std::string mpirun = "mpirun";        // looked up in PATH
-  std::vector<std::string> mpirun_args; // between `-np N` and the binary
+  std::string mpirun = "mpirun";        // the launcher binary, looked up in PATH
+  std::vector<std::string> mpirun_args; // between `-np N` and the binary (mpirun only)
+  // "mpirun", or "srun" inside a Slurm allocation: `srun -n N --kill-on-bad-exit=1
+  // --export=ALL <loom> <train args>` (ranks find each other through Slurm's PMI).
+  std::string launcher = "mpirun";
 };
 
 // Runs attempts until one succeeds (returns 0) or max_restarts restarts have failed (returns

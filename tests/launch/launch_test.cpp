@@ -383,3 +383,35 @@ TEST_F(LaunchEndToEnd, ElasticRestartOnFewerProcessesKeepsTheGlobalBatch) {
 }
 
 }  // namespace
+
+namespace {
+
+// The srun path: the supervisor runs `srun -n N --kill-on-bad-exit=1 --export=ALL <loom>
+// train ...`. No Slurm here, so a stand-in srun (which checks those flags and runs the
+// ranks with mpirun) takes its place; the recovery must be the same.
+TEST_F(LaunchEndToEnd, UnderSrunTheJobRecoversTheSameWay) {
+  expect_baseline();
+  const fs::path srun = dir_ / "srun.sh";
+  {
+    std::ofstream f(srun);
+    f << "#!/bin/bash\n"
+      << "[ \"$1\" = -n ] && [ \"$3\" = --kill-on-bad-exit=1 ] && [ \"$4\" = --export=ALL ] "
+      << "|| { echo \"stand-in srun: unexpected arguments: $*\" >&2; exit 99; }\n"
+      << "n=$2; shift 4\n"
+      << "exec " << LOOM_MPIRUN << " -np \"$n\" \"$@\"\n";
+  }
+  fs::permissions(srun, fs::perms::owner_all);
+  const Result r = sh("env OMP_NUM_THREADS=1 " LOOM_BINARY " launch --launcher srun --mpirun " +
+                      srun.string() + " -n 2 --max-restarts 2 --heartbeat-s 5 -- train --config " +
+                      (dir_ / "tiny.toml").string() + " --dp 2 --set run.dir=" +
+                      (dir_ / "srun").string() + " --inject-fault kill:rank=1:step=5");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, srun.string() + " -n 2 --kill-on-bad-exit=1 --export=ALL"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  EXPECT_TRUE(final_model("srun") == final_model("base")) << "the final weights differ";
+  const Result bad = sh(LOOM_BINARY " launch --launcher srun --hosts a:1 -n 2 -- train --config x");
+  EXPECT_EQ(bad.code, 2) << bad.output;
+}
+
+}  // namespace
