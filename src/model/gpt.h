@@ -68,6 +68,7 @@ class Gpt {
   // Floats of the activation a chunk passes to the next (N*C, or N*C/tp rows with
   // sequence parallelism) for the reserved B, T.
   size_t act_floats() const;
+  int slots() const { return nslots_; }  // reserved activation slots per chunk
 
   // ---- pipeline API -----------------------------------------------------------------
   // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`
@@ -176,8 +177,19 @@ class Gpt {
   float head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale);
   void head_backward(Slot& a, const float* x);
   void finish_sp_grads(const ModelChunk& ch);
-  // The tensor-parallel maps (identity at tp = 1).
-  void tp_allreduce(float* x, size_t n);
+  // The tensor-parallel maps (identity at tp = 1). Partial sums (N,C) of a row-parallel
+  // output or a column-parallel input gradient -> this rank's token rows: all-reduced in
+  // place, or reduce-scattered into `local` under sequence parallelism.
+  const float* reduce_rows(float* partial, float* local, int N);
+  // This rank's token rows -> all N rows: all-gathered into `full` under sequence
+  // parallelism, else `local` itself.
+  const float* gather_rows(const float* local, float* full, int N);
+  // Block j of a chunk's saved activations (the stacks' j-th entries).
+  struct BlockViews {
+    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *residual2, *ln2, *ln2_mean,
+        *ln2_rstd, *fch, *fch_gelu, *residual3;
+  };
+  BlockViews block_views(const Slot& a, int j) const;
   // LN parameter gradients: to the real grads, or under sequence parallelism to the
   // chunk's partial-sum scratch (all-reduced over tp at the end of the chunk).
   float* ln_grad(float* real);

@@ -17,8 +17,32 @@
 namespace loom {
 namespace k = kernels;
 
-void Gpt::tp_allreduce(float* x, size_t n) {
-  if (tp_size_ > 1) grid_->tp_comm().allreduce(x, n, ReduceOp::kSum);
+const float* Gpt::reduce_rows(float* partial, float* local, int N) {
+  if (tp_size_ == 1) return partial;
+  Comm& tpc = grid_->tp_comm();
+  if (sp_) {
+    tpc.reduce_scatter(partial, local, size_t(Nl(N)) * cfg_.n_embd);
+    return local;
+  }
+  tpc.allreduce(partial, size_t(N) * cfg_.n_embd, ReduceOp::kSum);
+  return partial;
+}
+
+const float* Gpt::gather_rows(const float* local, float* full, int N) {
+  if (!sp_) return local;
+  grid_->tp_comm().allgather(local, full, size_t(Nl(N)) * cfg_.n_embd);
+  return full;
+}
+
+Gpt::BlockViews Gpt::block_views(const Slot& a, int j) const {
+  const size_t tp = size_t(tp_size_), N = size_t(a.B) * a.T, nl = size_t(Nl(int(N)));
+  const size_t nc = N * cfg_.n_embd, nlc = nl * cfg_.n_embd, jj = size_t(j);
+  const size_t att = size_t(a.B) * (cfg_.n_head / tp) * a.T * a.T;
+  return BlockViews{a.ln1 + jj * nc,           a.ln1_mean + jj * nl,     a.ln1_rstd + jj * nl,
+                    a.qkv + jj * 3 * nc / tp,  a.atty + jj * nc / tp,    a.att + jj * att,
+                    a.residual2 + jj * nlc,    a.ln2 + jj * nc,          a.ln2_mean + jj * nl,
+                    a.ln2_rstd + jj * nl,      a.fch + jj * 4 * nc / tp, a.fch_gelu + jj * 4 * nc / tp,
+                    a.residual3 + jj * nlc};
 }
 
 float* Gpt::ln_grad(float* real) {
@@ -54,12 +78,8 @@ void Gpt::embed_forward(Slot& a, const int32_t* tokens) {
   // Each rank looks up the tokens of its vocabulary rows (zeros elsewhere); the sum over
   // tp ranks is exact (one non-zero term).
   vocab_embedding_lookup(s_.proj, tokens, w_.wte, N, C, v0, Vl);
-  if (sp_) {
-    grid_->tp_comm().reduce_scatter(s_.proj, a.input, size_t(nl) * C);
-  } else {
-    tp_allreduce(s_.proj, size_t(N) * C);
-    std::memcpy(a.input, s_.proj, size_t(N) * C * sizeof(float));
-  }
+  const float* rows = reduce_rows(s_.proj, a.input, N);
+  if (rows != a.input) std::memcpy(a.input, rows, size_t(nl) * C * sizeof(float));
   add_positions(a.input, w_.wpe, nl, sp_ ? tp_rank_ * nl : 0, T, C);
 }
 
@@ -70,11 +90,7 @@ void Gpt::embed_backward(Slot& a) {
     return;
   }
   const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
-  const float* full = s_.dresidual;
-  if (sp_) {
-    grid_->tp_comm().allgather(s_.dresidual, s_.dres_full, size_t(nl) * C);
-    full = s_.dres_full;
-  }
+  const float* full = gather_rows(s_.dresidual, s_.dres_full, N);
   vocab_embedding_backward(g_.wte, full, a.tokens.data(), N, C, v0, Vl);
   positions_backward(ln_grad(g_.wpe), s_.dresidual, nl, sp_ ? tp_rank_ * nl : 0, T, C);
 }
@@ -82,96 +98,55 @@ void Gpt::embed_backward(Slot& a) {
 void Gpt::block_forward(int l, int j, Slot& a, const float* residual) {
   const int B = a.B, T = a.T, C = cfg_.n_embd, N = B * T, nl = Nl(N);
   const int tp = tp_size_, Cl = C / tp, NHl = cfg_.n_head / tp;
-  const BlockParams& p = w_.blocks[size_t(l)];
   const size_t nc = size_t(N) * C, nlc = size_t(nl) * C;
-  float* ln1 = a.ln1 + j * nc;
-  float* qkv = a.qkv + j * 3 * nc / tp;
-  float* atty = a.atty + j * nc / tp;
-  float* att = a.att + size_t(j) * B * NHl * T * T;
-  float* residual2 = a.residual2 + j * nlc;
-  float* ln2 = a.ln2 + j * nc;
-  float* fch = a.fch + j * 4 * nc / tp;
-  float* fch_gelu = a.fch_gelu + j * 4 * nc / tp;
-  float* residual3 = a.residual3 + j * nlc;
-  const float* rowbias_attn = tp_rank_ == 0 ? p.attprojb : nullptr;  // added once
-  const float* rowbias_mlp = tp_rank_ == 0 ? p.fcprojb : nullptr;
-  Comm& tpc = grid_->tp_comm();
-  // Layernorm region -> column-parallel input (all-gather under sequence parallelism).
+  const BlockParams& p = w_.blocks[size_t(l)];
+  const BlockViews v = block_views(a, j);
+  // Layernorm region -> column-parallel input (all-gathered under sequence parallelism).
   auto layernorm_to_full = [&](float* full, float* mean, float* rstd, const float* in,
                                const float* w, const float* b) {
-    k::layernorm_forward(sp_ ? s_.local : full, mean, rstd, in, w, b, nl, C);
-    if (sp_) tpc.allgather(s_.local, full, nlc);
+    float* out = sp_ ? s_.local : full;
+    k::layernorm_forward(out, mean, rstd, in, w, b, nl, C);
+    gather_rows(out, full, N);
   };
-  // Row-parallel partial sums -> this rank's residual rows.
-  auto reduce_rows = [&]() -> const float* {
-    if (tp == 1) return s_.proj;
-    if (sp_) {
-      tpc.reduce_scatter(s_.proj, s_.local, nlc);
-      return s_.local;
-    }
-    tpc.allreduce(s_.proj, nc, ReduceOp::kSum);
-    return s_.proj;
-  };
-  layernorm_to_full(ln1, a.ln1_mean + size_t(j) * nl, a.ln1_rstd + size_t(j) * nl, residual,
-                    p.ln1w, p.ln1b);
-  k::matmul_forward(qkv, ln1, p.qkvw, p.qkvb, N, C, 3 * Cl);
-  k::attention_forward(atty, att, qkv, B, T, Cl, NHl);
-  k::matmul_forward(s_.proj, atty, p.attprojw, rowbias_attn, N, Cl, C);
-  k::residual_forward(residual2, residual, reduce_rows(), nlc);
-  layernorm_to_full(ln2, a.ln2_mean + size_t(j) * nl, a.ln2_rstd + size_t(j) * nl, residual2,
-                    p.ln2w, p.ln2b);
-  k::matmul_forward(fch, ln2, p.fcw, p.fcb, N, C, 4 * Cl);
-  k::gelu_forward(fch_gelu, fch, 4 * nc / tp);
-  k::matmul_forward(s_.proj, fch_gelu, p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
-  k::residual_forward(residual3, residual2, reduce_rows(), nlc);
+  // Row-parallel biases are added once (tp rank 0), before the partial sums are reduced.
+  const float* rowbias_attn = tp_rank_ == 0 ? p.attprojb : nullptr;
+  const float* rowbias_mlp = tp_rank_ == 0 ? p.fcprojb : nullptr;
+  layernorm_to_full(v.ln1, v.ln1_mean, v.ln1_rstd, residual, p.ln1w, p.ln1b);
+  k::matmul_forward(v.qkv, v.ln1, p.qkvw, p.qkvb, N, C, 3 * Cl);
+  k::attention_forward(v.atty, v.att, v.qkv, B, T, Cl, NHl);
+  k::matmul_forward(s_.proj, v.atty, p.attprojw, rowbias_attn, N, Cl, C);
+  k::residual_forward(v.residual2, residual, reduce_rows(s_.proj, s_.local, N), nlc);
+  layernorm_to_full(v.ln2, v.ln2_mean, v.ln2_rstd, v.residual2, p.ln2w, p.ln2b);
+  k::matmul_forward(v.fch, v.ln2, p.fcw, p.fcb, N, C, 4 * Cl);
+  k::gelu_forward(v.fch_gelu, v.fch, 4 * nc / tp);
+  k::matmul_forward(s_.proj, v.fch_gelu, p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
+  k::residual_forward(v.residual3, v.residual2, reduce_rows(s_.proj, s_.local, N), nlc);
 }
 
 void Gpt::block_backward(int l, int j, Slot& a, const float* residual) {
   const int B = a.B, T = a.T, C = cfg_.n_embd, N = B * T, nl = Nl(N);
   const int tp = tp_size_, Cl = C / tp, NHl = cfg_.n_head / tp;
+  const size_t nc = size_t(N) * C;
   const BlockParams& p = w_.blocks[size_t(l)];
   const BlockParams& dp = g_.blocks[size_t(l)];
-  const size_t nc = size_t(N) * C, nlc = size_t(nl) * C;
-  const float* ln1 = a.ln1 + j * nc;
-  const float* qkv = a.qkv + j * 3 * nc / tp;
-  const float* atty = a.atty + j * nc / tp;
-  const float* att = a.att + size_t(j) * B * NHl * T * T;
-  const float* residual2 = a.residual2 + j * nlc;
-  const float* ln2 = a.ln2 + j * nc;
-  const float* fch = a.fch + j * 4 * nc / tp;
-  const float* fch_gelu = a.fch_gelu + j * 4 * nc / tp;
+  const BlockViews v = block_views(a, j);
   float* dres = s_.dresidual;  // in: d residual3 (Nl rows); out: d residual
-  Comm& tpc = grid_->tp_comm();
-  // Gradient of the residual rows as the row-parallel layers see it (all N rows).
-  auto dres_rows = [&]() -> const float* {
-    if (!sp_) return dres;
-    tpc.allgather(dres, s_.dres_full, nlc);
-    return s_.dres_full;
-  };
-  // Column-parallel input gradient (partial sums over tp) -> this rank's LN rows.
-  auto reduce_dln = [&]() -> const float* {
-    if (tp == 1) return s_.dln;
-    if (sp_) {
-      tpc.reduce_scatter(s_.dln, s_.dln_local, nlc);
-      return s_.dln_local;
-    }
-    tpc.allreduce(s_.dln, nc, ReduceOp::kSum);
-    return s_.dln;
-  };
-  const float* d3 = dres_rows();
-  k::matmul_backward(s_.dfch_gelu, dp.fcprojw, dp.fcprojb, d3, fch_gelu, p.fcprojw, N, 4 * Cl,
+  const float* d3 = gather_rows(dres, s_.dres_full, N);  // all N rows for the row-parallel
+  k::matmul_backward(s_.dfch_gelu, dp.fcprojw, dp.fcprojb, d3, v.fch_gelu, p.fcprojw, N, 4 * Cl,
                      C);
-  k::gelu_backward(s_.dfch, fch, s_.dfch_gelu, 4 * nc / tp);
-  k::matmul_backward(s_.dln, dp.fcw, dp.fcb, s_.dfch, ln2, p.fcw, N, C, 4 * Cl);
+  k::gelu_backward(s_.dfch, v.fch, s_.dfch_gelu, 4 * nc / tp);
+  k::matmul_backward(s_.dln, dp.fcw, dp.fcb, s_.dfch, v.ln2, p.fcw, N, C, 4 * Cl);
   // residual3 = residual2 + mlp(ln2(residual2)): the LN path accumulates into dres.
-  k::layernorm_backward(dres, ln_grad(dp.ln2w), ln_grad(dp.ln2b), reduce_dln(), residual2, p.ln2w,
-                        a.ln2_mean + size_t(j) * nl, a.ln2_rstd + size_t(j) * nl, nl, C);
-  const float* d2 = dres_rows();
-  k::matmul_backward(s_.datty, dp.attprojw, dp.attprojb, d2, atty, p.attprojw, N, Cl, C);
-  k::attention_backward(s_.dqkv, s_.att_scratch, s_.datty, qkv, att, B, T, Cl, NHl);
-  k::matmul_backward(s_.dln, dp.qkvw, dp.qkvb, s_.dqkv, ln1, p.qkvw, N, C, 3 * Cl);
-  k::layernorm_backward(dres, ln_grad(dp.ln1w), ln_grad(dp.ln1b), reduce_dln(), residual, p.ln1w,
-                        a.ln1_mean + size_t(j) * nl, a.ln1_rstd + size_t(j) * nl, nl, C);
+  k::layernorm_backward(dres, ln_grad(dp.ln2w), ln_grad(dp.ln2b),
+                        reduce_rows(s_.dln, s_.dln_local, N), v.residual2, p.ln2w, v.ln2_mean,
+                        v.ln2_rstd, nl, C);
+  const float* d2 = gather_rows(dres, s_.dres_full, N);
+  k::matmul_backward(s_.datty, dp.attprojw, dp.attprojb, d2, v.atty, p.attprojw, N, Cl, C);
+  k::attention_backward(s_.dqkv, s_.att_scratch, s_.datty, v.qkv, v.att, B, T, Cl, NHl);
+  k::matmul_backward(s_.dln, dp.qkvw, dp.qkvb, s_.dqkv, v.ln1, p.qkvw, N, C, 3 * Cl);
+  k::layernorm_backward(dres, ln_grad(dp.ln1w), ln_grad(dp.ln1b),
+                        reduce_rows(s_.dln, s_.dln_local, N), residual, p.ln1w, v.ln1_mean,
+                        v.ln1_rstd, nl, C);
 }
 
 namespace {
@@ -194,8 +169,9 @@ void check_targets(const int32_t* targets, int N, int V) {
 float Gpt::head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale) {
   const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), V = cfg_.vocab_size;
   const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
-  k::layernorm_forward(sp_ ? s_.local : a.lnf, a.lnf_mean, a.lnf_rstd, x, w_.lnfw, w_.lnfb, nl, C);
-  if (sp_) grid_->tp_comm().allgather(s_.local, a.lnf, size_t(nl) * C);
+  float* ln_out = sp_ ? s_.local : a.lnf;
+  k::layernorm_forward(ln_out, a.lnf_mean, a.lnf_rstd, x, w_.lnfw, w_.lnfb, nl, C);
+  gather_rows(ln_out, a.lnf, N);
   k::matmul_forward(a.logits, a.lnf, w_.wte, nullptr, N, C, Vl);
   if (!targets) return 0.0f;
   check_targets(targets, N, V);
@@ -221,13 +197,7 @@ void Gpt::head_backward(Slot& a, const float* x) {
   const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), Vl = Vp_ / tp_size_;
   // logits now hold d loss / d logits (written by the fused cross-entropy).
   k::matmul_backward(s_.dln, g_.wte, nullptr, a.logits, a.lnf, w_.wte, N, C, Vl);
-  const float* dln = s_.dln;
-  if (sp_) {
-    grid_->tp_comm().reduce_scatter(s_.dln, s_.dln_local, size_t(nl) * C);
-    dln = s_.dln_local;
-  } else {
-    tp_allreduce(s_.dln, size_t(N) * C);
-  }
+  const float* dln = reduce_rows(s_.dln, s_.dln_local, N);
   std::fill(s_.dresidual, s_.dresidual + size_t(nl) * C, 0.0f);
   k::layernorm_backward(s_.dresidual, ln_grad(g_.lnfw), ln_grad(g_.lnfb), dln, x, w_.lnfw,
                         a.lnf_mean, a.lnf_rstd, nl, C);

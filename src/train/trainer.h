@@ -77,8 +77,7 @@ class Trainer {
   // written, before the manifest is committed.
   void set_step_observer(std::function<void(int step)> f) { step_observer_ = std::move(f); }
   void set_checkpoint_observer(std::function<void()> f) { checkpoint_observer_ = std::move(f); }
-  // Idle fraction of the last step's pipeline (0 when pp = 1).
-  double last_pipeline_idle() const { return last_pipe_.idle_fraction(); }
+  // Wall seconds of the last step's pipeline run (0 when pp = 1).
   double last_pipeline_seconds() const { return last_pipe_.seconds; }
   Gpt& model() { return model_; }
   DataParallel& data_parallel() { return dp_; }
@@ -92,7 +91,6 @@ class Trainer {
   uint64_t batch_slot(uint64_t k);
   // Mean of a per-rank value over the data-parallel group.
   double dp_mean(double local);
-  StepStats train_step_single();  // pp = 1: micro-batches in a loop
   double run_pipeline();          // pp > 1: the schedule; returns the summed loss (last stage)
   void sync_tied_embedding();     // pp > 1: sum wte's gradients of the first and last stages
   double global_grad_sum_squares();

@@ -6,7 +6,7 @@
 
 #include <algorithm>
 #include <functional>
-#include <map>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -20,14 +20,14 @@ namespace {
 class ChunkStage final : public PipelineStage {
  public:
   using Loader = std::function<void(int mb, int32_t* inputs, int32_t* targets)>;
-  ChunkStage(Gpt& model, Loader load, int B, int T, float dloss_scale, int slots)
+  ChunkStage(Gpt& model, Loader load, int B, int T, float dloss_scale, int microbatches)
       : model_(model), load_(std::move(load)), B_(B), T_(T), dloss_(dloss_scale),
         inputs_(size_t(B) * T), targets_(size_t(B) * T) {
     const size_t chunks = model.layout().chunks.size();
     free_.resize(chunks);
-    slot_of_.resize(chunks);
+    slot_of_.assign(chunks, std::vector<int>(size_t(microbatches), -1));
     for (auto& f : free_)
-      for (int s = slots - 1; s >= 0; --s) f.push_back(s);
+      for (int s = model.slots() - 1; s >= 0; --s) f.push_back(s);
   }
 
   void forward(int chunk, int mb, const float* in, float* out) override {
@@ -36,7 +36,7 @@ class ChunkStage final : public PipelineStage {
                mb);
     const int slot = free.back();
     free.pop_back();
-    slot_of_[size_t(chunk)][mb] = slot;
+    slot_of_[size_t(chunk)][size_t(mb)] = slot;
     const ModelChunk& ch = model_.layout().chunks[size_t(chunk)];
     if (ch.embed || ch.head) load_(mb, inputs_.data(), targets_.data());
     const float loss = model_.forward_chunk(chunk, slot, inputs_.data(), targets_.data(), in,
@@ -46,8 +46,8 @@ class ChunkStage final : public PipelineStage {
 
   void backward(int chunk, int mb, const float* dout, float* din) override {
     current_mb_ = mb;
-    const int slot = slot_of_[size_t(chunk)].at(mb);
-    slot_of_[size_t(chunk)].erase(mb);
+    const int slot = std::exchange(slot_of_[size_t(chunk)].at(size_t(mb)), -1);
+    LOOM_CHECK(slot >= 0, "backward of micro-batch {} of chunk {} before its forward", mb, chunk);
     model_.backward_chunk(chunk, slot, dout, din);
     free_[size_t(chunk)].push_back(slot);
   }
@@ -62,7 +62,7 @@ class ChunkStage final : public PipelineStage {
   float dloss_;
   std::vector<int32_t> inputs_, targets_;
   std::vector<std::vector<int>> free_;
-  std::vector<std::map<int, int>> slot_of_;
+  std::vector<std::vector<int>> slot_of_;  // [chunk][mb] -> slot, -1 when none
   int current_mb_ = -1;
   double loss_sum_ = 0;
 };
@@ -72,15 +72,12 @@ class ChunkStage final : public PipelineStage {
 double Trainer::run_pipeline() {
   const TrainConfig& t = cfg_.train;
   const int m = t.grad_accum, dp = grid_->shape().dp;
-  int slots = 1;
-  for (size_t c = 0; c < model_.layout().chunks.size(); ++c)
-    slots = std::max(slots, pipe_->peak_inflight(int(c)));
   ChunkStage stage(
       model_,
       [this, m](int mb, int32_t* in, int32_t* tg) {
         load_rows(uint64_t(step_) * uint64_t(m) + uint64_t(mb), in, tg);
       },
-      t.micro_batch, t.seq_len, 1.0f / float(m * dp), slots);
+      t.micro_batch, t.seq_len, 1.0f / float(m * dp), m);
   // Data parallelism communicates during the last micro-batch's backward only; the tied
   // embedding's bucket waits until its gradient is summed across the two end stages.
   dp_.arm_for_last_micro_batch();
