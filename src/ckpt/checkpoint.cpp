@@ -314,12 +314,16 @@ void prune_checkpoints(const fs::path& root, int keep_last, int64_t saved) {
 
 std::string checkpoint_dir_name(int64_t step) { return fmt::format("step_{:08d}", step); }
 
-fs::path begin_checkpoint(const fs::path& run_dir, int64_t step) {
-  const fs::path root = run_dir / "checkpoints";
-  fs::create_directories(root);
-  fsync_dir(run_dir);
-  fs::path tmp_dir = root / checkpoint_dir_name(step);
+fs::path checkpoint_tmp_dir(const fs::path& run_dir, int64_t step) {
+  fs::path tmp_dir = run_dir / "checkpoints" / checkpoint_dir_name(step);
   tmp_dir += kTmpSuffix;
+  return tmp_dir;
+}
+
+fs::path begin_checkpoint(const fs::path& run_dir, int64_t step) {
+  fs::create_directories(run_dir / "checkpoints");
+  fsync_dir(run_dir);
+  const fs::path tmp_dir = checkpoint_tmp_dir(run_dir, step);
   fs::remove_all(tmp_dir);  // the leftover of an interrupted save of this step
   fs::create_directory(tmp_dir);
   return tmp_dir;
@@ -335,8 +339,7 @@ fs::path commit_checkpoint(const fs::path& run_dir, const CheckpointState& state
   LOOM_CHECK(state.step >= 0, "commit_checkpoint: negative step {}", state.step);
   const fs::path root = run_dir / "checkpoints";
   const fs::path final_dir = root / checkpoint_dir_name(state.step);
-  fs::path tmp_dir = final_dir;
-  tmp_dir += kTmpSuffix;
+  const fs::path tmp_dir = checkpoint_tmp_dir(run_dir, state.step);
   std::map<std::string, FileDigest> files;
   const std::vector<ShardEntry> tensors = scan_shards(tmp_dir, files);
   LOOM_CHECK(!tensors.empty(), "commit_checkpoint: no shard in {}", tmp_dir.string());

@@ -63,6 +63,8 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& run_dir,
 // reads the shards' headers, checks every tensor is covered exactly once, writes the
 // manifest, renames the directory into place and prunes.
 std::filesystem::path begin_checkpoint(const std::filesystem::path& run_dir, int64_t step);
+// Where begin_checkpoint puts the save of `step` until it is committed.
+std::filesystem::path checkpoint_tmp_dir(const std::filesystem::path& run_dir, int64_t step);
 void write_checkpoint_shard(const std::filesystem::path& tmp_dir, int shard,
                             const std::vector<ParamSpec>& specs, const float* weights,
                             const float* m, const float* v);

@@ -6,8 +6,8 @@
 #include <cstring>
 #include <numeric>
 
-#include "ckpt/mapped_file.h"
 #include "core/check.h"
+#include "core/file_io.h"
 
 namespace loom::ckpt_detail {
 namespace fs = std::filesystem;
@@ -17,6 +17,7 @@ namespace {
 
 constexpr const char* kSuffix = ".safetensors";
 constexpr const char* kSlicesKey = "loom.slices";
+constexpr const char* kReceiptPrefix = "receipt-";  // a writer's files and slices, for the commit
 
 int64_t numel(const std::vector<int64_t>& shape) {
   return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
@@ -104,33 +105,49 @@ void write_shard_files(const fs::path& dir, int shard, const std::vector<ParamSp
   LOOM_CHECK((m == nullptr) == (v == nullptr), "shard {}: m and v both or neither", shard);
   Json slices = Json::object();
   for (const ParamSpec& p : specs) slices[p.name] = slice_json(p);
+  // The digests come from the writer, so the commit never reads a shard back; they and the
+  // slices go to a small receipt the commit collects.
+  const std::string model_name = shard_file_name(kModelPrefix, shard);
   SafetensorsWriter model;
   for (const ParamSpec& p : specs) model.add(p.name, p.local_shape, w + p.offset);
   model.set_metadata(kSlicesKey, slices.dump());
-  model.write(dir / shard_file_name(kModelPrefix, shard));
-  if (!m) return;
-  SafetensorsWriter optim;
-  for (const ParamSpec& p : specs) optim.add("exp_avg." + p.name, p.local_shape, m + p.offset);
-  for (const ParamSpec& p : specs) optim.add("exp_avg_sq." + p.name, p.local_shape, v + p.offset);
-  optim.write(dir / shard_file_name(kOptimizerPrefix, shard));
+  Json files = Json::object();
+  auto record = [&files](const std::string& name, const FileDigest& d) {
+    files[name] = {{"bytes", d.bytes}, {"xxh64", d.xxh64}};
+  };
+  record(model_name, model.write(dir / model_name));
+  if (m) {
+    SafetensorsWriter optim;
+    for (const ParamSpec& p : specs) optim.add("exp_avg." + p.name, p.local_shape, m + p.offset);
+    for (const ParamSpec& p : specs)
+      optim.add("exp_avg_sq." + p.name, p.local_shape, v + p.offset);
+    const std::string optim_name = shard_file_name(kOptimizerPrefix, shard);
+    record(optim_name, optim.write(dir / optim_name));
+  }
+  Json tensors = Json::array();
+  for (const ParamSpec& p : specs) {
+    Json t = slice_json(p);
+    t["name"] = p.name;
+    t["file"] = model_name;
+    t["local_shape"] = p.local_shape;
+    tensors.push_back(std::move(t));
+  }
+  const Json receipt = {{"files", files}, {"tensors", tensors}};
+  write_file_atomic(dir / fmt::format("{}{:05d}.json", kReceiptPrefix, shard), receipt.dump());
 }
 
 std::vector<ShardEntry> scan_shards(const fs::path& dir, std::map<std::string, FileDigest>& files) {
   std::vector<ShardEntry> entries;
-  std::vector<std::string> names;
+  std::vector<fs::path> receipts;
   for (const fs::directory_entry& f : fs::directory_iterator(dir))
-    if (is_shard_file_name(f.path().filename().string()))
-      names.push_back(f.path().filename().string());
-  std::sort(names.begin(), names.end());
-  for (const std::string& name : names) {
-    const SafetensorsFile f = SafetensorsFile::open(dir / name);
-    files[name] = FileDigest{f.file_bytes().size(), xxh64_of(f.file_bytes())};
-    if (!name.starts_with(kModelPrefix)) continue;
-    const auto it = f.metadata().find(kSlicesKey);
-    LOOM_CHECK(it != f.metadata().end(), "{}: no {} metadata", name, kSlicesKey);
-    const Json slices = Json::parse(it->second);
-    for (const auto& t : f.tensors())
-      entries.push_back(entry_from(name, t.name, name, slices.at(t.name), t.shape));
+    if (f.path().filename().string().starts_with(kReceiptPrefix)) receipts.push_back(f.path());
+  std::sort(receipts.begin(), receipts.end());
+  for (const fs::path& r : receipts) {
+    const Json j = Json::parse(read_file_text(r));
+    for (const auto& [name, d] : j.at("files").items())
+      files[name] = FileDigest{d.at("bytes").get<uint64_t>(), d.at("xxh64").get<uint64_t>()};
+    for (const ShardEntry& e : parse_entries(r.string(), j.at("tensors"))) entries.push_back(e);
+    fs::remove(r);  // the manifest, written next, supersedes it
   }
   // Each tensor's slices cover it exactly once: equal element counts and equal shapes.
   std::map<std::string, int64_t> covered;

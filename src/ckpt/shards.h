@@ -36,13 +36,15 @@ bool is_shard_file_name(const std::string& name);
 // The optimizer shard that goes with a model shard.
 std::string optimizer_file_for(const std::string& model_file);
 
-// Writes shard `shard` of `specs` (local slices; m and v both null or both given).
+// Writes shard `shard` of `specs` (local slices; m and v both null or both given), plus a
+// receipt (receipt-<shard>.json: the files' sizes and xxh64 as written, and the slices).
 void write_shard_files(const std::filesystem::path& dir, int shard,
                        const std::vector<ParamSpec>& specs, const float* w, const float* m,
                        const float* v);
 
-// Every shard file in `dir` with its digest, and the slices the model shards hold; checks
-// that the slices of each tensor cover it exactly once (LOOM_CHECK: a save bug).
+// Collects (and removes) the writers' receipts in `dir`: every shard file's digest and the
+// slices the model shards hold; checks that the slices of each tensor cover it exactly once
+// (LOOM_CHECK: a save bug).
 std::vector<ShardEntry> scan_shards(const std::filesystem::path& dir,
                                     std::map<std::string, FileDigest>& files);
 

@@ -149,11 +149,19 @@ const ParamSpec& find_param(const std::vector<ParamSpec>& specs, const std::stri
 
 namespace {
 
-// Global flat index (row-major over global_shape) of local element i.
+constexpr size_t kMaxDims = 8;
+
+void check_dims(const ParamSpec& p) {
+  LOOM_CHECK(p.local_shape.size() <= kMaxDims && p.global_shape.size() == p.local_shape.size(),
+             "parameter '{}': {} dimensions (at most {})", p.name, p.local_shape.size(), kMaxDims);
+}
+
+// Global flat index (row-major over global_shape) of local element i (check_dims first; no
+// allocation: this runs once per element).
 int64_t global_index(const ParamSpec& p, int64_t i) {
   if (p.split_dim < 0) return i;
   int64_t g = 0, rem = i, stride = 1;
-  std::vector<int64_t> idx(p.local_shape.size());
+  int64_t idx[kMaxDims];
   for (int d = int(p.local_shape.size()) - 1; d >= 0; --d) {
     idx[d] = rem % p.local_shape[d];
     rem /= p.local_shape[d];
@@ -176,17 +184,20 @@ int64_t global_index(const ParamSpec& p, int64_t i) {
 }  // namespace
 
 void slice_to_local(const ParamSpec& p, const float* global_tensor, float* local) {
+  check_dims(p);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < int64_t(p.numel); ++i) local[i] = global_tensor[global_index(p, i)];
 }
 
 void local_to_global(const ParamSpec& p, const float* local, float* global_tensor) {
+  check_dims(p);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < int64_t(p.numel); ++i) global_tensor[global_index(p, i)] = local[i];
 }
 
 void init_params(const std::vector<ParamSpec>& specs, uint64_t seed, float* weights) {
   for (const ParamSpec& p : specs) {
+    check_dims(p);
     float* w = weights + p.offset;
     const Philox rng(seed, name_hash(p.name));
     const int64_t row_len = p.global_shape.size() >= 2 ? p.global_numel() / p.global_shape[0] : 1;

@@ -15,16 +15,6 @@
 namespace loom {
 namespace fs = std::filesystem;
 
-namespace {
-
-fs::path tmp_dir_of(const fs::path& run_dir, int64_t step) {
-  fs::path p = run_dir / "checkpoints" / checkpoint_dir_name(step);
-  p += ".tmp";
-  return p;
-}
-
-}  // namespace
-
 std::vector<ParamSpec> Trainer::unique_params() const {
   bool embed = false;
   for (const ModelChunk& c : model_.layout().chunks) embed |= c.embed;
@@ -90,7 +80,7 @@ fs::path Trainer::save_checkpoint() {
   dp_.materialize_all();  // ZeRO-3: whole slices for the checkpoint
   if (is_writer()) begin_checkpoint(cfg_.run.dir, step_);
   grid_->world().barrier();
-  const fs::path tmp = tmp_dir_of(cfg_.run.dir, step_);
+  const fs::path tmp = checkpoint_tmp_dir(cfg_.run.dir, step_);
   const fs::path dir = fs::path(cfg_.run.dir) / "checkpoints" / checkpoint_dir_name(step_);
   const bool writes = grid_->coord().dp == 0;
   if (cfg_.checkpoint.async) {
