@@ -3,6 +3,7 @@
 #pragma once
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -34,6 +35,21 @@ inline bool contains(const std::string& s, const std::string& what) {
 inline std::string slurp(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// A fresh empty directory under the temp dir, named for `tag` and this process.
+inline std::filesystem::path fresh_dir(const std::string& tag) {
+  const auto dir = std::filesystem::temp_directory_path() / (tag + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// A small English corpus for `loom prepare` (400 numbered verses).
+inline void write_corpus(const std::filesystem::path& path) {
+  std::ofstream text(path);
+  for (int i = 0; i < 400; ++i)
+    text << "In the beginning God created the heaven and the earth. Verse " << i << ".\n";
 }
 
 }  // namespace loom::test

@@ -261,13 +261,8 @@ TEST_F(FakeMpirun, BadInputIsNotRestarted) {
 class LaunchEndToEnd : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("loom_launch_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-    std::ofstream text(dir_ / "corpus.txt");
-    for (int i = 0; i < 400; ++i)
-      text << "In the beginning God created the heaven and the earth. Verse " << i << ".\n";
-    text.close();
+    dir_ = loom::test::fresh_dir("loom_launch");
+    loom::test::write_corpus(dir_ / "corpus.txt");
     std::ofstream cfg(dir_ / "tiny.toml");
     cfg << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 16\nblock_size = 32\n"
         << "[train]\nmicro_batch = 2\nseq_len = 16\nsteps = 8\ncheckpoint_every = 2\n"
