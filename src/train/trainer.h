@@ -127,6 +127,7 @@ class Trainer {
   std::vector<float> snap_w_, snap_m_, snap_v_;
   double ckpt_stall_s_ = 0;
   PipelineStats last_pipe_;
+  std::vector<float> tied_peer_grad_;  // pp > 1: the other end stage's wte gradient
   TokenLoader train_data_;
   std::optional<TokenLoader> val_data_;
   std::vector<int32_t> inputs_, targets_;  // (B,T), this rank's rows

@@ -99,15 +99,15 @@ void Trainer::sync_tied_embedding() {
   const auto [begin, end] = model_.wte_range();
   float* g = model_.grads().data() + begin;
   const size_t n = end - begin;
-  std::vector<float> mine(g, g + n), other(n);
+  tied_peer_grad_.resize(n);  // allocated once, reused every step
   Comm& pc = grid_->pp_comm();
   const int peer = r == 0 ? p - 1 : 0;
-  auto recv = pc.recv_async(other.data(), n, peer);
-  auto send = pc.send_async(mine.data(), n, peer);
+  auto recv = pc.recv_async(tied_peer_grad_.data(), n, peer);
+  auto send = pc.send_async(g, n, peer);  // g is not written until both have completed
   recv->wait();
   send->wait();
-  // Both ends compute mine + other with the same two operands: bitwise equal sums.
-  for (size_t i = 0; i < n; ++i) g[i] = mine[i] + other[i];
+  // Both ends add the same two operands (addition commutes): bitwise equal sums.
+  for (size_t i = 0; i < n; ++i) g[i] += tied_peer_grad_[i];
 }
 
 float Trainer::evaluate_pipeline(int64_t batches) {
