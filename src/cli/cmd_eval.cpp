@@ -1,12 +1,12 @@
 // loom eval --ckpt RUN --data SHARD [--tokens N] [--batch B] [--seq-len T]
 #include <fmt/core.h>
-#include <omp.h>
 
 #include "cli/command.h"
 #include "comm/process_grid.h"
 #include "core/check.h"
 #include "data/loader.h"
 #include "infer/generate.h"
+#include "kernels/openblas.h"
 #include "train/run_config.h"
 
 namespace loom::cli {
@@ -24,9 +24,9 @@ RunFn setup_eval(CLI::App& sub) {
   sub.add_option("--batch", o->batch, "rows per batch (B; default: the run's micro_batch, else 4)");
   sub.add_option("--seq-len", o->seq_len,
                  "tokens per row (T; default: the run's seq_len, else the block size)");
-  sub.add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
+  sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)");
   return [o] {
-    if (o->threads > 0) omp_set_num_threads(o->threads);
+    kernels::set_compute_threads(o->threads);
     const ProcessGrid grid = ProcessGrid::single();
     LoadedModel loaded = load_model(o->ckpt, grid);
     Gpt* model = loaded.model.get();

@@ -1,6 +1,5 @@
 // loom generate --ckpt RUN --prompt TEXT [--max-tokens N --temperature T --top-k K --seed S]
 #include <fmt/core.h>
-#include <omp.h>
 
 #include <cstdio>
 
@@ -8,6 +7,7 @@
 #include "comm/process_grid.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
+#include "kernels/openblas.h"
 
 namespace loom::cli {
 
@@ -28,9 +28,9 @@ RunFn setup_generate(CLI::App& sub) {
       ->capture_default_str();
   sub.add_option("--seed", o->sample.seed, "sampling seed")->capture_default_str();
   sub.add_option("--tokenizer", o->tokenizer, "directory with encoder.json and vocab.bpe");
-  sub.add_option("--threads", o->threads, "OpenMP threads (0 = all cores)");
+  sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)");
   return [o] {
-    if (o->threads > 0) omp_set_num_threads(o->threads);
+    kernels::set_compute_threads(o->threads);
     const Gpt2Tokenizer tok = Gpt2Tokenizer::load(o->tokenizer);
     const ProcessGrid grid = ProcessGrid::single();
     auto model = std::move(load_model(o->ckpt, grid).model);

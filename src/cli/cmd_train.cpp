@@ -3,7 +3,6 @@
 // Under mpirun/srun the job's processes form the process grid; alone it is one process.
 // Under `loom launch` every rank also sends heartbeats with its step to the supervisor.
 #include <fmt/core.h>
-#include <omp.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +13,7 @@
 #include "comm/mpi_comm.h"
 #include "comm/process_grid.h"
 #include "core/check.h"
+#include "kernels/openblas.h"
 #include "launch/fault.h"
 #include "launch/heartbeat.h"
 #include "parallel/partition.h"
@@ -32,6 +32,7 @@ struct TrainOpts {
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
   std::optional<std::string> schedule, stage_layers;
   bool sequence_parallel = false, trace = false, elastic = false;
+  ThreadChoice threads;  // resolved from [run] threads
 };
 
 std::vector<std::string> flag_overrides(const TrainOpts& o) {
@@ -104,6 +105,8 @@ int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
     injector.at_step(step);
   });
   trainer.set_checkpoint_observer([&injector] { injector.during_checkpoint(); });
+  if (grid.rank() == 0)
+    fmt::print("threads: {} per rank ({})\n", o.threads.threads, o.threads.why);
   if (grid.rank() == 0 && grid.shape().pp > 1)
     fmt::print("pipeline partition ({} schedule, {} micro-batches):\n{}\n", cfg.parallel.schedule,
                cfg.train.grad_accum, describe(trainer.partition(), grid.shape().pp));
@@ -156,7 +159,7 @@ RunFn setup_train(CLI::App& sub) {
   return [o] {
     o->fault = parse_fault(o->inject_fault);
     RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
-    if (cfg.run.threads > 0) omp_set_num_threads(cfg.run.threads);
+    o->threads = kernels::set_compute_threads(cfg.run.threads);
     if (!launched_under_mpi()) {
       if (o->elastic) cfg = elastic_config(cfg, 1, 0);
       const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};

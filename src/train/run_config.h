@@ -61,7 +61,7 @@ struct DataConfig {
 
 struct RunSection {
   std::string dir = "runs/default";  // run directory: config, metrics.jsonl, checkpoints
-  int threads = 0;                   // OpenMP threads; 0 = all cores
+  int threads = 0;                   // OpenMP threads; 0 = host cores / ranks on the host
   int keep_last = 2;                 // checkpoints kept; 0 = all
   std::string gemm = "onednn";       // GEMM backend: "onednn" | "openblas"
   bool trace = false;                // per-rank Chrome traces in dir/trace/ (loom report)
