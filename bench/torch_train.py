@@ -4,10 +4,12 @@
 usage: torch_train.py DIR THREADS STEPS WARMUP
 Rebuilds loom's model from DIR (spec.json, weights.bin, tokens.bin), runs WARMUP + STEPS
 training steps exactly as loom does (same weights, same batches, AdamW, clipping) with
-THREADS threads, and writes DIR/torch_result.json: the first step's loss (for validation
-against loom's) and each timed step's seconds. torch's fp32 matmul runs on OpenBLAS, whose
-threads follow OPENBLAS_NUM_THREADS; the caller sets it to THREADS.
+THREADS threads, and writes DIR/torch_result.json: every step's loss (for validation
+against loom's), each timed step's seconds and the OpenBLAS core torch ran. torch's fp32
+matmul runs on OpenBLAS, whose threads follow OPENBLAS_NUM_THREADS and whose kernels follow
+OPENBLAS_CORETYPE; the caller sets both.
 """
+import ctypes
 import json
 import os
 import sys
@@ -18,6 +20,21 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
 from torch_gpt import load_model, make_adamw, train_step  # noqa: E402
+
+
+def openblas_core():
+    """The core (kernel set) of the OpenBLAS this process loaded, or None without one."""
+    with open("/proc/self/maps") as maps:
+        paths = {f[-1] for f in (line.split() for line in maps)
+                 if len(f) >= 6 and ("openblas" in f[-1] or "libblas" in f[-1])}
+    for path in sorted(paths):
+        try:
+            get = ctypes.CDLL(path).openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        get.restype = ctypes.c_char_p
+        return get().decode()
+    return None
 
 
 def main(d, threads, steps, warmup):
@@ -33,7 +50,8 @@ def main(d, threads, steps, warmup):
         if step >= warmup:
             seconds.append(time.perf_counter() - start)
     json.dump({"losses": losses, "seconds": seconds, "torch": torch.__version__,
-               "threads": threads}, open(f"{d}/torch_result.json", "w"))
+               "threads": threads, "openblas_core": openblas_core()},
+              open(f"{d}/torch_result.json", "w"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 // loom bench kernels | train — tables beside the competitor, JSON next to them.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <omp.h>
 
 #include "cli/command.h"
 #include "comm/bench_collectives.h"
@@ -9,6 +8,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "kernels/bench_kernels.h"
+#include "kernels/openblas.h"
 #include "comm/process_grid.h"
 #include "train/bench_train.h"
 
@@ -20,9 +20,11 @@ namespace loom::cli {
 namespace {
 
 int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
-  omp_set_num_threads(threads);
-  fmt::print("bench kernels: fp32 kernels of GPT-2 124M (B=4, T=256), {} threads, median of {}\n",
-             threads, repeats);
+  const std::string openblas = kernels::use_best_openblas_core(), cpu = kernels::cpu_summary();
+  kernels::set_compute_threads(threads);
+  fmt::print("bench kernels: fp32 kernels of GPT-2 124M (B=4, T=256), {} threads, median of {}\n"
+             "{}; {}\n",
+             threads, repeats, cpu, openblas);
   std::vector<kernels::KernelBenchRow> rows = kernels::bench_gemm_shapes(repeats);
   for (kernels::KernelBenchRow& r : kernels::bench_layer_kernels(repeats)) rows.push_back(r);
   fmt::print("{:<24} {:>6} {:>6} {:>6} {:<9} {:>10} {:>9}\n", "shape", "M", "N", "K", "backend",
@@ -36,7 +38,9 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
                    {"backend", r.backend}, {"median_s", r.median_seconds},
                    {"gflops", r.gflops}});
   }
-  write_file_atomic(json_out, nlohmann::json{{"threads", threads}, {"gemm", out}}.dump(2));
+  write_file_atomic(json_out, nlohmann::json{{"threads", threads}, {"cpu", cpu},
+                                             {"openblas", openblas}, {"gemm", out}}
+                                  .dump(2));
   fmt::print("wrote {}\n", json_out);
   return 0;
 }
@@ -129,6 +133,8 @@ RunFn setup_bench(CLI::App& sub) {
       return run_bench_kernels(o->threads, o->repeats,
                                o->json.empty() ? "loom-bench-kernels.json" : o->json);
     TrainBenchOptions opt;
+    opt.openblas = kernels::use_best_openblas_core();  // PyTorch's fp32 matmul and gemm=openblas
+    opt.cpu = kernels::cpu_summary();
     opt.threads = o->threads;
     opt.steps = o->steps;
     opt.warmup = o->warmup;

@@ -2,13 +2,13 @@
 // simulator's prediction for the same action lists and the measured compute times.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <omp.h>
 #include <unistd.h>
 
 #include <cmath>
 
 #include "core/check.h"
 #include "core/file_io.h"
+#include "kernels/openblas.h"
 #include "parallel/schedule_sim.h"
 #include "train/bench_train.h"
 #include "train/trainer.h"
@@ -166,7 +166,7 @@ int bench_train_pp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
   cfg.run.dir = (dir / "run").string();
   cfg.parallel = ParallelConfig{};
   cfg.parallel.pp = p;
-  omp_set_num_threads(1);
+  kernels::set_compute_threads(1);
   RunConfig sized = cfg;
   sized.train.grad_accum = 8;
   if (grid.rank() == 0) write_random_shard(cfg.data.train, sized);
@@ -182,13 +182,16 @@ int bench_train_pp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
   if (grid.rank() == 0) fs::remove_all(dir);
   if (grid.rank() != 0) return 0;
   print_table(results, cfg, p);
+  fmt::print("{}; gemm {}; {}\n", opt.cpu, cfg.run.gemm, opt.openblas);
   nlohmann::json rows = nlohmann::json::array();
   for (const PipeResult& r : results)
     rows.push_back({{"schedule", r.c.schedule}, {"virtual_stages", r.c.v}, {"microbatches", r.c.m},
                     {"tokens_per_s", r.tokens_per_s}, {"measured_bubble", r.measured_bubble},
                     {"simulated_bubble", r.predicted_bubble}, {"t_fwd_s", r.t_fwd},
                     {"t_bwd_s", r.t_bwd}});
-  const nlohmann::json out = {{"pp", p}, {"measured", rows}, {"simulated", simulated_only()}};
+  const nlohmann::json out = {{"pp", p},           {"cpu", opt.cpu},
+                              {"gemm", cfg.run.gemm}, {"openblas", opt.openblas},
+                              {"measured", rows}, {"simulated", simulated_only()}};
   write_file_atomic(opt.json_out, out.dump(2));
   fmt::print("wrote {}\n", opt.json_out.string());
   return 0;

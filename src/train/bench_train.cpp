@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -13,6 +12,7 @@
 #include "core/philox.h"
 #include "core/timer.h"
 #include "data/shard.h"
+#include "kernels/openblas.h"
 #include "train/reference_io.h"
 #include "train/throughput.h"
 #include "train/trainer.h"
@@ -39,6 +39,7 @@ namespace {
 
 struct Side {
   std::vector<double> losses, seconds;
+  std::string openblas_core;  // PyTorch's
 };
 
 Side run_loom(Trainer& tr, int warmup) {
@@ -58,7 +59,9 @@ Side run_torch(const fs::path& dir, const TrainBenchOptions& opt) {
   LOOM_REQUIRE(std::system(cmd.c_str()) == 0,
                "the PyTorch side failed ({}); it needs Debian's python3-torch", cmd);
   const nlohmann::json j = nlohmann::json::parse(read_file_text(dir / "torch_result.json"));
-  return Side{j["losses"].get<std::vector<double>>(), j["seconds"].get<std::vector<double>>()};
+  const nlohmann::json& core = j["openblas_core"];
+  return Side{j["losses"].get<std::vector<double>>(), j["seconds"].get<std::vector<double>>(),
+              core.is_string() ? core.get<std::string>() : std::string("none (not OpenBLAS)")};
 }
 
 }  // namespace
@@ -72,7 +75,7 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
   cfg.run.dir = (dir / "run").string();
   cfg.run.threads = opt.threads;
   write_random_shard(cfg.data.train, cfg);
-  omp_set_num_threads(opt.threads);
+  kernels::set_compute_threads(opt.threads);
 
   const ProcessGrid grid = ProcessGrid::single();
   Trainer tr(cfg, grid);
@@ -83,8 +86,13 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
              cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.train.seq_len,
              cfg.train.micro_batch, cfg.train.grad_accum, opt.threads, opt.warmup, opt.steps,
              kFlopsFormula, peak / 1e9);
+  fmt::print("{}; {}\n", opt.cpu, opt.openblas);
   const Side loom_side = run_loom(tr, opt.warmup);
   const Side torch_side = run_torch(dir, opt);
+  fmt::print("PyTorch ran on OpenBLAS core {}{}\n", torch_side.openblas_core,
+             std::getenv("OPENBLAS_CORETYPE")
+                 ? fmt::format(" (OPENBLAS_CORETYPE={})", std::getenv("OPENBLAS_CORETYPE"))
+                 : std::string());
 
   // Validate before reporting: both implementations trained the same model on the same data.
   double max_rel = 0;
@@ -99,7 +107,9 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
                                    {"micro_batch", cfg.train.micro_batch}}},
                         {"threads", opt.threads}, {"gemm_peak_gflops", peak / 1e9},
                         {"flops_per_token", flops}, {"max_rel_loss_diff", max_rel},
-                        {"valid", valid}};
+                        {"valid", valid}, {"cpu", opt.cpu}, {"openblas", opt.openblas},
+                        {"gemm", cfg.run.gemm},
+                        {"pytorch_openblas_core", torch_side.openblas_core}};
   fmt::print("\n{:<10} {:>12} {:>12} {:>8} {:>10}\n", "impl", "ms/step", "tokens/s", "MFU",
              "vs torch");
   const double torch_tps = tokens / median(torch_side.seconds);
@@ -169,7 +179,7 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
   cfg.data.val = "";
   cfg.run.dir = (dir / "run").string();
   cfg.parallel.zero = 0;
-  omp_set_num_threads(1);
+  kernels::set_compute_threads(1);
   RunConfig one = cfg;
   one.parallel.dp = 1;
   one.train.steps = cfg.train.steps;
@@ -205,6 +215,7 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
              "timed steps (median)\n",
              cfg.model.n_layer, cfg.model.n_embd, cfg.train.seq_len, cfg.train.micro_batch,
              opt.steps);
+  fmt::print("{}; gemm {}; {}\n", opt.cpu, cfg.run.gemm, opt.openblas);
   fmt::print("{:<8} {:>12} {:>12} {:>12}\n", "dp", "s/step", "tokens/s", "efficiency");
   fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>12}\n", 1, median(single.seconds), tps1, "-");
   fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>11.1f}%\n", n, step_s, tpsn, 100 * efficiency);
@@ -214,7 +225,8 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
              comm_s, tr.data_parallel().buckets().size(), tr.data_parallel().last_early_buckets(),
              100 * hidden, wait_s);
   const nlohmann::json out = {
-      {"dp", n}, {"tokens_per_s_dp1", tps1}, {"tokens_per_s_dpn", tpsn},
+      {"dp", n}, {"cpu", opt.cpu}, {"gemm", cfg.run.gemm}, {"openblas", opt.openblas},
+      {"tokens_per_s_dp1", tps1}, {"tokens_per_s_dpn", tpsn},
       {"weak_scaling_efficiency", efficiency}, {"allreduce_alone_s", comm_s},
       {"exposed_wait_s", wait_s}, {"hidden_fraction", hidden},
       {"buckets", tr.data_parallel().buckets().size()},

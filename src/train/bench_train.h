@@ -18,6 +18,8 @@ struct TrainBenchOptions {
   int warmup = 1;   // untimed steps first
   std::filesystem::path torch_script;  // bench/torch_train.py
   std::filesystem::path json_out;      // where the JSON goes
+  std::string openblas;  // kernels::use_best_openblas_core()'s line, printed and in the JSON
+  std::string cpu;       // kernels::cpu_summary()
 };
 
 // Returns the process exit code (non-zero when validation fails).
