@@ -241,11 +241,14 @@ class MpiComm final : public Comm {
   // Blocks until op completes; past the deadline, reports who never arrived and aborts.
   void wait_for(OpState& op, const OpTag& tag) {
     std::unique_lock lock(op.mu);
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::duration<double>(rt_->opt.timeout_s);
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + std::chrono::duration<double>(rt_->opt.timeout_s);
+    const auto waited = [&] {
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    };
     if (!op.cv.wait_until(lock, deadline, [&] { return op.done; })) {
       lock.unlock();
-      report_hang(tag);
+      report_hang(tag, waited());
     }
     if (!op.p2p) return;
     // Poll the posted request, backing off to 100 us between tests.
@@ -255,7 +258,7 @@ class MpiComm final : public Comm {
       if (flag) return;
       if (std::chrono::steady_clock::now() > deadline) {
         lock.unlock();
-        report_hang(tag);
+        report_hang(tag, waited());
       }
       if (spin > 64)
         std::this_thread::sleep_for(std::chrono::microseconds(std::min(100, spin - 64)));
@@ -304,15 +307,18 @@ class MpiComm final : public Comm {
                          int64_t(tag.bytes), tag.at.step, tag.at.micro_batch});
   }
 
-  [[noreturn]] void report_hang(const OpTag& waited) {
+  // `seconds`: how long this rank waited, measured here (the deadline, plus scheduling).
+  [[noreturn]] void report_hang(const OpTag& waited, double seconds) {
     if (waited.peer >= 0) {
       fmt::print(stderr,
                  "{}: deadline of {:.0f} s passed waiting for {} ({} bytes) {} {} of group {} at "
-                 "step {}, micro-batch {}: it never posted the matching {}\naborting the job\n",
+                 "step {}, micro-batch {} (waited {:.2f} s): it never posted the matching {}\n"
+                 "aborting the job\n",
                  rt_->describe(rt_->rank), rt_->opt.timeout_s, waited.op, waited.bytes,
                  std::string(waited.op) == "SEND" ? "to" : "from",
                  rt_->describe(members_[size_t(waited.peer)]), name_, waited.at.step,
-                 waited.at.micro_batch, std::string(waited.op) == "SEND" ? "receive" : "send");
+                 waited.at.micro_batch, seconds,
+                 std::string(waited.op) == "SEND" ? "receive" : "send");
       std::fflush(stderr);
       MPI_Abort(MPI_COMM_WORLD, 3);
       std::_Exit(3);
@@ -333,9 +339,9 @@ class MpiComm final : public Comm {
     }
     fmt::print(stderr,
                "{}: deadline of {:.0f} s passed waiting for {} #{} ({} bytes) of group {} at "
-               "step {}, micro-batch {}\n{}aborting the job\n",
+               "step {}, micro-batch {} (waited {:.2f} s)\n{}aborting the job\n",
                rt_->describe(rt_->rank), rt_->opt.timeout_s, stuck.op, stuck.seq, stuck.bytes,
-               name_, stuck.at.step, stuck.at.micro_batch,
+               name_, stuck.at.step, stuck.at.micro_batch, seconds,
                missing.empty() ? "(every rank entered it; a rank may be stuck inside)\n"
                                : missing);
     std::fflush(stderr);
