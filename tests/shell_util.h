@@ -11,6 +11,8 @@
 #include <fstream>
 #include <string>
 
+#include "scratch.h"
+
 namespace loom::test {
 
 struct Result {
@@ -35,14 +37,6 @@ inline bool contains(const std::string& s, const std::string& what) {
 inline std::string slurp(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// A fresh empty directory under the temp dir, named for `tag` and this process.
-inline std::filesystem::path fresh_dir(const std::string& tag) {
-  const auto dir = std::filesystem::temp_directory_path() / (tag + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
 }
 
 // A small English corpus for `loom prepare` (400 numbered verses).

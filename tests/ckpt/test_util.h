@@ -3,7 +3,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -14,27 +13,12 @@
 #include "core/check.h"
 #include "model/config.h"
 #include "model/param_spec.h"
+#include "scratch.h"
 
 namespace loom::test {
 
-// A fresh directory under the system temp dir, removed when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    path_ = std::filesystem::temp_directory_path() /
-            (std::string("loom_ckpt_") + info->test_suite_name() + "_" + info->name() + "_" +
-             std::to_string(::getpid()));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::filesystem::path& path() const { return path_; }
-  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  std::filesystem::path path_;
-};
+// A fresh directory per test, removed when the test ends.
+using TempDir = ScratchDir;
 
 // L=2, NH=2, C=16, maxT=8, V=50 (Vp=128), initialised from `seed`.
 struct TinyModel {

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <filesystem>
@@ -27,7 +28,7 @@ Result run(const std::string& args, const std::string& env = "", int np = 0) {
 class Cli : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = loom::test::fresh_dir("loom_cli");
+    dir_ = loom::test::scratch_dir("cli");
     loom::test::write_corpus(dir_ / "corpus.txt");
     std::ofstream cfg(dir_ / "tiny.toml");
     cfg << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 16\nblock_size = 32\n"
@@ -148,6 +149,24 @@ TEST_F(Cli, DataParallelUnderMpirunResumesAndRejectsBadLayouts) {
   r = run(cfg + " --dp 2");  // no mpirun
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(contains(r.output, "mpirun -np 2")) << r.output;
+}
+
+// `[run] threads = 0` on N ranks of one host: the host's cores divided among them (never
+// fewer than 1), said on the start-up line; an explicit number is kept.
+TEST_F(Cli, ThreadsZeroDividesTheHostsCoresAmongItsRanks) {
+  const std::string cfg = "train --config " + (dir_ / "tiny.toml").string() +
+                          " --set run.dir=" + (dir_ / "threads_run").string() +
+                          " --set train.steps=1 --set train.checkpoint_every=0";
+  const int cores = int(::sysconf(_SC_NPROCESSORS_ONLN));
+  Result r = run(cfg + " --dp 4 --set run.threads=0", "env -u OMP_NUM_THREADS", 4);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "threads: " + std::to_string(std::max(1, cores / 4)) +
+                                     " per rank (" + std::to_string(cores) +
+                                     " cores / 4 ranks on this host)"))
+      << r.output;
+  r = run(cfg + " --dp 2 --set run.threads=3", "env -u OMP_NUM_THREADS", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "threads: 3 per rank (set explicitly)")) << r.output;
 }
 
 // Pipeline + tensor parallel from the command line: traces, the merged report, the

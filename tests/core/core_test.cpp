@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/philox.h"
+#include "scratch.h"
 
 namespace loom {
 namespace {
@@ -41,9 +42,7 @@ TEST(Philox, NormalsHaveUnitMomentsAndDependOnlyOnIndex) {
 }
 
 TEST(FileIo, AtomicWriteReplacesAndLeavesNoTemporaries) {
-  const auto dir = std::filesystem::temp_directory_path() / "loom_core_fileio";
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
+  const auto dir = test::scratch_dir("core_fileio");
   write_file_atomic(dir / "a.txt", std::string_view("first"));
   write_file_atomic(dir / "a.txt", std::string_view("second"));
   EXPECT_EQ(read_file_text(dir / "a.txt"), "second");

@@ -2,25 +2,19 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include <filesystem>
 #include <map>
 #include <string>
 
 #include "core/file_io.h"
+#include "scratch.h"
 
 namespace loom {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("loom_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test::scratch_dir;
 
 nlohmann::json write_and_parse(const Trace& t, const fs::path& file, const std::string& pname) {
   t.write(file, pname);
@@ -28,7 +22,7 @@ nlohmann::json write_and_parse(const Trace& t, const fs::path& file, const std::
 }
 
 TEST(Trace, WritesCompleteEventsWithArgsAndLaneMetadata) {
-  const fs::path dir = temp_dir("trace_write");
+  const fs::path dir = scratch_dir("trace_write");
   Trace t(3, Trace::Clock::now());
   t.add({"F mb3 c0", "compute", 12.5, 3.25, kLaneCompute, -1, 7, 3});
   t.add({"ALLREDUCE dp[0..3]", "collective", 20, 1.5, kLaneCollective, 4096, 7, -1});
@@ -66,7 +60,7 @@ TEST(Trace, WritesCompleteEventsWithArgsAndLaneMetadata) {
 }
 
 TEST(Trace, EventWithoutArgsHasNoArgsObject) {
-  const fs::path dir = temp_dir("trace_noargs");
+  const fs::path dir = scratch_dir("trace_noargs");
   Trace t(0, Trace::Clock::now());
   t.add({"step 1", "step", 0, 100, kLaneStep});
   const nlohmann::json j = write_and_parse(t, dir / "rank_0.json", "rank 0");
@@ -104,7 +98,7 @@ TEST(Trace, DisabledTraceRecordsNothing) {
   { TraceScope s(nullptr, "z", "compute", kLaneCompute); }
   EXPECT_TRUE(t.events().empty());
 
-  const fs::path dir = temp_dir("trace_disabled");
+  const fs::path dir = scratch_dir("trace_disabled");
   const nlohmann::json j = write_and_parse(t, dir / "rank_0.json", "rank 0");
   for (const nlohmann::json& e : j.at("traceEvents")) EXPECT_EQ(e.at("ph"), "M");
   fs::remove_all(dir);

@@ -1,13 +1,8 @@
 // Helpers shared by the data layer's tests.
 #pragma once
 
-#include <fmt/core.h>
-#include <unistd.h>
-
-#include <filesystem>
-#include <string>
-
 #include "data/tokenizer.h"
+#include "scratch.h"
 
 namespace loom::testing {
 
@@ -18,25 +13,7 @@ inline const Gpt2Tokenizer& gpt2() {
   return tokenizer;
 }
 
-// A fresh, empty folder under the system temp dir, removed when the object dies.
-class TempDir {
- public:
-  explicit TempDir(const std::string& name)
-      : path_(std::filesystem::temp_directory_path() /
-              fmt::format("loom_data_test_{}_{}", ::getpid(), name)) {
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+// A fresh, empty folder, removed when the object dies (or the test ends).
+using TempDir = ::loom::test::ScratchDir;
 
 }  // namespace loom::testing

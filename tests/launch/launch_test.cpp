@@ -170,9 +170,7 @@ TEST(Supervisor, StderrReportNamesTheDeadlineAndTheErrors) {
 class FakeMpirun : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = fs::temp_directory_path() / ("loom_launch_fake_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = loom::test::scratch_dir("launch_fake");
     std::ofstream s(dir_ / "mpirun.sh");
     s << R"(#!/bin/bash
 echo "$@" > "$FAKE_DIR/args_$LOOM_ATTEMPT"
@@ -261,7 +259,7 @@ TEST_F(FakeMpirun, BadInputIsNotRestarted) {
 class LaunchEndToEnd : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = loom::test::fresh_dir("loom_launch");
+    dir_ = loom::test::scratch_dir("launch");
     loom::test::write_corpus(dir_ / "corpus.txt");
     std::ofstream cfg(dir_ / "tiny.toml");
     cfg << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 16\nblock_size = 32\n"

@@ -37,7 +37,7 @@ TrainedRun train(RunConfig cfg, const ProcessGrid& grid) {
 
 RunConfig config(int dp, int zero, int accum) {
   // Every rank writes the same deterministic shards into its own directory.
-  RunConfig cfg = test::tiny_config(test::temp_dir("dp"));
+  RunConfig cfg = test::tiny_config(test::scratch_dir("dp"));
   cfg.train.micro_batch = kGlobalRows / dp;
   cfg.train.grad_accum = accum;
   cfg.parallel.dp = dp;

@@ -105,7 +105,7 @@ struct Reference {
 
 Reference reference(const ProcessGrid& world_grid, int rows, int accum) {
   Reference ref;
-  const RunConfig cfg = hybrid_config(test::temp_dir("hyref"), rows, accum);
+  const RunConfig cfg = hybrid_config(test::scratch_dir("hyref"), rows, accum);
   const size_t n = flat_size(gpt2_param_specs(cfg.model));
   ref.losses.resize(kSteps);
   ref.weights.resize(n);
@@ -198,7 +198,7 @@ TEST(Hybrid, EveryLayoutMatchesTheSingleProcess) {
       SCOPED_TRACE(c.name());
       const auto key = std::make_pair(kRowsPerDp * shape.dp, c.m);
       if (!refs.count(key)) refs[key] = reference(world_grid, key.first, key.second);
-      const RunConfig cfg = case_config(test::temp_dir("hy"), c);
+      const RunConfig cfg = case_config(test::scratch_dir("hy"), c);
       Trainer tr(cfg, grid);
       const TrainedRun run = train(tr);
       Errors e = compare(run, refs[key], tr);
@@ -241,7 +241,7 @@ TEST(Hybrid, RepeatAndResumeAreBitwise) {
   if (shape.world() != n) GTEST_FAIL() << "run with 2, 4 or 8 ranks";
   const ProcessGrid grid = ProcessGrid::create(test::mpi().world(), shape);
   Case c{shape, "1f1b", 1, 4, shape.dp > 1 ? 1 : 0};
-  RunConfig cfg = case_config(test::temp_dir("hy_resume"), c);
+  RunConfig cfg = case_config(test::scratch_dir("hy_resume"), c);
   cfg.run.dir = (test::shared_dir(grid, "hy_resume_run") / "run").string();
   const TrainedRun a = train(cfg, grid), b = train(cfg, grid);
   EXPECT_EQ(a.losses, b.losses);
@@ -329,7 +329,7 @@ TEST(Hybrid, CheckpointsResumeInAnyLayout) {
   const ProcessGrid world = ProcessGrid::create(test::mpi().world(), GridShape{1, n, 1});
   const Reference ref = [&] {
     Reference r;
-    RunConfig cfg = hybrid_config(test::temp_dir("rsref"), kRows, 1);
+    RunConfig cfg = hybrid_config(test::scratch_dir("rsref"), kRows, 1);
     cfg.train.steps = 6;  // the LR schedule depends on the total
     r.losses.resize(6);
     if (world.rank() == 0) {
@@ -346,7 +346,7 @@ TEST(Hybrid, CheckpointsResumeInAnyLayout) {
                                          from.zero, to.shape.dp, to.shape.tp, to.shape.pp, to.zero);
     SCOPED_TRACE(what);
     const std::string run = (test::shared_dir(world, "reshard") / "run").string();
-    const auto data = test::temp_dir("rsdata");
+    const auto data = test::scratch_dir("rsdata");
     std::vector<float> losses(6, 0.0f), whole(6, 0.0f);
     on_layout(from, [&](const ProcessGrid& g) {
       Trainer tr(layout_config(data, run, from, kRows), g);
@@ -396,7 +396,7 @@ TEST(Hybrid, ShardedCheckpointFiles) {
                                    : GridShape{.pp = 1, .dp = 1, .tp = 2};
   ASSERT_EQ(shape.world(), n) << "run with 2, 4 or 8 ranks";
   const ProcessGrid grid = ProcessGrid::create(test::mpi().world(), shape);
-  RunConfig cfg = case_config(test::temp_dir("hy_shards"), Case{shape, "1f1b", 1, 2, 0});
+  RunConfig cfg = case_config(test::scratch_dir("hy_shards"), Case{shape, "1f1b", 1, 2, 0});
   cfg.run.dir = (test::shared_dir(grid, "hy_shards_run") / "run").string();
   Trainer tr(cfg, grid);
   tr.train_step();
@@ -455,7 +455,7 @@ TEST(Hybrid, AsyncCheckpointResumesBitwise) {
                                    : GridShape{.pp = 1, .dp = 2, .tp = 1};
   ASSERT_EQ(shape.world(), n) << "run with 2, 4 or 8 ranks";
   const ProcessGrid grid = ProcessGrid::create(test::mpi().world(), shape);
-  RunConfig cfg = case_config(test::temp_dir("hy_async"), Case{shape, "1f1b", 1, 2, 1});
+  RunConfig cfg = case_config(test::scratch_dir("hy_async"), Case{shape, "1f1b", 1, 2, 1});
   cfg.run.dir = (test::shared_dir(grid, "hy_async_run") / "run").string();
   cfg.checkpoint.async = true;
   std::vector<float> expected, got;

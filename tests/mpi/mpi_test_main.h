@@ -4,8 +4,6 @@
 
 #include "comm/mpi_comm.h"
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <string>
 
@@ -14,15 +12,7 @@
 namespace loom::test {
 MpiRuntime& mpi();
 
-// A fresh directory every rank of this job shares (rank 0 makes it; all wait).
-inline std::filesystem::path shared_dir(const ProcessGrid& grid, const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("loom_" + name + "_" + std::to_string(::getppid()));
-  if (grid.rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-  }
-  grid.world().barrier();
-  return dir;
-}
+// A fresh directory every rank of this job shares (rank 0 makes it; all wait). Rank 0
+// removes it when the test ends, after every rank has finished the test.
+std::filesystem::path shared_dir(const ProcessGrid& grid, const std::string& name);
 }  // namespace loom::test

@@ -22,7 +22,7 @@ bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
 }
 
 TEST(Determinism, SameSeedTwiceIsBitwiseIdentical) {
-  const RunConfig cfg = test::tiny_config(test::temp_dir("det"));
+  const RunConfig cfg = test::tiny_config(test::scratch_dir("det"));
   const ProcessGrid grid = ProcessGrid::single();
   Trainer a(cfg, grid), b(cfg, grid);
   const std::vector<float> la = run_steps(a, 6), lb = run_steps(b, 6);
@@ -32,7 +32,7 @@ TEST(Determinism, SameSeedTwiceIsBitwiseIdentical) {
 
 TEST(Determinism, ResumeFromCheckpointIsBitwiseIdentical) {
   for (bool shuffle : {false, true}) {
-    RunConfig cfg = test::tiny_config(test::temp_dir(shuffle ? "resume_s" : "resume"));
+    RunConfig cfg = test::tiny_config(test::scratch_dir(shuffle ? "resume_s" : "resume"));
     cfg.train.shuffle = shuffle;
     const ProcessGrid grid = ProcessGrid::single();
     Trainer whole(cfg, grid);
@@ -55,7 +55,7 @@ TEST(Determinism, ResumeFromCheckpointIsBitwiseIdentical) {
 }
 
 TEST(Determinism, ShuffledOrderIsReproducibleAndDiffersFromSequential) {
-  RunConfig cfg = test::tiny_config(test::temp_dir("shuffle"));
+  RunConfig cfg = test::tiny_config(test::scratch_dir("shuffle"));
   cfg.train.shuffle = true;
   cfg.train.grad_accum = 1;
   const ProcessGrid grid = ProcessGrid::single();

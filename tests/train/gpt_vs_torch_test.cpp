@@ -36,7 +36,7 @@ double normalised_error(const float* a, const float* b, size_t n) {
 class GptVsTorch : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = test::temp_dir("torch");
+    dir_ = test::scratch_dir("torch");
     cfg_ = test::tiny_config(dir_);
   }
   void run_reference() {

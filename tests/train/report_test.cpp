@@ -54,7 +54,7 @@ void write_rank_traces(const fs::path& trace_dir) {
 }
 
 TEST(Report, MergesTracesMeasuresIdleAndPlots) {
-  const fs::path dir = test::temp_dir("report_full");
+  const fs::path dir = test::scratch_dir("report_full");
   write_metrics(dir);
   write_rank_traces(dir / "trace");
   std::ofstream(dir / "trace" / "notes.json") << "not a rank trace";  // ignored
@@ -92,7 +92,7 @@ TEST(Report, MergesTracesMeasuresIdleAndPlots) {
 }
 
 TEST(Report, RankTracesAreOrderedByRankNumber) {
-  const fs::path dir = test::temp_dir("report_order");
+  const fs::path dir = test::scratch_dir("report_order");
   for (int r : {10, 2, 1}) std::ofstream(dir / fmt::format("rank_{}.json", r)) << "{}";
   std::ofstream(dir / "rank_x.json") << "{}";
   const std::vector<fs::path> files = find_rank_traces(dir);
@@ -106,7 +106,7 @@ TEST(Report, RankTracesAreOrderedByRankNumber) {
 }
 
 TEST(Report, WithoutTracesStillPlots) {
-  const fs::path dir = test::temp_dir("report_notrace");
+  const fs::path dir = test::scratch_dir("report_notrace");
   write_metrics(dir);
   const ReportResult r = make_report(dir);
   EXPECT_EQ(r.trace_files, 0);
@@ -118,7 +118,7 @@ TEST(Report, WithoutTracesStillPlots) {
 }
 
 TEST(Report, MissingRunDirOrMetricsIsAnInputError) {
-  const fs::path dir = test::temp_dir("report_missing");
+  const fs::path dir = test::scratch_dir("report_missing");
   EXPECT_THROW(make_report(dir / "absent"), InputError);
   EXPECT_THROW(make_report(dir), InputError);  // no metrics.jsonl
   std::ofstream(dir / "metrics.jsonl") << "{\"step\":1,\"loss\":2.0\n";  // truncated line
@@ -127,7 +127,7 @@ TEST(Report, MissingRunDirOrMetricsIsAnInputError) {
 }
 
 TEST(Report, MissingGnuplotNamesTheDebianPackage) {
-  const fs::path dir = test::temp_dir("report_nognuplot");
+  const fs::path dir = test::scratch_dir("report_nognuplot");
   write_metrics(dir);
   const char* old = std::getenv("PATH");
   const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
@@ -145,7 +145,7 @@ TEST(Report, MissingGnuplotNamesTheDebianPackage) {
 }
 
 TEST(Report, CliExitCodes) {
-  const fs::path dir = test::temp_dir("report_cli");
+  const fs::path dir = test::scratch_dir("report_cli");
   const std::string quiet = " >/dev/null 2>&1";
   const auto loom = [&](const fs::path& run) {
     const int st = std::system(

@@ -10,18 +10,10 @@
 
 #include "core/philox.h"
 #include "data/shard.h"
+#include "scratch.h"
 #include "train/run_config.h"
 
 namespace loom::test {
-
-// A fresh empty directory under the system temp dir, unique per test.
-inline std::filesystem::path temp_dir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("loom_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
 
 // n deterministic pseudo-random tokens in [0, V).
 inline std::vector<uint16_t> random_tokens(size_t n, int V, uint64_t seed) {
