@@ -61,7 +61,8 @@ HostShare host_share() {
   h.cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? std::max(1, CPU_COUNT(&set))
                                                          : h.host_cores;
   h.local_ranks = local_ranks_from_env();
-  if (const char* v = std::getenv("OMP_NUM_THREADS")) h.omp_env = std::max(0, std::atoi(v));  // "4,2": 4
+  // OMP_NUM_THREADS="4,2" (nested levels): 4.
+  if (const char* v = std::getenv("OMP_NUM_THREADS")) h.omp_env = std::max(0, std::atoi(v));
   return h;
 }
 

@@ -7,7 +7,8 @@ namespace loom {
 namespace {
 
 TEST(Threads, ZeroDividesTheHostsCoresAmongItsRanks) {
-  const ThreadChoice c = choose_threads(0, HostShare{.cores = 2, .host_cores = 2, .local_ranks = 4});
+  const ThreadChoice c =
+      choose_threads(0, HostShare{.cores = 2, .host_cores = 2, .local_ranks = 4});
   EXPECT_EQ(c.threads, 1);  // never fewer than one
   EXPECT_EQ(c.why, "2 cores / 4 ranks on this host");
   EXPECT_EQ(choose_threads(0, HostShare{.cores = 64, .host_cores = 64, .local_ranks = 8}).threads,
