@@ -17,6 +17,7 @@
 #include "launch/fault.h"
 #include "launch/heartbeat.h"
 #include "parallel/partition.h"
+#include "train/run_dir.h"
 #include "train/startup_checks.h"
 #include "train/trainer.h"
 
@@ -31,7 +32,7 @@ struct TrainOpts {
   FaultSpec fault;  // parsed inject_fault
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
   std::optional<std::string> schedule, stage_layers;
-  bool sequence_parallel = false, trace = false, elastic = false;
+  bool sequence_parallel = false, trace = false, elastic = false, overwrite = false;
   ThreadChoice threads;  // resolved from [run] threads
 };
 
@@ -99,7 +100,13 @@ int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
              const std::function<void(Trace*)>& trace_sink = nullptr) {
   const std::unique_ptr<HeartbeatClient> heartbeat = HeartbeatClient::from_env(grid.rank());
   const FaultInjector injector(o.fault, grid.rank(), fault_armed_from_env());
-  Trainer trainer(cfg, grid);
+  Trainer trainer(cfg, grid);  // checks the data files; writes nothing yet
+  // World rank 0 writes the run directory, and holds it for the whole run.
+  std::optional<RunDirLock> run_dir_lock;
+  if (grid.rank() == 0) {
+    run_dir_lock.emplace(cfg.run.dir);
+    claim_run_dir(cfg.run.dir, !o.resume.empty(), o.overwrite);
+  }
   trainer.set_step_observer([&heartbeat, &injector](int step) {
     if (heartbeat) heartbeat->set_step(step);
     injector.at_step(step);
@@ -150,6 +157,8 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
                  "checkpoint directory");
+  sub.add_flag("--overwrite", o->overwrite,
+               "start afresh in a run directory that holds another run, removing its contents");
   sub.add_flag("--elastic", o->elastic,
                "fit data parallelism to the processes started (loom launch --min-n), keeping "
                "the global batch");
@@ -158,6 +167,10 @@ RunFn setup_train(CLI::App& sub) {
                  "exit-during-checkpoint:rank=R[:step=S] (only when LOOM_ATTEMPT is unset or 0)");
   return [o] {
     o->fault = parse_fault(o->inject_fault);
+    // A restart by loom launch adds --resume auto to the first attempt's arguments.
+    if (restarted_by_supervisor()) o->overwrite = false;
+    LOOM_REQUIRE(!(o->overwrite && !o->resume.empty()),
+                 "--overwrite clears the run directory and --resume continues it: pass one");
     RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
     o->threads = kernels::set_compute_threads(cfg.run.threads);
     if (!launched_under_mpi()) {

@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/timer.h"
+#include "train/run_dir.h"
 #include "train/throughput.h"
 #include "train/trainer.h"
 
@@ -65,6 +66,7 @@ void Trainer::run(std::FILE* progress_out) {
   if (is_writer()) {
     fs::create_directories(dir);
     write_file_atomic(dir / "config.toml", cfg_.to_toml());
+    trim_metrics(dir / "metrics.jsonl", step_);  // resumed: the replayed steps come again
     metrics.open(dir / "metrics.jsonl", std::ios::app);
     LOOM_REQUIRE(metrics.good(), "cannot write {}", (dir / "metrics.jsonl").string());
   } else {

@@ -164,7 +164,7 @@ TEST_F(Cli, ThreadsZeroDividesTheHostsCoresAmongItsRanks) {
                                      " per rank (" + std::to_string(cores) +
                                      " cores / 4 ranks on this host)"))
       << r.output;
-  r = run(cfg + " --dp 2 --set run.threads=3", "env -u OMP_NUM_THREADS", 2);
+  r = run(cfg + " --dp 2 --set run.threads=3 --overwrite", "env -u OMP_NUM_THREADS", 2);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(contains(r.output, "threads: 3 per rank (set explicitly)")) << r.output;
 }
