@@ -20,11 +20,15 @@ RunFn setup_eval(CLI::App& sub) {
   auto o = std::make_shared<Opts>();
   sub.add_option("--ckpt", o->ckpt, "run directory or checkpoint directory")->required();
   sub.add_option("--data", o->data, "token shard (loom prepare's format)")->required();
-  sub.add_option("--tokens", o->tokens, "tokens to evaluate (default: the whole shard)");
-  sub.add_option("--batch", o->batch, "rows per batch (B; default: the run's micro_batch, else 4)");
+  sub.add_option("--tokens", o->tokens, "tokens to evaluate (default: the whole shard)")
+      ->check(in_range(1, 1e15));
+  sub.add_option("--batch", o->batch, "rows per batch (B; default: the run's micro_batch, else 4)")
+      ->check(in_range(1, 1e6));
   sub.add_option("--seq-len", o->seq_len,
-                 "tokens per row (T; default: the run's seq_len, else the block size)");
-  sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)");
+                 "tokens per row (T; default: the run's seq_len, else the block size)")
+      ->check(in_range(1, 1e8));
+  sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)")
+      ->check(in_range(0, 4096));
   return [o] {
     kernels::set_compute_threads(o->threads);
     const ProcessGrid grid = ProcessGrid::single();

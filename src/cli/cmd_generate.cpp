@@ -21,14 +21,19 @@ RunFn setup_generate(CLI::App& sub) {
   o->tokenizer = default_tokenizer_dir().string();
   sub.add_option("--ckpt", o->ckpt, "run directory or checkpoint directory")->required();
   sub.add_option("--prompt", o->prompt, "text to continue");
-  sub.add_option("--max-tokens", o->sample.max_tokens, "tokens to generate")->capture_default_str();
+  sub.add_option("--max-tokens", o->sample.max_tokens, "tokens to generate")
+      ->capture_default_str()
+      ->check(in_range(0, 1e9));
   sub.add_option("--temperature", o->sample.temperature, "softmax temperature; 0 = greedy")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in_range(0, 100));
   sub.add_option("--top-k", o->sample.top_k, "sample among the k likeliest; 0 = all")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(in_range(0, 1e9));
   sub.add_option("--seed", o->sample.seed, "sampling seed")->capture_default_str();
   sub.add_option("--tokenizer", o->tokenizer, "directory with encoder.json and vocab.bpe");
-  sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)");
+  sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)")
+      ->check(in_range(0, 4096));
   return [o] {
     kernels::set_compute_threads(o->threads);
     const Gpt2Tokenizer tok = Gpt2Tokenizer::load(o->tokenizer);

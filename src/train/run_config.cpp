@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <cmath>
 #include <sstream>
 #include <variant>
 
@@ -70,6 +71,7 @@ void assign(const Field& f, const toml::node& node, const std::string& source) {
         } else if constexpr (std::is_same_v<T, double>) {
           LOOM_REQUIRE(node.is_number(), "{} must be a number", at);
           *p = *node.value<double>();
+          LOOM_REQUIRE(std::isfinite(*p), "{} must be a finite number, got {}", at, *p);
         } else {
           LOOM_REQUIRE(node.is_integer(), "{} must be an integer", at);
           int64_t v = *node.value<int64_t>();
@@ -107,8 +109,9 @@ void apply_table(RunConfig& c, const toml::table& root, const std::string& sourc
   }
 }
 
-// "section.key=value": the value is parsed as TOML, or taken as a bare string.
-void apply_override(toml::table& root, const std::string& text) {
+// "section.key=value" as a table of that one key: the value is parsed as TOML, or taken as
+// a bare string.
+toml::table override_table(const std::string& text) {
   const size_t eq = text.find('='), dot = text.find('.');
   LOOM_REQUIRE(eq != std::string::npos && dot != std::string::npos && dot < eq,
                "--set '{}' must look like section.key=value", text);
@@ -120,8 +123,10 @@ void apply_override(toml::table& root, const std::string& text) {
   } catch (const toml::parse_error&) {
     parsed = toml::table{{"v", value}};
   }
-  if (!root.contains(section)) root.insert(section, toml::table{});
-  root[section].as_table()->insert_or_assign(key, *parsed.get("v"));
+  toml::table one;
+  one.insert(section, toml::table{});
+  one[section].as_table()->insert_or_assign(key, *parsed.get("v"));
+  return one;
 }
 
 }  // namespace
@@ -231,9 +236,10 @@ RunConfig parse_run_config(const std::string& toml_text, const std::string& sour
     throw InputError(fmt::format("{}:{}:{}: invalid TOML: {}", source, b.line, b.column,
                                  e.description()));
   }
-  for (const std::string& o : overrides) apply_override(root, o);
   RunConfig c;
   apply_table(c, root, source);
+  // Each --set after the file, named as the source of its own errors.
+  for (const std::string& o : overrides) apply_table(c, override_table(o), "--set '" + o + "'");
   c.validate();
   return c;
 }

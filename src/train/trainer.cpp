@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "core/check.h"
@@ -154,6 +155,7 @@ StepStats Trainer::train_step() {
   s.loss = float(dp_mean(loss_sum / t.grad_accum));
   const ClipResult clip = clip_coefficient(global_grad_sum_squares(), t.grad_clip);
   s.grad_norm = clip.norm;
+  if (!std::isfinite(s.loss) || !std::isfinite(clip.norm)) stop_non_finite(s.loss, clip.norm);
   s.lr = learning_rate(t, step_);
   opt_.update(model_.params(), model_.weights(), grads, s.lr, clip.scale, step_ + 1);
   dp_.gather_weights();
@@ -161,6 +163,28 @@ StepStats Trainer::train_step() {
   s.seconds = timer.seconds();
   s.tokens_per_s = double(t.micro_batch) * dp * t.seq_len * t.grad_accum / s.seconds;
   return s;
+}
+
+void Trainer::stop_non_finite(float loss, float norm) {
+  std::string where;
+  if (!std::isfinite(norm)) {
+    const float* g = model_.grads().data();
+    for (const ParamSpec& p : model_.params()) {
+      const float* end = g + p.offset + p.numel;
+      const float* bad =
+          std::find_if(g + p.offset, end, [](float x) { return !std::isfinite(x); });
+      if (bad != end) {
+        where = fmt::format(" (on this rank first in the gradient of {}, element {}: {})", p.name,
+                            bad - (g + p.offset), *bad);
+        break;
+      }
+    }
+  }
+  throw Error(fmt::format(
+      "step {}: the {} is {}{}; stopping before the optimizer step, so no checkpoint holds this "
+      "state (lower train.lr, keep train.grad_clip on, or check the data and the weights)",
+      step_ + 1, std::isfinite(loss) ? "gradient norm" : "loss",
+      std::isfinite(loss) ? norm : loss, where));
 }
 
 float Trainer::evaluate(int64_t tokens) {

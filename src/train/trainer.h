@@ -94,6 +94,10 @@ class Trainer {
   double run_pipeline();          // pp > 1: the schedule; returns the summed loss (last stage)
   void sync_tied_embedding();     // pp > 1: sum wte's gradients of the first and last stages
   double global_grad_sum_squares();
+  // A non-finite loss or gradient norm (both reduced, so every rank sees it) ends the run
+  // before the optimizer step: no checkpoint ever holds that state. Names the step, which
+  // value, and this rank's first parameter whose gradient is not finite.
+  [[noreturn]] void stop_non_finite(float loss, float norm);
   float evaluate_pipeline(int64_t batches);
   void load_rows(uint64_t k, int32_t* inputs, int32_t* targets);
   // The parameters this rank stores in checkpoints: all but the copies another rank holds.

@@ -1,0 +1,155 @@
+// Nothing lost, nothing silent: a run directory belongs to one run (refused when it holds
+// another, cleared only by --overwrite, locked while a run lasts), a resumed run's
+// metrics.jsonl stays one run, non-finite training stops before anything is saved, and
+// out-of-range options are rejected naming the option.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <regex>
+#include <string>
+
+#include "../shell_util.h"
+
+namespace {
+namespace fs = std::filesystem;
+using loom::test::contains;
+using loom::test::Result;
+using loom::test::slurp;
+
+Result loom_cmd(const std::string& args) { return loom::test::shell(LOOM_BINARY " " + args); }
+
+class Guard : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = loom::test::scratch_dir("guard");
+    loom::test::write_corpus(dir_ / "corpus.txt");
+    prepared_ = loom_cmd("prepare --text " + (dir_ / "corpus.txt").string() + " --out " +
+                         (dir_ / "data").string() + " --val-fraction 0.1");
+    std::ofstream(dir_ / "tiny.toml")
+        << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 16\nblock_size = 32\n"
+        << "[train]\nmicro_batch = 2\nseq_len = 16\nsteps = 4\ncheckpoint_every = 2\n"
+        << "[data]\ntrain = \"" << (dir_ / "data/train_000000.bin").string() << "\"\n"
+        << "[run]\nthreads = 1\n";
+  }
+  void SetUp() override { ASSERT_EQ(prepared_.code, 0) << prepared_.output; }
+  // `loom train` on run directory `run` (under the suite's folder) with extra arguments.
+  static Result train(const std::string& run, const std::string& args = "") {
+    return loom_cmd("train --config " + (dir_ / "tiny.toml").string() +
+                    " --set run.dir=" + (dir_ / run).string() + " " + args);
+  }
+  static std::string steps_in(const std::string& run) {
+    std::ifstream in(dir_ / run / "metrics.jsonl");
+    std::string line, out;
+    const std::regex step("\"step\":([0-9]+)");
+    std::smatch m;
+    while (std::getline(in, line))
+      if (std::regex_search(line, m, step)) out += m[1].str() + " ";
+    return out;
+  }
+  static fs::path dir_;
+  static Result prepared_;
+};
+fs::path Guard::dir_;
+Result Guard::prepared_;
+
+TEST_F(Guard, ARunDirectoryHoldingAnotherRunIsRefusedUnlessOverwritten) {
+  ASSERT_EQ(train("a").code, 0);
+  const std::string before = slurp(dir_ / "a/metrics.jsonl");
+  Result r = train("a", "--set train.seed=9");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "already holds a run (checkpoints, config.toml, metrics.jsonl)"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "--resume auto")) << r.output;
+  EXPECT_EQ(slurp(dir_ / "a/metrics.jsonl"), before) << "the refused run wrote into it";
+
+  // --overwrite clears it: no checkpoint of the old run is left to be picked up.
+  r = train("a",
+            "--set train.seed=9 --set train.steps=2 --set train.checkpoint_every=0 --overwrite");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "a/checkpoints/step_00000004"));
+  EXPECT_EQ(steps_in("a"), "1 2 ");
+  r = train("a", "--resume auto --overwrite");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "pass one")) << r.output;
+}
+
+TEST_F(Guard, ASecondWriterFailsAtOnceNamingTheHolder) {
+  // A long first run; the second starts while it holds the lock.
+  const std::string first = std::string(LOOM_BINARY) + " train --config " +
+                            (dir_ / "tiny.toml").string() + " --set run.dir=" +
+                            (dir_ / "b").string() +
+                            " --set train.steps=100000 --set train.checkpoint_every=0";
+  const std::string pid_file = (dir_ / "first.pid").string();
+  ASSERT_EQ(std::system((first + " > /dev/null 2>&1 & echo $! > " + pid_file).c_str()), 0);
+  const std::string pid = slurp(pid_file).substr(0, slurp(pid_file).find('\n'));
+  struct Killer {
+    std::string pid;
+    ~Killer() { std::system(("kill " + pid + " 2>/dev/null").c_str()); }
+  } killer{pid};  // whatever the test asserts
+  // Wait (bounded) until the first run has written its lock.
+  for (int i = 0; i < 600 && !contains(slurp(dir_ / "b/.lock"), pid); ++i) usleep(50000);
+  ASSERT_TRUE(contains(slurp(dir_ / "b/.lock"), pid)) << "the first run never took the lock";
+  const Result r = train("b", "--resume auto");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "is in use by PID " + pid + " on host ")) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "b/checkpoints")) << "the second run wrote a checkpoint";
+}
+
+TEST_F(Guard, AResumedRunsMetricsAreOneRun) {
+  ASSERT_EQ(train("c").code, 0);
+  ASSERT_EQ(steps_in("c"), "1 2 3 4 ");
+  // Resume from step 2 (the step-4 checkpoint removed), then go on to 6.
+  fs::remove_all(dir_ / "c/checkpoints/step_00000004");
+  const Result r = train("c", "--resume auto --set train.steps=6");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "at step 2")) << r.output;
+  EXPECT_EQ(steps_in("c"), "1 2 3 4 5 6 ");
+}
+
+TEST_F(Guard, NonFiniteTrainingStopsBeforeAnythingIsSaved) {
+  const Result r =
+      train("d", "--set train.lr=1e30 --set train.grad_clip=0 --set train.checkpoint_every=1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "step 2: the loss is ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "no checkpoint holds this state")) << r.output;
+  // Step 1's checkpoint is from finite weights; none is from the bad step or after.
+  EXPECT_TRUE(fs::exists(dir_ / "d/checkpoints/step_00000001/manifest.json")) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "d/checkpoints/step_00000002")) << r.output;
+  EXPECT_EQ(steps_in("d"), "1 ");
+}
+
+TEST_F(Guard, NonFiniteAndOutOfRangeOptionsAreRejectedNamingTheOption) {
+  Result r = train("e", "--set train.lr=inf");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "--set 'train.lr=inf': [train] lr must be a finite number"))
+      << r.output;
+  r = train("e", "--set train.beta1=nan");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "beta1 must be a finite number")) << r.output;
+  r = train("e", "--set model.n_layer=abc");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(
+      contains(r.output, "--set 'model.n_layer=abc': [model] n_layer must be an integer"))
+      << r.output;
+  EXPECT_FALSE(contains(r.output, "tiny.toml")) << "the file is not what was wrong";
+
+  ASSERT_EQ(train("f").code, 0);
+  const std::string ckpt = " --ckpt " + (dir_ / "f").string();
+  const std::string val = " --data " + (dir_ / "data/val_000000.bin").string();
+  for (const auto& [args, what] : std::vector<std::pair<std::string, std::string>>{
+           {"generate" + ckpt + " --temperature -1", "--temperature: -1 is not a number in [0, "},
+           {"generate" + ckpt + " --temperature nan", "--temperature: nan is not a number"},
+           {"generate" + ckpt + " --top-k -5", "--top-k: -5 is not a number in [0, "},
+           {"generate" + ckpt + " --max-tokens -1", "--max-tokens: -1 is not a number in [0, "},
+           {"eval" + ckpt + val + " --tokens -1", "--tokens: -1 is not a number in [1, "},
+           {"eval" + ckpt + val + " --batch -3", "--batch: -3 is not a number in [1, "},
+           {"eval" + ckpt + val + " --seq-len 0", "--seq-len: 0 is not a number in [1, "},
+           {"eval" + ckpt + val + " --threads -4", "--threads: -4 is not a number in [0, 4096]"}}) {
+    r = loom_cmd(args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, what)) << args << "\n" << r.output;
+  }
+}
+
+}  // namespace
