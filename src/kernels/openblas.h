@@ -22,7 +22,7 @@ struct CpuIsa {
 CpuIsa host_isa();
 
 // The CPU's model name and the features that decide GEMM speed, for benchmark reports:
-// e.g. "AMD EPYC (avx2 avx512f avx512_bf16; no amx)".
+// e.g. "AMD EPYC (avx2 avx512f avx512_bf16; no amx_bf16)".
 std::string cpu_summary();
 
 // The core OpenBLAS is running (openblas_get_corename), e.g. "Haswell", "Prescott".
@@ -37,7 +37,8 @@ std::string better_openblas_coretype(std::string_view core, const CpuIsa& isa);
 // better_openblas_coretype() names a core, sets it and re-executes this process (same pid,
 // same arguments; before MPI_Init, so mpirun's ranks may do it too). An OPENBLAS_CORETYPE
 // set by the user or the machine is kept as it is. Returns a line for the report, e.g.
-// "OpenBLAS core SkylakeX (OPENBLAS_CORETYPE=SKYLAKEX: 0.3.21 fell back to Prescott)".
+// "OpenBLAS core SkylakeX (OPENBLAS_CORETYPE=SKYLAKEX: OpenBLAS 0.3.21 fell back to
+// Prescott)".
 std::string use_best_openblas_core();
 
 // choose_threads(requested, host_share()) applied to OpenMP (oneDNN and loom's kernels) and

@@ -66,8 +66,10 @@ RunDirLock::~RunDirLock() {
 void claim_run_dir(const fs::path& dir, bool resuming, bool overwrite) {
   if (resuming) return;
   std::vector<std::string> held;
-  for (const fs::directory_entry& e : fs::directory_iterator(dir))
-    if (e.path().filename() != RunDirLock::kFileName) held.push_back(e.path().filename().string());
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name != RunDirLock::kFileName) held.push_back(name);
+  }
   if (held.empty()) return;
   if (overwrite) {
     for (const std::string& name : held) fs::remove_all(dir / name);

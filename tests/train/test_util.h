@@ -1,7 +1,6 @@
 // Helpers shared by the train tests: temporary directories, tiny configs, token shards.
 #pragma once
 
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
