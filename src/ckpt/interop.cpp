@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstring>
 #include <deque>
 #include <map>
@@ -302,7 +304,13 @@ ImportedModel import_llmc(const fs::path& path) {
   for (const ParamSpec* p : llmc_order(specs, cfg.n_layer)) {
     // A different Vp only moves where the padding ends; copy the rows both sides have.
     const uint64_t copy = std::min<uint64_t>(file_numel(p), p->numel);
-    std::memcpy(out.weights.data() + p->offset, src, copy * sizeof(float));
+    float* dst = out.weights.data() + p->offset;
+    std::memcpy(dst, src, copy * sizeof(float));
+    const float* bad = std::find_if(dst, dst + copy, [](float v) { return !std::isfinite(v); });
+    LOOM_REQUIRE(bad == dst + copy,
+                 "llm.c model file '{}': tensor '{}' holds a non-finite value ({} at element {} "
+                 "of {}); refusing to load it",
+                 path.string(), p->name, *bad, bad - dst, copy);
     src += file_numel(p) * sizeof(float);
   }
   return out;

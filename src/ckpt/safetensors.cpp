@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -204,18 +205,23 @@ void SafetensorsFile::parse() {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   const uint64_t data_size = bytes.size() - data_start_;
+  // Checked for every tensor before the tiling, so a tensor whose offsets point far past the
+  // end is named itself, not as the hole it leaves before its neighbour.
+  for (const Tensor& t : tensors_) {
+    LOOM_REQUIRE(t.end <= data_size,
+                 "{}: tensor '{}' data_offsets [{}, {}] run past the {}-byte data section "
+                 "(wrong offsets, or a truncated file)",
+                 what, t.name, t.begin, t.end, data_size);
+  }
   uint64_t cursor = 0;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const Tensor& t = tensors_[i];
-    LOOM_REQUIRE(t.end <= data_size,
-                 "{}: tensor '{}' data_offsets [{}, {}] run past the {}-byte data section "
-                 "(truncated file?)",
-                 what, t.name, t.begin, t.end, data_size);
     LOOM_REQUIRE(t.begin >= cursor, "{}: tensor '{}' [{}, {}] overlaps tensor '{}' [{}, {}]", what,
                  t.name, t.begin, t.end, tensors_[i - 1].name, tensors_[i - 1].begin,
                  tensors_[i - 1].end);
-    LOOM_REQUIRE(t.begin == cursor, "{}: {} unused bytes before tensor '{}' at data offset {}",
-                 what, t.begin - cursor, t.name, cursor);
+    LOOM_REQUIRE(t.begin == cursor,
+                 "{}: {} unused bytes at data offset {}, before tensor '{}' [{}, {}]", what,
+                 t.begin - cursor, cursor, t.name, t.begin, t.end);
     cursor = t.end;
     index_[t.name] = i;
   }
@@ -254,6 +260,14 @@ void SafetensorsFile::read(const std::string& name, float* dst,
       shape_str(t.shape), shape_str(expected_shape));
   std::span<const uint8_t> src = data(name);
   if (!src.empty()) std::memcpy(dst, src.data(), src.size());
+  // A NaN or inf weight evaluates to a NaN loss and generates garbage without a word, so it
+  // is refused here, where every import and checkpoint load passes.
+  const size_t numel = src.size() / sizeof(float);
+  const float* bad = std::find_if(dst, dst + numel, [](float v) { return !std::isfinite(v); });
+  LOOM_REQUIRE(bad == dst + numel,
+               "safetensors file '{}': tensor '{}' holds a non-finite value ({} at element {} of "
+               "{}); refusing to load it",
+               path().string(), name, *bad, bad - dst, numel);
 }
 
 }  // namespace loom

@@ -10,6 +10,7 @@
 #include "ckpt/checkpoint.h"
 #include "ckpt/interop.h"
 #include "cli/command.h"
+#include "core/file_io.h"
 
 namespace loom::cli {
 
@@ -22,6 +23,7 @@ struct ExportOptions {
 };
 
 int run_export(const ExportOptions& o) {
+  require_file_target(o.out);  // before loading anything
   const std::filesystem::path dir = resolve_checkpoint(o.ckpt);
   const CheckpointState manifest = read_checkpoint_manifest(dir);
   const GptConfig& cfg = manifest.model;

@@ -17,11 +17,12 @@ struct PrepareOptions {
   std::string out;
   double val_fraction = 0.01;
   std::string tokenizer;
+  bool binary_ok = false;
 };
 
 int run_prepare(const PrepareOptions& o) {
   const Gpt2Tokenizer tokenizer = Gpt2Tokenizer::load(o.tokenizer);
-  const PrepareStats s = prepare_corpus(o.text, o.out, o.val_fraction, tokenizer);
+  const PrepareStats s = prepare_corpus(o.text, o.out, o.val_fraction, tokenizer, o.binary_ok);
   const double mb = double(s.text_bytes) / 1e6;
   fmt::print("prepared {} ({:.2f} MB of text) in {:.2f} s\n", o.text, mb, s.total_seconds);
   fmt::print("  train  {:>10} tokens  {}\n", s.train_tokens, s.train_path.string());
@@ -47,6 +48,8 @@ RunFn setup_prepare(CLI::App& sub) {
                  "folder with GPT-2's encoder.json and vocab.bpe ($LOOM_TOKENIZER_DIR, else "
                  "~/.cache/loom/gpt2)")
       ->capture_default_str();
+  sub.add_flag("--binary-ok", o->binary_ok,
+               "tokenize input that looks binary (NUL bytes, or over 1% invalid UTF-8)");
   return [o] { return run_prepare(*o); };
 }
 

@@ -13,9 +13,15 @@ namespace loom {
 namespace fs = std::filesystem;
 
 std::vector<uint8_t> read_file_bytes(const fs::path& path) {
+  // A directory opens as a stream on Linux and then reports size -1 (std::bad_alloc).
+  std::error_code ec;
+  LOOM_REQUIRE(!fs::is_directory(path, ec), "cannot read '{}': it is a directory, not a file",
+               path.string());
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   LOOM_REQUIRE(in.good(), "cannot open '{}': {}", path.string(), std::strerror(errno));
   std::streamsize size = in.tellg();
+  LOOM_REQUIRE(size >= 0, "cannot read '{}': its size is unknown (not a regular file?)",
+               path.string());
   in.seekg(0);
   std::vector<uint8_t> bytes(static_cast<size_t>(size));
   LOOM_REQUIRE(in.read(reinterpret_cast<char*>(bytes.data()), size).good() || size == 0,
@@ -36,7 +42,17 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
+void require_file_target(const fs::path& path) {
+  std::error_code ec;
+  LOOM_REQUIRE(!fs::is_directory(path, ec), "cannot write '{}': it is a directory; name a file",
+               path.string());
+  const fs::path parent = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  LOOM_REQUIRE(fs::is_directory(parent, ec), "cannot write '{}': folder '{}' does not exist",
+               path.string(), parent.string());
+}
+
 AtomicFile::AtomicFile(fs::path path) : path_(std::move(path)) {
+  require_file_target(path_);
   tmp_ = path_;
   tmp_ += fmt::format(".tmp.{}", ::getpid());
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -63,10 +79,16 @@ void AtomicFile::write(const void* data, size_t bytes) {
 
 void AtomicFile::commit() {
   LOOM_REQUIRE(::fsync(fd_) == 0, "cannot fsync '{}': {}", tmp_.string(), std::strerror(errno));
-  ::close(fd_);
+  // close() can report a deferred write error (NFS, a full disk): the file is then not whole.
+  const int closed = ::close(fd_);
   fd_ = -1;
-  LOOM_REQUIRE(::rename(tmp_.c_str(), path_.c_str()) == 0, "cannot rename '{}' to '{}': {}",
-               tmp_.string(), path_.string(), std::strerror(errno));
+  if (closed != 0 || ::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp_.c_str());  // never leave the temporary behind
+    throw InputError(fmt::format("cannot {} '{}': {}",
+                                 closed != 0 ? "close" : "rename into place", path_.string(),
+                                 std::strerror(err)));
+  }
   fsync_dir(path_.parent_path());
 }
 

@@ -19,6 +19,10 @@ std::string read_file_text(const std::filesystem::path& path);
 void write_file_atomic(const std::filesystem::path& path, std::span<const uint8_t> bytes);
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
 
+// Throws InputError unless `path` can name a file to write: not a directory, its folder
+// exists. Writers call it before doing the work whose result they would write.
+void require_file_target(const std::filesystem::path& path);
+
 // fsync a directory so a rename inside it is durable.
 void fsync_dir(const std::filesystem::path& dir);
 

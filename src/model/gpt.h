@@ -69,6 +69,7 @@ class Gpt {
   // sequence parallelism) for the reserved B, T.
   size_t act_floats() const;
   int slots() const { return nslots_; }  // reserved activation slots per chunk
+  size_t arena_floats() const { return arena_.size(); }  // all reserved activations
 
   // ---- pipeline API -----------------------------------------------------------------
   // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`

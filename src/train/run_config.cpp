@@ -3,7 +3,9 @@
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <limits>
 #include <sstream>
+#include <utility>
 #include <variant>
 
 #include "core/check.h"
@@ -76,6 +78,9 @@ void assign(const Field& f, const toml::node& node, const std::string& source) {
           LOOM_REQUIRE(node.is_integer(), "{} must be an integer", at);
           int64_t v = *node.value<int64_t>();
           LOOM_REQUIRE(std::is_signed_v<T> || v >= 0, "{} must be >= 0, got {}", at, v);
+          // 99999999999 into an int would wrap to 1215752191 layers without a word.
+          LOOM_REQUIRE(std::in_range<T>(v), "{} = {} is out of range (at most {})", at, v,
+                       std::numeric_limits<T>::max());
           *p = T(v);
         }
       },

@@ -9,6 +9,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/timer.h"
+#include "train/memory_need.h"
 #include "train/run_dir.h"
 #include "train/throughput.h"
 #include "train/trainer.h"
@@ -83,6 +84,11 @@ void Trainer::run(std::FILE* progress_out) {
       cfg_.model.n_head, t.seq_len, t.micro_batch, t.grad_accum, grid_->shape().dp,
       cfg_.parallel.zero, flops / 1e6, kFlopsFormula, peak / 1e9));
   progress.note(dp_.memory_report());
+  const MemoryNeed need = estimate_rank_memory(cfg_);
+  progress.note(fmt::format("memory check: about {} per rank with activations {}; {} was "
+                            "available ({})",
+                            format_bytes(need.total()), format_bytes(need.activations),
+                            format_bytes(memory_limit_.bytes), memory_limit_.why));
 
   Timer wall;
   const int first = step_;

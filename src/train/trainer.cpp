@@ -8,8 +8,11 @@
 
 #include "core/check.h"
 #include "core/philox.h"
+#include "core/memory.h"
+#include "core/threads.h"
 #include "core/timer.h"
 #include "kernels/kernels.h"
+#include "train/memory_need.h"
 #include "train/schedule.h"
 #include "train/throughput.h"
 
@@ -18,8 +21,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-RunConfig checked(const RunConfig& cfg, const ProcessGrid& grid) {
+RunConfig checked(const RunConfig& cfg, const ProcessGrid& grid, const MemoryLimit& limit) {
   cfg.validate();
+  // Before the partition and the model allocate anything the config describes.
+  require_memory_fits(cfg, limit);
   LOOM_REQUIRE(cfg.parallel.dp == grid.shape().dp && cfg.parallel.tp == grid.shape().tp &&
                    cfg.parallel.pp == grid.shape().pp,
                "config asks for dp={} tp={} pp={} but the process grid is dp={} tp={} pp={}",
@@ -52,7 +57,8 @@ ModelLayout Trainer::make_layout(const RunConfig& cfg, const ProcessGrid& grid,
 }
 
 Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
-    : cfg_(checked(cfg, grid)),
+    : memory_limit_(available_memory(host_share().local_ranks)),
+      cfg_(checked(cfg, grid, memory_limit_)),
       grid_(&grid),
       partition_(make_partition(cfg_)),
       model_(cfg_.model, grid, make_layout(cfg_, grid, partition_)),

@@ -16,6 +16,7 @@
 #include "comm/process_grid.h"
 #include "data/loader.h"
 #include "model/gpt.h"
+#include "core/memory.h"
 #include "core/trace.h"
 #include "parallel/data_parallel.h"
 #include "parallel/partition.h"
@@ -113,6 +114,7 @@ class Trainer {
   void poll_checkpoint(bool wait);
   bool is_writer() const { return grid_->rank() == 0; }
 
+  MemoryLimit memory_limit_;  // read before anything is allocated; checked by checked()
   RunConfig cfg_;
   const ProcessGrid* grid_;
   StagePartition partition_;

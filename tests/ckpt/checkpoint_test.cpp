@@ -31,7 +31,7 @@ struct TrainedTiny : TinyModel {
     init_params(specs, 2, m.data());
     init_params(specs, 3, v.data());
     for (float& x : v) x = std::fabs(x);
-    m[0] = std::numeric_limits<float>::quiet_NaN();
+    m[0] = std::numeric_limits<float>::max();  // NaN is refused on load (NonFiniteRefused)
     m[1] = -0.0f;
     m[2] = std::numeric_limits<float>::denorm_min();
     state.step = 7;
@@ -86,6 +86,18 @@ TEST(Checkpoint, SaveLoadRoundTripIsBitwise) {
   const CheckpointState only = read_checkpoint_manifest(dir);
   EXPECT_EQ(only.step, 7);
   EXPECT_EQ(only.model.n_head, 2);
+}
+
+TEST(Checkpoint, NonFiniteRefused) {
+  // A NaN weight would evaluate to a NaN loss and generate garbage: loading names the tensor.
+  TempDir tmp;
+  TrainedTiny t;
+  t.weights[5] = std::numeric_limits<float>::infinity();
+  const fs::path dir = t.save(tmp / "run");
+  std::vector<float> w(t.weights.size()), m(w.size()), v(w.size());
+  EXPECT_INPUT_ERROR(load_checkpoint(dir, t.specs, w.data(), m.data(), v.data()),
+                     "model-00000.safetensors", "'" + t.specs[0].name + "'",
+                     "non-finite value (inf at element 5 of");
 }
 
 TEST(Checkpoint, ManifestRecordsFilesAndState) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <limits>
 
 #include "ckpt/safetensors.h"
 #include "test_util.h"
@@ -186,6 +187,26 @@ TEST(Llmc, ExportImportExportIsByteIdentical) {
   const ImportedModel back = import_llmc(dir / "a.bin");
   export_llmc(dir / "b.bin", back.config, gpt2_param_specs(back.config), back.weights.data());
   EXPECT_EQ(file_bytes(dir / "a.bin"), file_bytes(dir / "b.bin"));
+}
+
+// Issue 11: a NaN weight imported evaluated to val_loss nan and generated <|endoftext|>
+// forever. Both importers refuse it, naming the tensor.
+TEST(HfSafetensors, RejectsNonFiniteWeight) {
+  TempDir dir;
+  TinyModel t;
+  t.weights[t.specs[1].offset + 2] = std::numeric_limits<float>::quiet_NaN();
+  export_hf_safetensors(dir / "nan.safetensors", t.cfg, t.specs, t.weights.data());
+  EXPECT_INPUT_ERROR(import_hf_safetensors(dir / "nan.safetensors"), "nan.safetensors",
+                     "non-finite value (nan at element 2 of");
+}
+
+TEST(Llmc, RejectsNonFiniteWeight) {
+  TempDir dir;
+  TinyModel t;
+  t.weights[t.specs[1].offset + 2] = -std::numeric_limits<float>::infinity();
+  export_llmc(dir / "inf.bin", t.cfg, t.specs, t.weights.data());
+  EXPECT_INPUT_ERROR(import_llmc(dir / "inf.bin"), "inf.bin", "'" + t.specs[1].name + "'",
+                     "non-finite value (-inf at element 2 of");
 }
 
 TEST(Llmc, RejectsBadHeaderAndSize) {

@@ -60,9 +60,31 @@ TEST(Safetensors, RoundTripIsBitwise) {
 
   std::vector<float> a(6), b(3);
   f.read("layer.a", a.data(), std::vector<int64_t>{2, 3});
-  f.read("b", b.data(), std::vector<int64_t>{3});
   EXPECT_TRUE(test::same_bits(a, s.a));
+  // read() refuses b's NaN (below); its raw bytes still round-trip.
+  std::memcpy(b.data(), f.data("b").data(), f.data("b").size());
   EXPECT_TRUE(test::same_bits(b, s.b));
+}
+
+TEST(Safetensors, ReadRejectsNonFiniteNamingTheTensor) {
+  TempDir dir;
+  Sample s;
+  s.write(dir / "t.safetensors");
+  const SafetensorsFile f = SafetensorsFile::open(dir / "t.safetensors");
+  std::vector<float> b(3);
+  EXPECT_INPUT_ERROR(f.read("b", b.data(), std::vector<int64_t>{3}), "t.safetensors", "'b'",
+                     "non-finite value (nan at element 0 of 3)");
+}
+
+TEST(Safetensors, OffsetsFarPastTheEndNameThatTensor) {
+  TempDir dir;
+  // 'a' points far past the data; the hole it leaves is before 'b', but 'a' is the culprit.
+  write_raw(dir / "f.safetensors",
+            R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4096,4100]},)"
+            R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+            8);
+  EXPECT_INPUT_ERROR(SafetensorsFile::open(dir / "f.safetensors"), "f.safetensors",
+                     "tensor 'a' data_offsets [4096, 4100] run past the 8-byte data section");
 }
 
 TEST(Safetensors, WritingIsDeterministic) {
@@ -163,7 +185,7 @@ TEST(Safetensors, RejectsOverlapAndHoles) {
             R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
             12);
   EXPECT_INPUT_ERROR(SafetensorsFile::open(dir / "h.safetensors"), "h.safetensors",
-                     "4 unused bytes before tensor 'b'");
+                     "4 unused bytes at data offset 4, before tensor 'b' [8, 12]");
 }
 
 TEST(Safetensors, RejectsDataSizeDifferentFromFileSize) {

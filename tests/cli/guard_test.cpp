@@ -152,4 +152,66 @@ TEST_F(Guard, NonFiniteAndOutOfRangeOptionsAreRejectedNamingTheOption) {
   }
 }
 
+TEST_F(Guard, BadFilesAreNamedAndLeaveNothingBehind) {
+  ASSERT_EQ(train("g").code, 0);
+  // export --out an existing directory: refused before any work, no temporary left.
+  fs::create_directories(dir_ / "g_out");
+  Result r = loom_cmd("export --ckpt " + (dir_ / "g").string() + " --format safetensors --out " +
+                      (dir_ / "g_out").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "g_out': it is a directory")) << r.output;
+  EXPECT_TRUE(fs::is_empty(dir_ / "g_out"));
+  for (const auto& e : fs::directory_iterator(dir_))
+    EXPECT_FALSE(contains(e.path().filename().string(), ".tmp.")) << e.path();
+  // A directory as a config or a text, an empty text, an executable as a text.
+  r = loom_cmd("train --config " + dir_.string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "it is a directory, not a file")) << r.output;
+  std::ofstream(dir_ / "empty.txt").close();
+  r = loom_cmd("prepare --text " + (dir_ / "empty.txt").string() + " --out " +
+               (dir_ / "g_data").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "empty.txt' is empty")) << r.output;
+  r = loom_cmd("prepare --text " LOOM_BINARY " --out " + (dir_ / "g_data").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "does not look like text")) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "g_data"));
+}
+
+// Each under a 4 GB address-space limit, so a regression fails here with bad_alloc instead of
+// taking the machine's memory.
+TEST_F(Guard, RunsThatCannotFitAreRefusedBeforeAllocating) {
+  const std::string limited = "ulimit -v 4000000; " LOOM_BINARY " ";
+  auto train_limited = [&](const std::string& set) {
+    return loom::test::shell(limited + "train --config " + (dir_ / "tiny.toml").string() +
+                             " --set run.dir=" + (dir_ / "h").string() + " --set " + set);
+  };
+  // 99999999999 no longer wraps to an int of 1215752191 layers.
+  Result r = train_limited("model.n_layer=99999999999");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "n_layer = 99999999999 is out of range (at most 2147483647)"))
+      << r.output;
+  for (const auto& [set, fits] : std::vector<std::pair<std::string, std::string>>{
+           {"model.n_layer=100000000", "model.n_layer="},
+           {"model.block_size=100000000", "model.block_size="},
+           {"model.n_embd=1073741824", "model.n_embd="},
+           {"train.micro_batch=1000000", "train.micro_batch="}}) {
+    r = train_limited(set);
+    EXPECT_EQ(r.code, 2) << set << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, "not enough memory: this run needs about ")) << r.output;
+    EXPECT_TRUE(contains(r.output, "is available (address-space limit (ulimit -v)")) << r.output;
+    EXPECT_TRUE(contains(r.output, "largest settings that fit")) << r.output;
+    EXPECT_TRUE(contains(r.output, fits)) << set << "\n" << r.output;
+    EXPECT_FALSE(contains(r.output, "bad_alloc")) << r.output;
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "h")) << "a refused run claims no directory";
+  r = loom::test::shell(limited + "plan --simulate --pp 100000 --microbatches 100000");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "needs about")) << r.output;
+  EXPECT_TRUE(contains(r.output, "at --pp 100000 at most --microbatches")) << r.output;
+  r = loom::test::shell(limited + "plan --simulate --pp 400 --microbatches 800");
+  EXPECT_EQ(r.code, 0) << r.output.substr(0, 2000);
+  EXPECT_TRUE(contains(r.output, "timeline omitted: 400 ranks")) << r.output.substr(0, 2000);
+}
+
 }  // namespace

@@ -84,5 +84,58 @@ TEST(Prepare, MissingTextIsNamed) {
   }
 }
 
+// The message of the InputError prepare_corpus throws for `text` ("" if none).
+std::string prepare_error(const TempDir& tmp, const std::string& text, bool binary_ok = false) {
+  try {
+    prepare_corpus(write_corpus(tmp, text), tmp.path() / "out", 0.1, gpt2(), binary_ok);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Prepare, ScanTextFollowsRfc3629) {
+  EXPECT_EQ(scan_text("plain ascii").invalid_utf8, 0u);
+  EXPECT_EQ(scan_text("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80").invalid_utf8, 0u);
+  EXPECT_EQ(scan_text("\xc0\xaf").invalid_utf8, 2u);          // overlong '/'
+  EXPECT_EQ(scan_text("\xed\xa0\x80").invalid_utf8, 3u);      // a UTF-16 surrogate
+  EXPECT_EQ(scan_text("\xf4\x90\x80\x80").invalid_utf8, 4u);  // above U+10FFFF
+  const TextScan latin1 = scan_text("na\xefve");               // Latin-1 i-diaeresis
+  EXPECT_EQ(latin1.invalid_utf8, 1u);
+  EXPECT_EQ(latin1.first_invalid, 2u);
+  const TextScan nul = scan_text(std::string("ab\0c", 4));
+  EXPECT_EQ(nul.nul_bytes, 1u);
+  EXPECT_EQ(nul.first_nul, 2u);
+}
+
+// Issue 11: an empty file wrote 1 token and exited 0; an executable or invalid UTF-8 was
+// tokenized without a word.
+TEST(Prepare, RejectsEmptyAndBinaryInput) {
+  TempDir tmp("prepare_binary");
+  EXPECT_NE(prepare_error(tmp, "").find("is empty"), std::string::npos);
+  const std::string elf("\x7f" "ELF\x02\x01\x01\0\0\0", 10);
+  const std::string e = prepare_error(tmp, elf);
+  EXPECT_NE(e.find("corpus.txt' does not look like text (3 NUL bytes, the first at byte 7)"),
+            std::string::npos) << e;
+  EXPECT_NE(e.find("--binary-ok"), std::string::npos) << e;
+  const std::string latin1(200, '\xe9');
+  EXPECT_NE(prepare_error(tmp, latin1).find("200 of its 200 bytes are not UTF-8"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(tmp.path() / "out"));
+  // --binary-ok tokenizes it; a stray Latin-1 byte in real text is only a warning.
+  EXPECT_EQ(prepare_error(tmp, elf, true), "");
+  EXPECT_EQ(prepare_error(tmp, std::string(kText) + "na\xefve\n"), "");
+}
+
+TEST(Prepare, DirectoryAsTextIsNamed) {
+  TempDir tmp("prepare_dir");
+  try {
+    prepare_corpus(tmp.path(), tmp.path() / "out", 0.01, gpt2());
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace loom

@@ -1,0 +1,37 @@
+// How much memory this process may still allocate, so a run that cannot fit is refused with
+// its need and the limit before it asks for the memory (and is OOM-killed printing nothing,
+// or ends in std::bad_alloc).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace loom {
+
+struct MemoryLimit {
+  double bytes = 0;  // what this rank may still allocate
+  std::string why;   // which limit it is, e.g. "cgroup memory.max 8.0 GiB, 6.1 GiB free / 2 ranks"
+};
+
+// The tightest of: the cgroup's limit less its usage (v2 memory.max - memory.current up the
+// hierarchy, or v1 memory.limit_in_bytes - memory.usage_in_bytes), the host's MemAvailable
+// (both shared by the `local_ranks` ranks of this job on this host, so divided by them),
+// and this process's address-space limit (ulimit -v) less what it has mapped.
+MemoryLimit available_memory(int local_ranks);
+
+// The same from given readings, for tests; a missing reading is no limit.
+struct MemoryReadings {
+  std::optional<double> cgroup_free;  // limit - usage of the tightest cgroup level
+  std::optional<double> cgroup_limit;
+  std::optional<double> mem_available;
+  std::optional<double> address_space_free;  // RLIMIT_AS - VmSize
+  std::optional<double> address_space_limit;
+};
+MemoryReadings read_memory();
+MemoryLimit tightest_limit(const MemoryReadings& r, int local_ranks);
+
+// "1.5 GiB", "512.0 MiB", "3.2 TiB": sizes in messages.
+std::string format_bytes(double bytes);
+
+}  // namespace loom

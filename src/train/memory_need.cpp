@@ -1,0 +1,137 @@
+#include "train/memory_need.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "core/check.h"
+
+namespace loom {
+
+namespace {
+
+struct Sizes {
+  double C, NH, L, maxT, Vp, B, T, tp, pp, dp, v, ga;
+  bool sp;
+  int zero;
+};
+
+Sizes sizes_of(const RunConfig& cfg) {
+  const ParallelConfig& p = cfg.parallel;
+  return {double(cfg.model.n_embd),    double(cfg.model.n_head),
+          double(cfg.model.n_layer),   double(cfg.model.block_size),
+          double(cfg.model.padded_vocab(std::max(1, p.tp))), double(cfg.train.micro_batch),
+          double(cfg.train.seq_len),   double(std::max(1, p.tp)),
+          double(std::max(1, p.pp)),   double(std::max(1, p.dp)),
+          double(std::max(1, p.virtual_stages)), double(std::max(1, cfg.train.grad_accum)),
+          p.sequence_parallel && p.tp > 1, p.zero};
+}
+
+// Micro-batches whose activations one rank holds at once: one without a pipeline; under
+// GPipe every micro-batch of the step; under 1F1B (and interleaved, per chunk) at most the
+// pipeline depth.
+double inflight(const RunConfig& cfg, const Sizes& s) {
+  if (s.pp <= 1) return 1;
+  return cfg.parallel.schedule == "gpipe" ? s.ga : std::min(s.ga, s.pp);
+}
+
+// Floats of one block's saved activations, of one head's, and of the shared backward
+// scratch, as Gpt::reserve lays out its arena.
+double activation_floats(const RunConfig& cfg, const Sizes& s, double blocks) {
+  const double N = s.B * s.T, NL = s.sp ? N / s.tp : N, Cl = s.C / s.tp, NHl = s.NH / s.tp;
+  const double att = s.B * NHl * s.T * s.T;
+  const double block = 2 * N * s.C + 2 * NL * s.C + 4 * NL + 12 * N * Cl + att;
+  const double head = N * s.C + 2 * NL + N * (s.Vp / s.tp) + N;
+  const double scratch = 3 * NL * s.C + (s.sp ? N * s.C : 0) + 2 * N * s.C + 12 * N * Cl + att +
+                         3 * (s.tp + 1) * N;
+  return inflight(cfg, s) * (blocks * block + s.v * NL * s.C + head) + scratch;
+}
+
+}  // namespace
+
+MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
+  const Sizes s = sizes_of(cfg);
+  const double blocks = std::ceil(s.L / s.pp);
+  const double block = 6 * s.C + (12 * s.C * s.C + 7 * s.C) / s.tp;
+  const double embed = s.Vp * s.C / s.tp + s.maxT * s.C + 2 * s.C;  // wte slice, wpe, ln_f
+  const double P = blocks * block + embed;
+  MemoryNeed m;
+  m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
+  m.grads = 4 * (s.zero >= 2 ? P / s.dp : P);
+  m.optimizer = 8 * (s.zero >= 1 ? P / s.dp : P);
+  m.activations = 4 * activation_floats(cfg, s, blocks);
+  if (cfg.checkpoint.async) m.snapshot = 4 * P + m.optimizer;  // the host copy being written
+  return m;
+}
+
+std::string MemoryNeed::breakdown() const {
+  std::string out = fmt::format("weights {}, gradients {}, optimizer {}, activations {}",
+                                format_bytes(weights), format_bytes(grads),
+                                format_bytes(optimizer), format_bytes(activations));
+  if (snapshot > 0) out += fmt::format(", async checkpoint copy {}", format_bytes(snapshot));
+  return out;
+}
+
+namespace {
+
+// The largest value in [lo, hi] (in steps of `step` from lo) for which the run fits, or none.
+std::optional<int> largest_fitting(const RunConfig& cfg, double limit, int lo, int hi, int step,
+                                   const std::function<void(RunConfig&, int)>& set) {
+  auto fits = [&](int k) {
+    RunConfig c = cfg;
+    set(c, lo + k * step);
+    return estimate_rank_memory(c).total() <= limit;
+  };
+  if (hi < lo || !fits(0)) return std::nullopt;
+  int good = 0, bad = (hi - lo) / step + 1;  // fits(good), and bad is past the range
+  while (bad - good > 1) {
+    const int mid = good + (bad - good) / 2;
+    (fits(mid) ? good : bad) = mid;
+  }
+  return lo + good * step;
+}
+
+std::string fitting_settings(const RunConfig& cfg, double limit) {
+  struct Knob {
+    const char* name;
+    int lo, hi, step;
+    std::function<void(RunConfig&, int)> set;
+  };
+  const GptConfig& m = cfg.model;
+  const int NH = std::max(1, m.n_head);
+  const std::vector<Knob> knobs = {
+      {"model.n_layer", 1, m.n_layer, 1, [](RunConfig& c, int x) { c.model.n_layer = x; }},
+      {"model.n_embd", NH, m.n_embd, NH, [](RunConfig& c, int x) { c.model.n_embd = x; }},
+      {"model.block_size", cfg.train.seq_len, m.block_size, 1,
+       [](RunConfig& c, int x) { c.model.block_size = x; }},
+      {"train.micro_batch", 1, cfg.train.micro_batch, 1,
+       [](RunConfig& c, int x) { c.train.micro_batch = x; }},
+      {"train.seq_len", 1, cfg.train.seq_len, 1,
+       [](RunConfig& c, int x) { c.train.seq_len = x; }}};
+  std::string out;
+  for (const Knob& k : knobs) {
+    if (const auto x = largest_fitting(cfg, limit, k.lo, k.hi, k.step, k.set))
+      out += fmt::format("{}{}={}", out.empty() ? "" : ", ", k.name, *x);
+  }
+  if (out.empty())
+    return "no smaller n_layer, n_embd, block_size, micro_batch or seq_len alone makes it fit: "
+           "spread it over more ranks (tp, pp, or dp with [parallel] zero) or shrink several";
+  return "largest settings that fit, each with the others unchanged: " + out;
+}
+
+}  // namespace
+
+void require_memory_fits(const RunConfig& cfg, const MemoryLimit& limit) {
+  const MemoryNeed need = estimate_rank_memory(cfg);
+  if (need.total() <= limit.bytes) return;
+  throw InputError(fmt::format(
+      "not enough memory: this run needs about {} per rank ({}) but {} is available ({}); {}",
+      format_bytes(need.total()), need.breakdown(), format_bytes(limit.bytes), limit.why,
+      fitting_settings(cfg, limit.bytes)));
+}
+
+}  // namespace loom
