@@ -112,6 +112,7 @@ int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
     injector.at_step(step);
   });
   trainer.set_checkpoint_observer([&injector] { injector.during_checkpoint(); });
+  trainer.set_metrics_fault(injector.disk_full_step());
   if (grid.rank() == 0)
     fmt::print("threads: {} per rank ({})\n", o.threads.threads, o.threads.why);
   if (grid.rank() == 0 && grid.shape().pp > 1)

@@ -15,7 +15,7 @@ namespace {
 
 constexpr const char* kForms =
     "kill:rank=R:step=S, kill:rank=R:every=N, hang:rank=R:step=S or "
-    "exit-during-checkpoint:rank=R[:step=S] "
+    "exit-during-checkpoint:rank=R[:step=S], disk-full:step=S "
     "(R a world rank, S a 0-based step; for exit-during-checkpoint S names checkpoint step_S)";
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -43,6 +43,8 @@ FaultSpec parse_fault(const std::string& spec) {
   if (spec.empty()) return {};
   const std::vector<std::string> f = split(spec, ':');
   FaultSpec out;
+  if (f[0] == "disk-full" && f.size() == 2 && parse_field(f[1], "step") >= 0)
+    return {FaultSpec::Kind::kDiskFull, 0, parse_field(f[1], "step"), 0};
   if (f[0] == "kill") out.kind = FaultSpec::Kind::kKill;
   if (f[0] == "hang") out.kind = FaultSpec::Kind::kHang;
   if (f[0] == "exit-during-checkpoint") out.kind = FaultSpec::Kind::kExitDuringCheckpoint;
@@ -89,6 +91,10 @@ void FaultInjector::at_step(int step) const {
     std::fflush(stderr);
     for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
   }
+}
+
+int FaultInjector::disk_full_step() const {
+  return fires_here() && spec_.kind == FaultSpec::Kind::kDiskFull ? spec_.step : -1;
 }
 
 void FaultInjector::during_checkpoint() const {

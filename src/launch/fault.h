@@ -4,6 +4,10 @@
 //   hang:rank=R:step=S                       world rank R sleeps forever at the start of step S
 //   exit-during-checkpoint:rank=R[:step=S]   world rank R calls _Exit(9) in the middle of the
 //                                            save of checkpoint S (the first save if omitted)
+//   disk-full:step=S                         from step S on, world rank 0's metrics.jsonl
+//                                            writes fail with ENOSPC (they go to /dev/full),
+//                                            for testing where no small file system can be
+//                                            mounted
 //   kill:rank=R:every=N                      world rank R raises SIGKILL at step (a+1)*N on
 //                                            supervisor attempt a (LOOM_ATTEMPT): one failure
 //                                            every N steps however far back each restart
@@ -20,7 +24,7 @@
 namespace loom {
 
 struct FaultSpec {
-  enum class Kind { kNone, kKill, kHang, kExitDuringCheckpoint } kind = Kind::kNone;
+  enum class Kind { kNone, kKill, kHang, kExitDuringCheckpoint, kDiskFull } kind = Kind::kNone;
   int rank = -1;  // world rank that fails
   int step = -1;  // kill/hang: step index; exit-during-checkpoint: checkpoint step (-1 = first)
   int every = 0;  // kill: every N steps (and on every attempt) when > 0
@@ -40,6 +44,8 @@ class FaultInjector {
   void at_step(int step) const;
   // Called in the middle of every checkpoint save (tensor files written, manifest not yet).
   void during_checkpoint() const;
+  // disk-full: the step from which metrics writes fail, when armed; else -1.
+  int disk_full_step() const;
 
  private:
   bool fires_here() const { return armed_ && spec_.rank == world_rank_; }

@@ -4,12 +4,11 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include <fstream>
-
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/timer.h"
 #include "train/memory_need.h"
+#include "train/metrics_log.h"
 #include "train/run_dir.h"
 #include "train/throughput.h"
 #include "train/trainer.h"
@@ -60,16 +59,43 @@ class Progress {
 
 }  // namespace
 
+std::string Trainer::write_metrics(MetricsLog& metrics, const nlohmann::json& rec, int step) {
+  std::string error;
+  if (metrics.is_open()) {
+    if (metrics_fault_step_ >= 0 && step >= metrics_fault_step_) metrics.fail_as_full();
+    error = metrics.append(rec.dump());
+  }
+  // Only world rank 0 writes metrics; one 8-byte all-reduce per step lets every rank take
+  // the same decision, so the final save that follows is collective.
+  if (grid_->shape().world() > 1) {
+    double failed = error.empty() ? 0.0 : 1.0;
+    grid_->world().allreduce(&failed, 1, ReduceOp::kMax);
+    if (failed > 0 && error.empty()) error = "world rank 0 could not write metrics";
+  }
+  return error;
+}
+
+void Trainer::stop_on_write_error(const std::string& error, std::FILE* out) {
+  if (out) fmt::print(out, "\nerror: {}; saving a final checkpoint, then stopping\n", error);
+  std::string saved;
+  try {
+    saved = "a final checkpoint was saved to " + save_checkpoint().string();
+    finish_checkpoint();
+  } catch (const Error& e) {
+    saved = fmt::format("the final checkpoint failed too ({})", e.what());
+  }
+  throw Error(fmt::format("step {}: {}; stopped, and {}", step_, error, saved));
+}
+
 void Trainer::run(std::FILE* progress_out) {
   const TrainConfig& t = cfg_.train;
   const fs::path dir = cfg_.run.dir;
-  std::ofstream metrics;
+  MetricsLog metrics;
   if (is_writer()) {
     fs::create_directories(dir);
     write_file_atomic(dir / "config.toml", cfg_.to_toml());
     trim_metrics(dir / "metrics.jsonl", step_);  // resumed: the replayed steps come again
-    metrics.open(dir / "metrics.jsonl", std::ios::app);
-    LOOM_REQUIRE(metrics.good(), "cannot write {}", (dir / "metrics.jsonl").string());
+    metrics = MetricsLog(dir / "metrics.jsonl");
   } else {
     progress_out = nullptr;  // rank 0 speaks for the job
   }
@@ -109,10 +135,8 @@ void Trainer::run(std::FILE* progress_out) {
       rec["val_loss"] = val;
       progress.note(fmt::format("step {:>5} | val_loss {:.4f}", step_, val));
     }
-    if (metrics.is_open()) {
-      metrics << rec.dump() << "\n";
-      metrics.flush();
-    }
+    if (const std::string error = write_metrics(metrics, rec, s.step); !error.empty())
+      stop_on_write_error(error, progress_out);
     if (t.checkpoint_every > 0 && step_ % t.checkpoint_every == 0 && step_ < t.steps) {
       const fs::path saved = save_checkpoint();
       progress.note(fmt::format("checkpoint {} ({}training stalled {:.3f} s)", saved.string(),

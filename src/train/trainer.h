@@ -4,8 +4,10 @@
 // from a checkpoint continues bitwise as if never stopped.
 #pragma once
 
-#include <cstdio>
+#include <nlohmann/json.hpp>
+
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -21,6 +23,7 @@
 #include "parallel/data_parallel.h"
 #include "parallel/partition.h"
 #include "parallel/pipeline.h"
+#include "train/metrics_log.h"
 #include "train/optimizer.h"
 #include "train/run_config.h"
 
@@ -78,6 +81,9 @@ class Trainer {
   // written, before the manifest is committed.
   void set_step_observer(std::function<void(int step)> f) { step_observer_ = std::move(f); }
   void set_checkpoint_observer(std::function<void()> f) { checkpoint_observer_ = std::move(f); }
+  // Fault injection (--inject-fault disk-full:step=S): metrics writes from step S on fail
+  // as on a full disk.
+  void set_metrics_fault(int step) { metrics_fault_step_ = step; }
   // Wall seconds of the last step's pipeline run (0 when pp = 1).
   double last_pipeline_seconds() const { return last_pipe_.seconds; }
   Gpt& model() { return model_; }
@@ -99,6 +105,11 @@ class Trainer {
   // before the optimizer step: no checkpoint ever holds that state. Names the step, which
   // value, and this rank's first parameter whose gradient is not finite.
   [[noreturn]] void stop_non_finite(float loss, float norm);
+  // Appends the step's record (world rank 0) and agrees across ranks whether it failed;
+  // returns the error, or "".
+  std::string write_metrics(MetricsLog& metrics, const nlohmann::json& rec, int step);
+  // A run write failed: a final checkpoint attempt (collective), then an Error saying both.
+  [[noreturn]] void stop_on_write_error(const std::string& error, std::FILE* out);
   float evaluate_pipeline(int64_t batches);
   void load_rows(uint64_t k, int32_t* inputs, int32_t* targets);
   // The parameters this rank stores in checkpoints: all but the copies another rank holds.
@@ -125,6 +136,7 @@ class Trainer {
   std::unique_ptr<PipelineExecutor> pipe_;
   std::function<void(int)> step_observer_;
   std::function<void()> checkpoint_observer_;
+  int metrics_fault_step_ = -1;
   // Asynchronous save in flight: its writer thread, snapshot and state.
   std::thread ckpt_thread_;
   std::atomic<bool> ckpt_written_{false};

@@ -38,6 +38,8 @@ class Guard : public ::testing::Test {
     return loom_cmd("train --config " + (dir_ / "tiny.toml").string() +
                     " --set run.dir=" + (dir_ / run).string() + " " + args);
   }
+
+ public:
   static std::string steps_in(const std::string& run) {
     std::ifstream in(dir_ / run / "metrics.jsonl");
     std::string line, out;
@@ -49,6 +51,9 @@ class Guard : public ::testing::Test {
   }
   static fs::path dir_;
   static Result prepared_;
+
+ public:
+  static const fs::path& dir() { return dir_; }
 };
 fs::path Guard::dir_;
 Result Guard::prepared_;
@@ -212,6 +217,67 @@ TEST_F(Guard, RunsThatCannotFitAreRefusedBeforeAllocating) {
   r = loom::test::shell(limited + "plan --simulate --pp 400 --microbatches 800");
   EXPECT_EQ(r.code, 0) << r.output.substr(0, 2000);
   EXPECT_TRUE(contains(r.output, "timeline omitted: 400 ranks")) << r.output.substr(0, 2000);
+}
+
+// Issue 11: on a full disk metrics.jsonl ended at 0 bytes without a word. Now the failed
+// write names the file and the free space, and the run stops after a final checkpoint
+// attempt. Here the write fails by injection (/dev/full's ENOSPC), so the checkpoint
+// succeeds; `mpi` runs it on two ranks, where only rank 0 writes metrics.
+void expect_injected_disk_full_stops(const std::string& run, const std::string& mpi) {
+  const fs::path dir = Guard::dir() / run;
+  const Result r = loom::test::shell(
+      mpi + LOOM_BINARY " train --config " + (Guard::dir() / "tiny.toml").string() +
+      " --set run.dir=" + dir.string() + " --set train.steps=6 --inject-fault disk-full:step=2" +
+      (mpi.empty() ? "" : " --dp 2"));
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "cannot write metrics to '" + dir.string() +
+                                     "/metrics.jsonl': No space left on device ("))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "free on its file system)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "a final checkpoint was saved to")) << r.output;
+  EXPECT_TRUE(fs::exists(dir / "checkpoints/step_00000003/manifest.json")) << r.output;
+  EXPECT_EQ(Guard::steps_in(run), "1 2 ") << "the records written before the failure are kept";
+}
+
+TEST_F(Guard, AFailedMetricsWriteStopsAfterAFinalCheckpoint) {
+  expect_injected_disk_full_stops("i1", "");
+  const Result resumed = train("i1", "--resume auto");
+  EXPECT_EQ(resumed.code, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "at step 3")) << resumed.output;
+  expect_injected_disk_full_stops("i2", LOOM_MPIRUN " -np 2 ");
+}
+
+// The same on a real full file system (a 32 KiB tmpfs in a private mount namespace): the
+// disk fills with metrics, the write fails with ENOSPC, and the final checkpoint, which
+// cannot fit either, fails loudly too. Where no tmpfs can be mounted, the injected failure
+// stands in, and the test says so.
+TEST_F(Guard, AFullDiskIsLoud) {
+  const fs::path mnt = dir_ / "small_fs";
+  fs::create_directories(mnt);
+  const std::string unshare = geteuid() == 0 ? "unshare --mount" : "unshare -rm";
+  const Result probe =
+      loom::test::shell(unshare + " sh -c 'mount -t tmpfs tmpfs " + mnt.string() + "'");
+  if (probe.code != 0) {
+    std::printf("AFullDiskIsLoud: cannot mount a tmpfs here (%s); using an injected write "
+                "failure instead\n", probe.output.c_str());
+    expect_injected_disk_full_stops("j", "");
+    return;
+  }
+  std::printf("AFullDiskIsLoud: using a 32 KiB tmpfs\n");
+  const fs::path run = mnt / "run";
+  const Result r = loom::test::shell(
+      unshare + " sh -c 'mount -t tmpfs -o size=32k tmpfs " + mnt.string() + " && " +
+      LOOM_BINARY " train --config " + (dir_ / "tiny.toml").string() + " --set run.dir=" +
+      run.string() + " --set train.steps=100000 --set train.checkpoint_every=0; echo exit=$?; "
+      "wc -l < " +
+      (run / "metrics.jsonl").string() + "'");
+  EXPECT_FALSE(contains(r.output, "exit=0")) << r.output;
+  EXPECT_TRUE(contains(r.output, "exit=1")) << r.output;
+  EXPECT_TRUE(contains(r.output, "metrics.jsonl': No space left on device (")) << r.output;
+  EXPECT_TRUE(contains(r.output, "the final checkpoint failed too (")) << r.output;
+  // The lines written before the disk filled are there (wc -l's count is the last line).
+  const std::string tail = r.output.substr(r.output.find_last_of('\n', r.output.size() - 2) + 1);
+  EXPECT_GT(std::atoi(tail.c_str()), 50) << r.output;
 }
 
 }  // namespace
