@@ -38,6 +38,14 @@ RunFn setup_launch(CLI::App& sub) {
   sub.add_option("--max-restarts", o->max_restarts, "restarts after a failure (default 3)");
   sub.add_option("--heartbeat-s", o->heartbeat_s,
                  "seconds a rank may stay silent before it counts as failed (default 10)");
+  sub.add_option("--progress-timeout", o->progress_timeout_s,
+                 "seconds a rank's step may stay unchanged, outside evaluations and checkpoint "
+                 "saves, before it counts as failed (default 0: 5 x the median step time once 3 "
+                 "steps were timed, at least --heartbeat-s)")
+      ->check(in_range(0, 1e7));
+  sub.add_option("--available-timeout-s", o->available_timeout_s,
+                 "seconds --available-cmd may take to answer (default 30)")
+      ->check(in_range(0.1, 1e5));
   sub.add_option("--min-n", o->min_n,
                  "elastic: restart on fewer processes (as --available-cmd reports), down to this");
   sub.add_option("--available-cmd", o->available_cmd,

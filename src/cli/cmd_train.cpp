@@ -113,6 +113,7 @@ int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
   });
   trainer.set_checkpoint_observer([&injector] { injector.during_checkpoint(); });
   trainer.set_metrics_fault(injector.disk_full_step());
+  if (heartbeat) trainer.set_busy_observer([&heartbeat](bool busy) { heartbeat->set_busy(busy); });
   if (grid.rank() == 0)
     fmt::print("threads: {} per rank ({})\n", o.threads.threads, o.threads.why);
   if (grid.rank() == 0 && grid.shape().pp > 1)

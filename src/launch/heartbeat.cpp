@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace loom {
 namespace {
@@ -66,8 +68,9 @@ int connect_to(const std::string& address, std::string& err) {
 
 }  // namespace
 
-std::string format_heartbeat_line(std::string_view secret, int rank, int step) {
-  return fmt::format("{} {} {}", secret, rank, step);
+std::string format_heartbeat_line(std::string_view secret, int rank, int step, int64_t idle_ms) {
+  return idle_ms < 0 ? fmt::format("{} {} {} -", secret, rank, step)
+                     : fmt::format("{} {} {} {}", secret, rank, step, idle_ms);
 }
 
 std::string format_done_line(std::string_view secret, int rank) {
@@ -76,18 +79,27 @@ std::string format_done_line(std::string_view secret, int rank) {
 
 std::optional<HeartbeatLine> parse_heartbeat_line(std::string_view line,
                                                   std::string_view secret) {
-  const size_t a = line.find(' ');
-  const size_t b = a == std::string_view::npos ? a : line.find(' ', a + 1);
-  if (b == std::string_view::npos || line.find(' ', b + 1) != std::string_view::npos)
-    return std::nullopt;
-  if (!same_secret(line.substr(0, a), secret)) return std::nullopt;
-  const std::optional<int> rank = to_int(line.substr(a + 1, b - a - 1));
-  const std::string_view last = line.substr(b + 1);
+  std::vector<std::string_view> f;
+  for (size_t begin = 0;;) {
+    const size_t sp = line.find(' ', begin);
+    f.push_back(line.substr(begin, sp == std::string_view::npos ? sp : sp - begin));
+    if (sp == std::string_view::npos) break;
+    begin = sp + 1;
+  }
+  if (f.size() < 3 || f.size() > 4 || !same_secret(f[0], secret)) return std::nullopt;
+  const std::optional<int> rank = to_int(f[1]);
   if (!rank || *rank < 0) return std::nullopt;
-  if (last == "done") return HeartbeatLine{*rank, -1, true};
-  const std::optional<int> step = to_int(last);
+  if (f[2] == "done") return f.size() == 3 ? std::optional(HeartbeatLine{*rank, -1, true, -1})
+                                           : std::nullopt;
+  const std::optional<int> step = to_int(f[2]);
   if (!step || *step < -1) return std::nullopt;
-  return HeartbeatLine{*rank, *step, false};
+  HeartbeatLine hb{*rank, *step, false, -1};
+  if (f.size() == 4 && f[3] != "-") {
+    const std::optional<int> idle = to_int(f[3]);
+    if (!idle || *idle < 0) return std::nullopt;
+    hb.idle_ms = *idle;
+  }
+  return hb;
 }
 
 std::unique_ptr<HeartbeatClient> HeartbeatClient::from_env(int world_rank) {
@@ -95,14 +107,39 @@ std::unique_ptr<HeartbeatClient> HeartbeatClient::from_env(int world_rank) {
   if (address == nullptr || *address == '\0') return nullptr;
   const char* secret = std::getenv("LOOM_SUPERVISOR_SECRET");
   const char* timeout = std::getenv("LOOM_HEARTBEAT_S");
-  const double timeout_s = timeout ? std::atof(timeout) : 0.0;
+  const double timeout_s = timeout && std::atof(timeout) > 0 ? std::atof(timeout) : 10.0;
   return std::make_unique<HeartbeatClient>(address, secret ? secret : "", world_rank,
-                                           timeout_s > 0 ? timeout_s / 3 : 10.0 / 3);
+                                           timeout_s / 3, timeout_s);
 }
 
+namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
 HeartbeatClient::HeartbeatClient(const std::string& address, std::string secret, int rank,
-                                 double period_s)
-    : secret_(std::move(secret)), rank_(rank), period_s_(period_s) {
+                                 double period_s, double orphan_after_s,
+                                 std::function<void()> orphaned)
+    : secret_(std::move(secret)),
+      rank_(rank),
+      period_s_(period_s),
+      orphan_after_s_(orphan_after_s),
+      orphaned_(std::move(orphaned)),
+      address_(address),
+      progress_ns_(now_ns()) {
+  if (!orphaned_) {
+    orphaned_ = [this] {
+      fmt::print(stderr, "loom: rank {}: the supervisor at {} has been gone for {:g} s; ending "
+                 "this rank, whose job no one supervises\n", rank_, address_, orphan_after_s_);
+      std::fflush(stderr);
+      std::_Exit(1);
+    };
+  }
   std::string err;
   fd_ = connect_to(address, err);
   if (fd_ < 0) {
@@ -110,7 +147,7 @@ HeartbeatClient::HeartbeatClient(const std::string& address, std::string secret,
                "without heartbeats\n", rank_, address, err);
     return;
   }
-  if (!send_line(format_heartbeat_line(secret_, rank_, -1))) return;
+  if (!send_line(beat_line())) return;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -120,9 +157,29 @@ HeartbeatClient::~HeartbeatClient() {
 }
 
 void HeartbeatClient::set_step(int step) {
+  progress_ns_.store(now_ns());
   // Sent from the caller at once, so a rank that dies right after still reported this step.
-  if (step_.exchange(step) != step && fd_ >= 0)
-    send_line(format_heartbeat_line(secret_, rank_, step));
+  if (step_.exchange(step) != step && fd_ >= 0) send_line(beat_line());
+}
+
+void HeartbeatClient::set_busy(bool busy) {
+  progress_ns_.store(now_ns());
+  busy_.store(busy);
+}
+
+std::string HeartbeatClient::beat_line() const {
+  const int step = step_.load();
+  const int64_t idle = busy_.load() || step < 0 ? -1 : (now_ns() - progress_ns_.load()) / 1000000;
+  return format_heartbeat_line(secret_, rank_, step, idle);
+}
+
+// The supervisor never writes, so a readable connection is one it closed (or reset).
+bool HeartbeatClient::supervisor_closed() const {
+  pollfd p{fd_, POLLIN | POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  char byte;
+  const ssize_t n = recv(fd_, &byte, 1, MSG_DONTWAIT | MSG_PEEK);
+  return n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) || (p.revents & POLLRDHUP);
 }
 
 void HeartbeatClient::finish() {
@@ -141,14 +198,26 @@ void HeartbeatClient::stop_thread() {
 
 void HeartbeatClient::loop() {
   const auto period = std::chrono::duration<double>(period_s_);
+  std::optional<std::chrono::steady_clock::time_point> gone_since;
   std::unique_lock lock(mu_);
   while (!stop_) {
-    cv_.wait_for(lock, period, [this] { return stop_; });
+    cv_.wait_for(lock, gone_since ? std::min(period, std::chrono::duration<double>(0.2)) : period,
+                 [this] { return stop_; });
     if (stop_) break;
     lock.unlock();
-    const bool ok = send_line(format_heartbeat_line(secret_, rank_, step_.load()));
+    const bool closed = supervisor_closed() || !send_line(beat_line());
     lock.lock();
-    if (!ok) break;
+    if (!closed || orphan_after_s_ <= 0) {
+      if (closed) break;  // no orphan check: heartbeats just stop
+      continue;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (!gone_since) gone_since = now;
+    if (std::chrono::duration<double>(now - *gone_since).count() >= orphan_after_s_) {
+      lock.unlock();
+      orphaned_();
+      return;
+    }
   }
 }
 
@@ -163,8 +232,12 @@ bool HeartbeatClient::send_line(const std::string& text) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       failed_.store(true);
-      fmt::print(stderr, "loom: rank {}: lost the supervisor ({}); training goes on without "
-                 "heartbeats\n", rank_, std::strerror(errno));
+      fmt::print(stderr, "loom: rank {}: lost the supervisor ({}){}\n", rank_,
+                 std::strerror(errno),
+                 orphan_after_s_ > 0
+                     ? fmt::format("; ending this rank if it stays gone for {:g} s",
+                                   orphan_after_s_)
+                     : "; training goes on without heartbeats");
       return false;
     }
     sent += size_t(n);

@@ -6,13 +6,14 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -21,6 +22,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "launch/child.h"
 #include "launch/heartbeat.h"
 
 extern char** environ;
@@ -39,29 +41,6 @@ void say(const std::string& msg) {
   fmt::print(stderr, "{}loom launch: {}\n", isatty(STDERR_FILENO) ? "\r\x1b[K" : "", msg);
   std::fflush(stderr);
 }
-
-// An owned file descriptor.
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  ~Fd() { reset(); }
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  void reset() {
-    if (fd_ >= 0) close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_;
-};
 
 // A TCP listener at an ephemeral port (returned in `port`): on 127.0.0.1, or on every
 // interface when ranks run on other hosts (the per-job secret keeps other processes out).
@@ -110,56 +89,6 @@ std::vector<std::string> child_env(const std::string& address, const std::string
   return env;
 }
 
-std::vector<char*> c_strings(std::vector<std::string>& v) {
-  std::vector<char*> out;
-  for (std::string& s : v) out.push_back(s.data());
-  out.push_back(nullptr);
-  return out;
-}
-
-struct Child {
-  pid_t pid = -1;  // also the process group id
-  Fd err;          // read end of its stderr
-};
-
-// posix_spawnp in a new process group, stderr into a pipe, signals at their defaults.
-Child spawn_child(std::vector<std::string> argv, std::vector<std::string> env) {
-  int pipe_fds[2];
-  LOOM_CHECK(pipe2(pipe_fds, O_CLOEXEC) == 0, "pipe: {}", std::strerror(errno));
-  Child child{.pid = -1, .err = Fd(pipe_fds[0])};
-  Fd write_end(pipe_fds[1]);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, write_end.get(), STDERR_FILENO);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&attr, 0);
-  sigset_t none, defaults;
-  sigemptyset(&none);
-  sigemptyset(&defaults);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) sigaddset(&defaults, s);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  std::vector<char*> cargv = c_strings(argv), cenv = c_strings(env);
-  const int rc = posix_spawnp(&child.pid, cargv[0], &fa, &attr, cargv.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&fa);
-  posix_spawnattr_destroy(&attr);
-  LOOM_REQUIRE(rc == 0, "cannot start '{}': {}", argv[0], std::strerror(rc));
-  fcntl(child.err.get(), F_SETFL, O_NONBLOCK);
-  return child;
-}
-
-// The child's exit status (128 + signal when killed) once it has exited, without reaping it:
-// the process group id stays reserved until the stragglers are killed.
-std::optional<int> exited(pid_t pid) {
-  siginfo_t info{};
-  if (waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid == 0)
-    return std::nullopt;
-  return info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
-}
-
 std::string join(const std::vector<std::string>& v, const char* sep = " ") {
   std::string out;
   for (const std::string& s : v) out += (out.empty() ? "" : sep) + s;
@@ -169,6 +98,7 @@ std::string join(const std::vector<std::string>& v, const char* sep = " ") {
 struct RankState {
   int step = -1;  // the last step it reported (-1: none yet)
   Clock::time_point last_heard;
+  std::optional<Clock::time_point> progress_at;  // its last progress, while in a step
   bool done = false;    // said "done"
   bool closed = false;  // its connection closed without "done"
 };
@@ -199,6 +129,12 @@ class Attempt {
           const std::string& address, const std::string& secret)
       : opt_(opt), index_(index), n_(n), listen_fd_(listen_fd), signal_fd_(signal_fd),
         address_(address), secret_(secret) {}
+  // An attempt left by an exception still ends the process group it started.
+  ~Attempt() {
+    if (child_.pid > 0 && !ended_) kill_group(child_.pid);
+  }
+  Attempt(const Attempt&) = delete;
+  Attempt& operator=(const Attempt&) = delete;
 
   AttemptResult run();
 
@@ -211,6 +147,8 @@ class Attempt {
   void on_line(Conn& c, std::string_view line);
   bool read_stderr(bool flush);  // true at end of file
   std::optional<std::string> silent_rank(Clock::time_point now) const;
+  std::optional<std::string> stalled_rank(Clock::time_point now) const;
+  void note_step(int step, Clock::time_point now);
   void end_group();
   std::string exit_cause() const;
 
@@ -226,6 +164,9 @@ class Attempt {
   std::vector<int> closed_;  // ranks whose connection closed unfinished, in order
   bool all_said_hello_ = false;
   bool err_eof_ = false;
+  bool ended_ = false;
+  std::vector<double> step_seconds_;  // the last intervals between new steps (a ring)
+  size_t step_ring_ = 0;
 };
 
 std::vector<std::string> Attempt::argv() const {
@@ -247,7 +188,7 @@ AttemptResult Attempt::run() {
   const std::vector<std::string> args = argv();
   say(fmt::format("attempt {} of {} (LOOM_ATTEMPT={}): {}", index_ + 1, opt_.max_restarts + 1,
                   index_, join(args)));
-  child_ = spawn_child(args, child_env(address_, secret_, opt_.heartbeat_s, index_));
+  child_ = spawn_child(args, child_env(address_, secret_, opt_.heartbeat_s, index_), STDERR_FILENO);
   watch();
   end_group();
   if (!result_.ok && result_.cause.empty()) result_.cause = exit_cause();
@@ -267,9 +208,11 @@ void Attempt::watch() {
       result_.ended_at = now;
       return;
     }
-    if (const std::optional<std::string> silent = silent_rank(now)) {
+    std::optional<std::string> failed = silent_rank(now);
+    if (!failed) failed = stalled_rank(now);
+    if (failed) {
       result_.status = -1;
-      result_.cause = *silent;
+      result_.cause = *failed;
       result_.ended_at = now;
       return;
     }
@@ -287,7 +230,7 @@ void Attempt::watch() {
 
 bool Attempt::poll_once(int timeout_ms) {
   std::vector<pollfd> fds = {{listen_fd_, POLLIN, 0}, {signal_fd_, POLLIN, 0},
-                             {err_eof_ ? -1 : child_.err.get(), POLLIN, 0}};
+                             {err_eof_ ? -1 : child_.out.get(), POLLIN, 0}};
   for (const Conn& c : conns_) fds.push_back({c.fd.get(), POLLIN, 0});
   if (poll(fds.data(), fds.size(), timeout_ms) <= 0) return false;
   if (fds[0].revents) accept_conns();
@@ -348,14 +291,13 @@ void Attempt::on_line(Conn& c, std::string_view line) {
   RankState& r = ranks_[hb->rank];
   r.last_heard = now;
   r.closed = false;
+  r.progress_at.reset();
+  if (hb->idle_ms >= 0) r.progress_at = now - std::chrono::milliseconds(hb->idle_ms);
   if (hb->done) {
     r.done = true;
   } else if (hb->step >= 0) {
     r.step = hb->step;
-    if (result_.started_step < 0) result_.started_step = hb->step;
-    if (hb->step > result_.started_step && !result_.progressed_at) result_.progressed_at = now;
-    result_.step_seen.try_emplace(hb->step, now);
-    result_.last_step = std::max(result_.last_step, hb->step);
+    note_step(hb->step, now);
   }
   c.peer = fmt::format("rank {}", hb->rank);
   c.rank = hb->rank;
@@ -365,11 +307,26 @@ void Attempt::on_line(Conn& c, std::string_view line) {
   }
 }
 
+void Attempt::note_step(int step, Clock::time_point now) {
+  if (result_.started_step < 0) result_.started_step = step;
+  if (step > result_.started_step && !result_.progressed_at) result_.progressed_at = now;
+  if (result_.step_seen.try_emplace(step, now).second) {
+    // The step time, from when the previous step was first seen: the last 101 of them.
+    const auto prev = result_.step_seen.find(step - 1);
+    if (prev != result_.step_seen.end()) {
+      const double dt = seconds(prev->second, now);
+      if (step_seconds_.size() < 101) step_seconds_.push_back(dt);
+      else step_seconds_[step_ring_++ % 101] = dt;
+    }
+  }
+  result_.last_step = std::max(result_.last_step, step);
+}
+
 // Passes mpirun's stderr through line by line, scanning each line for the failure's cause.
 bool Attempt::read_stderr(bool flush) {
   char buf[8192];
   ssize_t n;
-  while ((n = read(child_.err.get(), buf, sizeof buf)) > 0) err_buf_.append(buf, size_t(n));
+  while ((n = read(child_.out.get(), buf, sizeof buf)) > 0) err_buf_.append(buf, size_t(n));
   size_t begin = 0;
   for (size_t nl; (nl = err_buf_.find('\n', begin)) != std::string::npos; begin = nl + 1) {
     const std::string_view line(err_buf_.data() + begin, nl - begin);
@@ -395,6 +352,40 @@ std::optional<std::string> Attempt::silent_rank(Clock::time_point now) const {
   return std::nullopt;
 }
 
+// A rank whose step has not moved for the progress timeout, though it still beats (a hang
+// inside a step: heartbeats come from a thread of their own).
+std::optional<std::string> Attempt::stalled_rank(Clock::time_point now) const {
+  double timeout = opt_.progress_timeout_s;
+  std::string why = fmt::format("--progress-timeout {:g} s", timeout);
+  if (timeout <= 0) {
+    if (step_seconds_.size() < 3) return std::nullopt;  // too few steps timed yet
+    std::vector<double> t = step_seconds_;
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    const double median = t[t.size() / 2];
+    timeout = std::max(opt_.heartbeat_s, 5 * median);
+    why = fmt::format("progress timeout {:.3g} s: 5 x the median step {:.3g} s, at least "
+                      "--heartbeat-s", timeout, median);
+  }
+  std::optional<int> worst;
+  double worst_idle = 0;
+  std::vector<std::string> others;
+  for (const auto& [rank, r] : ranks_) {
+    if (r.done || !r.progress_at) continue;
+    const double idle = seconds(*r.progress_at, now);
+    if (idle < timeout) continue;
+    others.push_back(std::to_string(rank));
+    if (!worst || idle > worst_idle) {
+      worst = rank;
+      worst_idle = idle;
+    }
+  }
+  if (!worst) return std::nullopt;
+  std::erase(others, std::to_string(*worst));
+  return fmt::format("rank {} made no progress for {:.1f} s in step {} ({}){}", *worst,
+                     worst_idle, ranks_.at(*worst).step, why,
+                     others.empty() ? "" : "; stalled too: rank " + join(others, ", "));
+}
+
 // Ends whatever is left of the process group: SIGTERM, then SIGKILL after 5 s; reaps mpirun
 // and reads the rest of its stderr.
 void Attempt::end_group() {
@@ -403,7 +394,7 @@ void Attempt::end_group() {
     kill(-pgid, SIGTERM);
     const Clock::time_point start = Clock::now();
     while (!exited(pgid) && seconds(start, Clock::now()) < 5.0) {
-      pollfd p{err_eof_ ? -1 : child_.err.get(), POLLIN, 0};
+      pollfd p{err_eof_ ? -1 : child_.out.get(), POLLIN, 0};
       if (poll(&p, 1, 50) > 0) err_eof_ = read_stderr(false);
     }
   }
@@ -412,11 +403,12 @@ void Attempt::end_group() {
   waitpid(pgid, &status, 0);
   // The pipe ends when the last process holding it is gone (stragglers were just killed).
   for (const Clock::time_point t0 = Clock::now(); !err_eof_ && seconds(t0, Clock::now()) < 2.0;) {
-    pollfd p{child_.err.get(), POLLIN, 0};
+    pollfd p{child_.out.get(), POLLIN, 0};
     if (poll(&p, 1, 50) > 0) err_eof_ = read_stderr(false);
   }
   read_stderr(true);
   conns_.clear();
+  ended_ = true;
 }
 
 std::string Attempt::exit_cause() const {
@@ -459,31 +451,47 @@ void print_recovery(const std::vector<Failure>& failures, const std::vector<Atte
 
 }  // namespace
 
+// The count --available-cmd printed: a whole non-negative number, blanks around it allowed.
+static std::optional<int> parse_count(const std::string& text) {
+  const size_t begin = text.find_first_not_of(" \t\r\n");
+  if (begin == std::string::npos) return std::nullopt;
+  const size_t end = text.find_last_not_of(" \t\r\n") + 1;
+  int v = -1;
+  const auto [ptr, ec] = std::from_chars(text.data() + begin, text.data() + end, v);
+  if (ec != std::errc() || ptr != text.data() + end || v < 0) return std::nullopt;
+  return v;
+}
+
 // How many processes the next attempt runs on: -n, or with --min-n (elastic) what
-// --available-cmd reports, if at least --min-n; -1 (after saying why) if too few remain.
-static int restart_size(const LaunchOptions& opt) {
+// --available-cmd reports, if at least --min-n; -1 (after saying why) if too few remain. A
+// command that fails, times out or prints something other than a count is reported, and
+// the last count it gave (-n before any) is used.
+static int restart_size(const LaunchOptions& opt, int& last_known) {
   if (opt.min_n == 0 || opt.available_cmd.empty()) return opt.n;
-  FILE* p = popen(opt.available_cmd.c_str(), "r");
-  LOOM_CHECK(p != nullptr, "cannot run --available-cmd '{}'", opt.available_cmd);
-  char buf[64] = {};
-  const size_t got = fread(buf, 1, sizeof buf - 1, p);
-  const int status = pclose(p);
-  int available = -1;
-  if (status == 0 && got > 0) available = std::atoi(buf);
-  if (available < 0) {
-    say(fmt::format("--available-cmd '{}' did not print a process count; restarting on {}",
-                    opt.available_cmd, opt.n));
-    return opt.n;
+  const CommandResult r = run_command(opt.available_cmd, opt.available_timeout_s);
+  std::optional<int> available = r.status == 0 ? parse_count(r.output) : std::nullopt;
+  if (!available) {
+    std::string out = r.output.substr(0, 80);
+    std::erase(out, '\n');
+    const std::string what =
+        r.timed_out ? fmt::format("gave no answer within {:g} s (--available-timeout-s); it "
+                                  "was killed", opt.available_timeout_s)
+        : r.status != 0 ? fmt::format("exited with status {}", r.status)
+                        : fmt::format("printed '{}', which is not a process count", out);
+    say(fmt::format("--available-cmd '{}' {}: using the last known count, {}", opt.available_cmd,
+                    what, last_known));
+    available = last_known;
   }
-  const int n = std::min(opt.n, available);
+  last_known = *available;
+  const int n = std::min(opt.n, *available);
   if (n < opt.min_n) {
-    say(fmt::format("only {} process(es) available, below --min-n {}: giving up", available,
+    say(fmt::format("only {} process(es) available, below --min-n {}: giving up", *available,
                     opt.min_n));
     return -1;
   }
   if (n < opt.n)
     say(fmt::format("elastic: {} of {} processes available; restarting on {} (train reshapes "
-                    "data parallelism and keeps the global batch)", available, opt.n, n));
+                    "data parallelism and keeps the global batch)", *available, opt.n, n));
   return n;
 }
 
@@ -561,8 +569,9 @@ int run_supervisor(const LaunchOptions& opt) {
                   opt.n, opt.max_restarts, opt.heartbeat_s, address));
   std::vector<AttemptResult> runs;
   std::vector<Failure> failures;
+  int last_known = opt.n;
   for (int attempt = 0; attempt <= opt.max_restarts; ++attempt) {
-    const int n = attempt == 0 ? opt.n : restart_size(opt);
+    const int n = attempt == 0 ? opt.n : restart_size(opt, last_known);
     if (n < 0) return 1;
     runs.push_back(Attempt(opt, attempt, n, listener.get(), signals.get(), address, secret).run());
     const AttemptResult& r = runs.back();
@@ -580,6 +589,11 @@ int run_supervisor(const LaunchOptions& opt) {
     if (attempt == 0 && r.status == 2 && r.started_step < 0) {
       say("the job failed with exit status 2 (bad input) before its first step: not restarting");
       return 2;
+    }
+    if (r.status == 4) {
+      say("the job stopped on a non-finite loss or gradient (exit status 4): a restart from the "
+          "same checkpoint would repeat it; not restarting");
+      return 4;
     }
     if (attempt < opt.max_restarts)
       say(fmt::format("restarting from the newest checkpoint (restart {} of {})", attempt + 1,

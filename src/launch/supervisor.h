@@ -7,7 +7,8 @@
 // first attempt, then the restart count) in its environment; restarts add `--resume auto`.
 // Ranks report their step over the socket (launch/heartbeat.h). An attempt fails when
 // mpirun exits non-zero or by a signal, or when a rank that said hello is silent for
-// heartbeat_s; the supervisor then names the cause (the silent rank, mpirun's status, the
+// heartbeat_s, or whose step stops moving for the progress timeout; the supervisor then names
+// the cause (the silent rank, mpirun's status, the
 // deadline report and "error (rank N)" lines it saw on mpirun's stderr, which it passes
 // through), ends the process group (SIGTERM, SIGKILL 5 s later) and starts the next attempt.
 #pragma once
@@ -22,6 +23,11 @@ struct LaunchOptions {
   int n = 0;                            // processes per attempt (mpirun -np)
   int max_restarts = 3;                 // attempts after the first
   double heartbeat_s = 10;              // a rank silent this long has failed (seconds)
+  // A rank whose step has not moved for this long (outside evaluations and checkpoint saves)
+  // has failed, though its heartbeats go on; 0 = 5 x the median step time once 3 steps were
+  // timed, and at least heartbeat_s.
+  double progress_timeout_s = 0;
+  double available_timeout_s = 30;      // --available-cmd gets this long to answer
   int min_n = 0;                        // elastic lower bound (0 = not elastic)
   // Elastic: a shell command printing how many processes can run now (a scheduler's or a
   // host check's answer); with min_n > 0 a restart runs on min(n, that) if >= min_n, with
@@ -39,8 +45,10 @@ struct LaunchOptions {
 
 // Runs attempts until one succeeds (returns 0) or max_restarts restarts have failed (returns
 // 1 after a summary). Returns 2 if the first attempt fails with exit status 2 before any rank
-// started a step (bad input: restarting would fail the same way), 128+signal if the
-// supervisor itself is interrupted (SIGINT/SIGTERM/SIGHUP end the job first).
+// started a step (bad input: restarting would fail the same way), 4 if an attempt stopped on
+// a non-finite loss or gradient (exit status 4: a restart from the same checkpoint repeats
+// it), 128+signal if the supervisor itself is interrupted (SIGINT/SIGTERM/SIGHUP end the job
+// first).
 int run_supervisor(const LaunchOptions& opt);
 
 // The train arguments of attempt `attempt` (0 = first): restarts continue from the newest

@@ -25,6 +25,22 @@ std::string format_eta(double seconds) {
   return fmt::format("{}s", s);
 }
 
+// Tells the busy observer (heartbeats) that what runs in this scope is not a step.
+class Busy {
+ public:
+  explicit Busy(const std::function<void(bool)>& f) : f_(f) {
+    if (f_) f_(true);
+  }
+  ~Busy() {
+    if (f_) f_(false);
+  }
+  Busy(const Busy&) = delete;
+  Busy& operator=(const Busy&) = delete;
+
+ private:
+  const std::function<void(bool)>& f_;
+};
+
 class Progress {
  public:
   Progress(std::FILE* out, int total) : out_(out), total_(total), tty_(out && isatty(fileno(out))) {}
@@ -131,6 +147,7 @@ void Trainer::run(std::FILE* progress_out) {
                           {"mfu", mfu}};
     progress.step(s, ema_tps, ema_tps * flops / (peak * grid_->shape().world()), eta);
     if (val_data_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || step_ == t.steps)) {
+      const Busy busy(busy_observer_);
       const float val = evaluate(t.eval_tokens);
       rec["val_loss"] = val;
       progress.note(fmt::format("step {:>5} | val_loss {:.4f}", step_, val));
@@ -138,12 +155,14 @@ void Trainer::run(std::FILE* progress_out) {
     if (const std::string error = write_metrics(metrics, rec, s.step); !error.empty())
       stop_on_write_error(error, progress_out);
     if (t.checkpoint_every > 0 && step_ % t.checkpoint_every == 0 && step_ < t.steps) {
+      const Busy busy(busy_observer_);
       const fs::path saved = save_checkpoint();
       progress.note(fmt::format("checkpoint {} ({}training stalled {:.3f} s)", saved.string(),
                                 cfg_.checkpoint.async ? "async, committed later; " : "",
                                 last_checkpoint_stall()));
     }
   }
+  const Busy busy(busy_observer_);
   const fs::path saved = save_checkpoint();
   finish_checkpoint();
   progress.note(fmt::format("checkpoint {} (training stalled {:.3f} s)", saved.string(),

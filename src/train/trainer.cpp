@@ -186,11 +186,14 @@ void Trainer::stop_non_finite(float loss, float norm) {
       }
     }
   }
+  // Exit status 4: `loom launch` does not restart it, since resuming repeats it.
   throw Error(fmt::format(
-      "step {}: the {} is {}{}; stopping before the optimizer step, so no checkpoint holds this "
-      "state (lower train.lr, keep train.grad_clip on, or check the data and the weights)",
-      step_ + 1, std::isfinite(loss) ? "gradient norm" : "loss",
-      std::isfinite(loss) ? norm : loss, where));
+                  "step {}: the {} is {}{}; stopping before the optimizer step, so no checkpoint "
+                  "holds this state (lower train.lr, keep train.grad_clip on, or check the data "
+                  "and the weights)",
+                  step_ + 1, std::isfinite(loss) ? "gradient norm" : "loss",
+                  std::isfinite(loss) ? norm : loss, where),
+              4);
 }
 
 float Trainer::evaluate(int64_t tokens) {

@@ -81,6 +81,9 @@ class Trainer {
   // written, before the manifest is committed.
   void set_step_observer(std::function<void(int step)> f) { step_observer_ = std::move(f); }
   void set_checkpoint_observer(std::function<void()> f) { checkpoint_observer_ = std::move(f); }
+  // Called with true before and false after work between steps that is not a step (an
+  // evaluation, a checkpoint save): heartbeats then report no progress timing.
+  void set_busy_observer(std::function<void(bool)> f) { busy_observer_ = std::move(f); }
   // Fault injection (--inject-fault disk-full:step=S): metrics writes from step S on fail
   // as on a full disk.
   void set_metrics_fault(int step) { metrics_fault_step_ = step; }
@@ -137,6 +140,7 @@ class Trainer {
   std::function<void(int)> step_observer_;
   std::function<void()> checkpoint_observer_;
   int metrics_fault_step_ = -1;
+  std::function<void(bool)> busy_observer_;
   // Asynchronous save in flight: its writer thread, snapshot and state.
   std::thread ckpt_thread_;
   std::atomic<bool> ckpt_written_{false};
