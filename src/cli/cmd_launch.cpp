@@ -37,7 +37,8 @@ RunFn setup_launch(CLI::App& sub) {
   sub.add_option("-n", o->n, "processes (mpirun -np)")->required();
   sub.add_option("--max-restarts", o->max_restarts, "restarts after a failure (default 3)");
   sub.add_option("--heartbeat-s", o->heartbeat_s,
-                 "seconds a rank may stay silent before it counts as failed (default 10)");
+                 "seconds a rank may stay silent before it counts as failed (default 10)")
+      ->check(in_range(0.1, 1e6));
   sub.add_option("--progress-timeout", o->progress_timeout_s,
                  "seconds a rank's step may stay unchanged, outside evaluations and checkpoint "
                  "saves, before it counts as failed (default 0: 5 x the median step time once 3 "

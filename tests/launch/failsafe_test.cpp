@@ -7,11 +7,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
+
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
+#include <vector>
 
 #include "../shell_util.h"
 #include "launch/heartbeat.h"
@@ -79,10 +83,23 @@ class Failsafe : public ::testing::Test {
            (dir_ / "tiny.toml").string() + " --dp 2 --set run.dir=" + (dir_ / run).string() +
            " " + train_extra;
   }
-  // How many processes have `run`'s directory on their command line (mpirun and ranks).
-  static int processes_of(const std::string& run) {
-    const Result r = loom::test::shell("pgrep -c -f 'run.dir=" + (dir_ / run).string() + "( |$)'");
-    return std::atoi(r.output.c_str());
+  // The processes with `run`'s directory as an argument (mpirun and the ranks), read from
+  // /proc (procps' pgrep is not on a minimal Debian).
+  static std::vector<int> processes_of(const std::string& run) {
+    const std::string arg = "run.dir=" + (dir_ / run).string();
+    std::vector<int> pids;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      std::istringstream cmdline(slurp(e.path() / "cmdline"));
+      for (std::string a; std::getline(cmdline, a, '\0');) {
+        if (a == arg) {
+          pids.push_back(std::stoi(name));
+          break;
+        }
+      }
+    }
+    return pids;
   }
   // Starts a long launch in the background, waits until both ranks report, sends `signal` to
   // the supervisor, and expects every process of the job to end.
@@ -95,12 +112,12 @@ class Failsafe : public ::testing::Test {
     const std::string pid = slurp(dir_ / (run + ".pid"));
     ASSERT_TRUE(eventually([&] { return contains(slurp(log), "all 2 ranks are reporting"); }))
         << slurp(log);
-    ASSERT_GE(processes_of(run), 3) << "mpirun and two ranks should be running";
+    ASSERT_GE(processes_of(run).size(), 3u) << "mpirun and two ranks should be running";
     loom::test::shell(std::string("kill -") + signal + " " + pid);
-    EXPECT_TRUE(eventually([&] { return processes_of(run) == 0; }))
-        << processes_of(run) << " processes of the job outlived their supervisor\n"
+    EXPECT_TRUE(eventually([&] { return processes_of(run).empty(); }))
+        << processes_of(run).size() << " processes of the job outlived their supervisor\n"
         << slurp(log);
-    loom::test::shell("pkill -9 -f 'run.dir=" + (dir_ / run).string() + "( |$)'");  // if not
+    for (int p : processes_of(run)) kill(p, SIGKILL);  // leave nothing behind when it failed
   }
   static fs::path dir_;
   static Result prepared_;
