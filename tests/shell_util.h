@@ -2,10 +2,6 @@
 // and small string/file helpers.
 #pragma once
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -19,15 +15,12 @@ struct Result {
   std::string output;  // stdout + stderr
 };
 
-// Runs `cmd` through the shell with stderr folded into stdout.
-inline Result shell(const std::string& cmd) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  while (size_t n = fread(buf.data(), 1, buf.size(), p)) out.append(buf.data(), n);
-  const int status = pclose(p);
-  return Result{WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
+// Runs `cmd` through /bin/sh, stderr folded into stdout, in a process group of its own. No
+// test can hang on it: past `limit_s` the whole group is killed (SIGKILL) and the result is
+// code 124 with the output so far and a line saying so. Background processes the command
+// leaves (with their output redirected) live on; the wait ends when the shell has exited
+// and its output is closed, or 5 s after the shell exits.
+Result shell(const std::string& cmd, double limit_s = 600);
 
 inline bool contains(const std::string& s, const std::string& what) {
   return s.find(what) != std::string::npos;

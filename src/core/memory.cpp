@@ -5,10 +5,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
+
+#include "core/check.h"
 
 namespace loom {
 namespace fs = std::filesystem;
@@ -69,8 +72,27 @@ CgroupReading read_cgroup() {
 
 }  // namespace
 
+std::optional<double> parse_size(const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || !std::isfinite(v) || v <= 0) return std::nullopt;
+  const std::string unit(end);
+  static const std::pair<const char*, double> units[] = {
+      {"", 1.0}, {"K", 1024.0}, {"M", 1024.0 * 1024}, {"G", 1024.0 * 1024 * 1024},
+      {"T", 1024.0 * 1024 * 1024 * 1024}};
+  for (const auto& [name, scale] : units)
+    if (unit == name) return v * scale;
+  return std::nullopt;
+}
+
 MemoryReadings read_memory() {
   MemoryReadings r;
+  if (const char* env = std::getenv("LOOM_MEMORY_LIMIT"); env && *env) {
+    r.env_limit = parse_size(env);
+    LOOM_REQUIRE(r.env_limit.has_value(),
+                 "LOOM_MEMORY_LIMIT='{}' is not a size (bytes, or a number with K, M, G or T)",
+                 env);
+  }
   const CgroupReading cg = read_cgroup();
   r.cgroup_free = cg.free;
   r.cgroup_limit = cg.limit;
@@ -104,6 +126,8 @@ MemoryLimit tightest_limit(const MemoryReadings& r, int local_ranks) {
              fmt::format("address-space limit (ulimit -v) {} with {} unmapped",
                          format_bytes(r.address_space_limit.value_or(0)),
                          format_bytes(*r.address_space_free)));
+  if (r.env_limit)
+    consider(*r.env_limit, fmt::format("LOOM_MEMORY_LIMIT {}", format_bytes(*r.env_limit)));
   return best;
 }
 

@@ -17,7 +17,10 @@ struct MemoryLimit {
 // The tightest of: the cgroup's limit less its usage (v2 memory.max - memory.current up the
 // hierarchy, or v1 memory.limit_in_bytes - memory.usage_in_bytes), the host's MemAvailable
 // (both shared by the `local_ranks` ranks of this job on this host, so divided by them),
-// and this process's address-space limit (ulimit -v) less what it has mapped.
+// this process's address-space limit (ulimit -v) less what it has mapped, and
+// $LOOM_MEMORY_LIMIT (bytes per rank, with an optional K, M, G or T suffix: headroom for
+// what else runs, or a bound where ulimit -v cannot be used, as under ASan). Throws
+// InputError when LOOM_MEMORY_LIMIT is not such a size.
 MemoryLimit available_memory(int local_ranks);
 
 // The same from given readings, for tests; a missing reading is no limit.
@@ -27,8 +30,11 @@ struct MemoryReadings {
   std::optional<double> mem_available;
   std::optional<double> address_space_free;  // RLIMIT_AS - VmSize
   std::optional<double> address_space_limit;
+  std::optional<double> env_limit;  // LOOM_MEMORY_LIMIT, per rank
 };
 MemoryReadings read_memory();
+// "4G" -> 4 GiB, "512M", "1000"; nullopt when it is not a size.
+std::optional<double> parse_size(const std::string& text);
 MemoryLimit tightest_limit(const MemoryReadings& r, int local_ranks);
 
 // "1.5 GiB", "512.0 MiB", "3.2 TiB": sizes in messages.

@@ -233,10 +233,13 @@ bool Attempt::poll_once(int timeout_ms) {
                              {err_eof_ ? -1 : child_.out.get(), POLLIN, 0}};
   for (const Conn& c : conns_) fds.push_back({c.fd.get(), POLLIN, 0});
   if (poll(fds.data(), fds.size(), timeout_ms) <= 0) return false;
-  if (fds[0].revents) accept_conns();
+  // Only the connections that were polled have an entry in fds: those accepted below are
+  // read from the next round on (reading fds[3 + i] for them overflowed it).
+  const size_t polled = conns_.size();
   if (fds[2].revents) err_eof_ = read_stderr(false);
-  for (size_t i = 0; i < conns_.size(); ++i)
+  for (size_t i = 0; i < polled; ++i)
     if (fds[3 + i].revents) read_conn(conns_[i]);
+  if (fds[0].revents) accept_conns();
   std::erase_if(conns_, [](const Conn& c) { return c.fd.get() < 0; });
   return true;
 }

@@ -184,9 +184,18 @@ TEST_F(Guard, BadFilesAreNamedAndLeaveNothingBehind) {
 }
 
 // Each under a 4 GB address-space limit, so a regression fails here with bad_alloc instead of
-// taking the machine's memory.
+// taking the machine's memory. ASan's shadow memory cannot live under ulimit -v: sanitized,
+// the bound is LOOM_MEMORY_LIMIT, and ASan's own hard_rss_limit_mb guards the machine.
 TEST_F(Guard, RunsThatCannotFitAreRefusedBeforeAllocating) {
+#ifdef LOOM_SANITIZED
+  const std::string limited =
+      "env LOOM_MEMORY_LIMIT=3600M ASAN_OPTIONS=${ASAN_OPTIONS:-}:hard_rss_limit_mb=4000 "
+      LOOM_BINARY " ";
+  const std::string which = "is available (LOOM_MEMORY_LIMIT 3.5 GiB)";
+#else
   const std::string limited = "ulimit -v 4000000; " LOOM_BINARY " ";
+  const std::string which = "is available (address-space limit (ulimit -v)";
+#endif
   auto train_limited = [&](const std::string& set) {
     return loom::test::shell(limited + "train --config " + (dir_ / "tiny.toml").string() +
                              " --set run.dir=" + (dir_ / "h").string() + " --set " + set);
@@ -204,7 +213,7 @@ TEST_F(Guard, RunsThatCannotFitAreRefusedBeforeAllocating) {
     r = train_limited(set);
     EXPECT_EQ(r.code, 2) << set << "\n" << r.output;
     EXPECT_TRUE(contains(r.output, "not enough memory: this run needs about ")) << r.output;
-    EXPECT_TRUE(contains(r.output, "is available (address-space limit (ulimit -v)")) << r.output;
+    EXPECT_TRUE(contains(r.output, which)) << r.output;
     EXPECT_TRUE(contains(r.output, "largest settings that fit")) << r.output;
     EXPECT_TRUE(contains(r.output, fits)) << set << "\n" << r.output;
     EXPECT_FALSE(contains(r.output, "bad_alloc")) << r.output;

@@ -186,6 +186,13 @@ IFS=: read -r host port <<< "$LOOM_SUPERVISOR"
 beat() { echo "$LOOM_SUPERVISOR_SECRET 0 $1" >&3; }
 exec 3<>"/dev/tcp/$host/$port"
 case "$MODE" in
+  crowd)
+    fds=()
+    for r in 1 2 3 4 5 6 7; do exec {fd}<>"/dev/tcp/$host/$port"; fds+=($fd); done
+    for r in 1 2 3 4 5 6 7; do echo "$LOOM_SUPERVISOR_SECRET $r -1" >&${fds[$((r-1))]}; done
+    beat -1; beat 0; sleep 1
+    for r in 1 2 3 4 5 6 7; do echo "$LOOM_SUPERVISOR_SECRET $r done" >&${fds[$((r-1))]}; done
+    beat done; exit 0 ;;
   wrong-secret)
     echo "0123456789abcdef0123456789abcdef 0 -1" >&3; sleep 1
     exec 3<>"/dev/tcp/$host/$port"; beat -1; beat 0; beat 1; beat done; exit 0 ;;
@@ -225,6 +232,15 @@ TEST_F(FakeMpirun, AWrongSecretIsRejectedAndLogged) {
   EXPECT_TRUE(contains(args, "-np 1 ")) << args;
   EXPECT_TRUE(contains(args, "--bind-to none")) << args;
   EXPECT_TRUE(contains(args, " train --config x.toml")) << args;
+}
+
+// Issue 12: connections accepted in a poll round were read through fds[3 + i] past the end
+// of the polled set (a heap overflow under ASan). Eight ranks connect at once here.
+TEST_F(FakeMpirun, ManyRanksConnectingInOnePollRound) {
+  const Result r = launch("crowd", "-n 8 --heartbeat-s 5 --max-restarts 0");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "all 8 ranks are reporting")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 0 restart(s)")) << r.output;
 }
 
 TEST_F(FakeMpirun, ASilentRankIsRestartedWithResumeAuto) {

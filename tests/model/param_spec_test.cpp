@@ -29,7 +29,9 @@ TEST(ParamSpec, HfNamesContiguousBlocksAndDecayFlags) {
   EXPECT_EQ(flat_size(specs), offset);
   // A block's parameters are one contiguous range, in layer order.
   for (const ParamSpec& p : specs) {
-    if (p.layer >= 0 && p.layer < 2) EXPECT_EQ(p.name.substr(0, 4), "h." + std::to_string(p.layer) + ".");
+    if (p.layer >= 0 && p.layer < 2) {
+      EXPECT_EQ(p.name.substr(0, 4), "h." + std::to_string(p.layer) + ".");
+    }
   }
 }
 

@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "core/file_io.h"
+#include "../shell_util.h"
 #include "test_util.h"
 #include "train/reference_io.h"
 #include "train/trainer.h"
@@ -42,8 +43,9 @@ class GptVsTorch : public ::testing::Test {
   void run_reference() {
     const std::string cmd = "OPENBLAS_NUM_THREADS=1 /usr/bin/python3 " LOOM_SOURCE_DIR
                             "/tests/train/torch_ref.py " + dir_.string();
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << "PyTorch reference failed: " << cmd
-                                          << " (needs Debian's python3-torch)";
+    const test::Result r = test::shell(cmd);
+    ASSERT_EQ(r.code, 0) << "PyTorch reference failed: " << cmd
+                         << " (needs Debian's python3-torch)\n" << r.output;
   }
   std::filesystem::path dir_;
   RunConfig cfg_;

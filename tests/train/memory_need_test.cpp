@@ -108,6 +108,23 @@ TEST(MemoryNeed, RefusesWhatCannotFitNamingSettingsThatWould) {
   EXPECT_NO_THROW(require_memory_fits(small_run(), limit));
 }
 
+TEST(MemoryNeed, LoomMemoryLimitIsAPerRankBound) {
+  EXPECT_EQ(parse_size("4G"), 4.0 * (1ull << 30));
+  EXPECT_EQ(parse_size("512M"), 512.0 * (1ull << 20));
+  EXPECT_EQ(parse_size("1000"), 1000.0);
+  for (const char* bad : {"", "x", "-1G", "4Q", "nan", "inf"})
+    EXPECT_FALSE(parse_size(bad).has_value()) << bad;
+  MemoryReadings r;
+  r.mem_available = 8e9;
+  r.env_limit = 1e9;
+  const MemoryLimit l = tightest_limit(r, 4);  // per rank: not divided
+  EXPECT_EQ(l.bytes, 1e9);
+  EXPECT_NE(l.why.find("LOOM_MEMORY_LIMIT"), std::string::npos) << l.why;
+  setenv("LOOM_MEMORY_LIMIT", "lots", 1);
+  EXPECT_THROW(read_memory(), InputError);
+  unsetenv("LOOM_MEMORY_LIMIT");
+}
+
 TEST(MemoryNeed, FormatsBytes) {
   EXPECT_EQ(format_bytes(512), "512 B");
   EXPECT_EQ(format_bytes(1536), "1.5 KiB");

@@ -11,6 +11,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/trace.h"
+#include "../shell_util.h"
 #include "test_util.h"
 
 namespace loom {
@@ -148,9 +149,7 @@ TEST(Report, CliExitCodes) {
   const fs::path dir = test::scratch_dir("report_cli");
   const std::string quiet = " >/dev/null 2>&1";
   const auto loom = [&](const fs::path& run) {
-    const int st = std::system(
-        fmt::format("'{}' report '{}'{}", LOOM_BINARY, run.string(), quiet).c_str());
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return test::shell(fmt::format("'{}' report '{}'{}", LOOM_BINARY, run.string(), quiet)).code;
   };
   EXPECT_EQ(loom(dir / "absent"), 2);
   EXPECT_EQ(loom(dir), 2);  // no metrics.jsonl
