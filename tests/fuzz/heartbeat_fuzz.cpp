@@ -1,0 +1,24 @@
+// The supervisor's line protocol: any line parses or is refused, and whatever parses
+// formats back to a line that parses to the same fields.
+#include <cstdlib>
+#include <string_view>
+
+#include "launch/heartbeat.h"
+
+namespace {
+constexpr std::string_view kSecret = "0123456789abcdef0123456789abcdef";
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view line(reinterpret_cast<const char*>(data), size);
+  const auto hb = loom::parse_heartbeat_line(line, kSecret);
+  if (!hb) return 0;
+  const std::string again = hb->done ? loom::format_done_line(kSecret, hb->rank)
+                                     : loom::format_heartbeat_line(kSecret, hb->rank, hb->step,
+                                                                   hb->idle_ms);
+  const auto back = loom::parse_heartbeat_line(again, kSecret);
+  if (!back || back->rank != hb->rank || back->step != hb->step || back->done != hb->done ||
+      back->idle_ms != hb->idle_ms)
+    std::abort();
+  return 0;
+}
