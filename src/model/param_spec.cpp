@@ -1,7 +1,6 @@
 #include "model/param_spec.h"
 
 #include <fmt/format.h>
-#include <omp.h>
 
 #include <cmath>
 #include <numeric>
