@@ -140,7 +140,7 @@ Manifest parse_manifest(const fs::path& dir) {
   Json j;
   try {
     j = Json::parse(read_file_text(path));
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, and out_of_range for 1e99999
     throw InputError(fmt::format("{}: not valid JSON: {}", what, e.what()));
   }
   LOOM_REQUIRE(j.is_object(), "{}: not a JSON object", what);

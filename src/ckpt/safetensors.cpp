@@ -189,7 +189,7 @@ void SafetensorsFile::parse() {
   Json header;
   try {
     header = Json::parse(text, text + header_len);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse_error, and out_of_range for 1e99999
     throw InputError(fmt::format("{}: header is not valid JSON: {}", what, e.what()));
   }
   LOOM_REQUIRE(header.is_object(), "{}: header is not a JSON object", what);

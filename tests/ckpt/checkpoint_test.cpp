@@ -165,6 +165,17 @@ TEST(Checkpoint, ManifestNotJsonOrMissingField) {
   EXPECT_INPUT_ERROR(read_checkpoint_manifest(dir), "manifest.json", "not valid JSON");
 }
 
+// Found by the manifest fuzzer (issue 12): 1e99999 made nlohmann::json throw out_of_range,
+// which escaped as an uncaught exception instead of naming the manifest.
+TEST(Checkpoint, ANumberOutOfRangeInTheManifestIsNamed) {
+  TempDir tmp;
+  TrainedTiny t;
+  const fs::path dir = t.save(tmp / "run");
+  write_file_atomic(dir / "manifest.json", std::string("{\"magic\": \"loom-checkpoint\", "
+                                                       "\"step\": 1e99999}"));
+  EXPECT_INPUT_ERROR(read_checkpoint_manifest(dir), "manifest.json", "not valid JSON");
+}
+
 TEST(Checkpoint, ChecksumMismatchLeavesBuffersUntouched) {
   TempDir tmp;
   TrainedTiny t;

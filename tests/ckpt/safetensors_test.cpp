@@ -199,6 +199,16 @@ TEST(Safetensors, RejectsDataSizeDifferentFromFileSize) {
                      "tensors cover 36 bytes but the data section is 40 bytes");
 }
 
+// Found by the safetensors fuzzer (issue 12): a number past double's range made
+// nlohmann::json throw out_of_range, not parse_error, and it escaped as an uncaught exception.
+TEST(Safetensors, ANumberOutOfRangeIsBadJsonNotACrash) {
+  TempDir dir;
+  write_raw(dir / "n.safetensors",
+            R"({"a":{"dtype":"F32","shape":[1e99999],"data_offsets":[0,4]}})", 4);
+  EXPECT_INPUT_ERROR(SafetensorsFile::open(dir / "n.safetensors"), "n.safetensors",
+                     "header is not valid JSON");
+}
+
 TEST(Safetensors, RejectsMissingFile) {
   TempDir dir;
   EXPECT_INPUT_ERROR(SafetensorsFile::open(dir / "absent.safetensors"), "absent.safetensors");
