@@ -31,7 +31,7 @@ struct TrainOpts {
   std::string inject_fault;
   FaultSpec fault;  // parsed inject_fault
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
-  std::optional<std::string> schedule, stage_layers;
+  std::optional<std::string> schedule, stage_layers, recompute, attention;
   bool sequence_parallel = false, trace = false, elastic = false, overwrite = false;
   ThreadChoice threads;  // resolved from [run] threads
 };
@@ -45,6 +45,8 @@ std::vector<std::string> flag_overrides(const TrainOpts& o) {
     if (v) out.push_back(fmt::format("{}={}", key, *v));
   if (o.schedule) out.push_back(fmt::format("parallel.schedule=\"{}\"", *o.schedule));
   if (o.stage_layers) out.push_back(fmt::format("parallel.stage_layers=\"{}\"", *o.stage_layers));
+  if (o.recompute) out.push_back(fmt::format("train.recompute=\"{}\"", *o.recompute));
+  if (o.attention) out.push_back(fmt::format("train.attention=\"{}\"", *o.attention));
   if (o.sequence_parallel) out.push_back("parallel.sequence_parallel=true");
   if (o.trace) out.push_back("run.trace=true");
   return out;
@@ -153,6 +155,10 @@ RunFn setup_train(CLI::App& sub) {
                  "model chunks per pipeline rank (interleaved, >= 2)");
   sub.add_option("--stage-layers", o->stage_layers,
                  "blocks per virtual stage, e.g. 3,4,4,1 (default: balanced by cost)");
+  sub.add_option("--recompute", o->recompute,
+                 "activation recomputation: none | selective | full ([train] recompute)");
+  sub.add_option("--attention", o->attention,
+                 "attention kernel: flash | materialized ([train] attention)");
   sub.add_flag("--sequence-parallel", o->sequence_parallel,
                "shard layernorm and residual token rows over tp ranks");
   sub.add_flag("--trace", o->trace, "write per-rank Chrome traces to RUN/trace (loom report)");

@@ -17,24 +17,10 @@
 namespace loom::kernels {
 namespace {
 
+using detail::HeadView;
+using detail::head_view;
+
 constexpr int kRowBlock = 64;
-
-// Strided views of one (b, h) pair.
-struct HeadView {
-  int T, HS;
-  int ld_qkv;      // row stride of qkv / dqkv: 3C
-  int ld_out;      // row stride of out / dout: C
-  const float* q;  // (T,HS) stride ld_qkv
-  const float* k;  // (T,HS) stride ld_qkv
-  const float* v;  // (T,HS) stride ld_qkv
-  float scale;     // 1/sqrt(HS)
-};
-
-HeadView head_view(const float* qkv, int b, int h, int T, int C, int NH) {
-  const int HS = C / NH;
-  const float* base = qkv + static_cast<size_t>(b) * T * 3 * C + static_cast<size_t>(h) * HS;
-  return {T, HS, 3 * C, C, base, base + C, base + 2 * C, 1.0f / std::sqrt(float(HS))};
-}
 
 // row[0..len) = softmax(row[0..len)); row[len..end) = 0.
 void softmax_causal_row(float* row, int len, int end) {
@@ -45,17 +31,24 @@ void softmax_causal_row(float* row, int len, int end) {
   std::fill(row + len, row + end, 0.0f);
 }
 
-// out (T,HS) stride ld_out; att (T,T).
+// att[r0:r1, :] = softmax(scale * q[r0:r1] @ k[0:r1]^T), causal; att (T,T).
+void block_probs(float* att, const HeadView& hv, int r0, int r1) {
+  const int T = hv.T;
+  float* att_blk = att + static_cast<size_t>(r0) * T;  // (r1-r0, T)
+  detail::gemm_in_thread(false, true, r1 - r0, r1, hv.HS, hv.scale,
+                         hv.q + static_cast<size_t>(r0) * hv.ld_qkv, hv.ld_qkv, hv.k, hv.ld_qkv,
+                         0.0f, att_blk, T);
+  for (int t = r0; t < r1; ++t) softmax_causal_row(att + static_cast<size_t>(t) * T, t + 1, T);
+}
+
+// out (T,HS) stride ld_out (null: probabilities only); att (T,T).
 void head_forward(float* out, float* att, const HeadView& hv) {
   const int T = hv.T;
   for (int r0 = 0; r0 < T; r0 += kRowBlock) {
     const int r1 = std::min(T, r0 + kRowBlock);
     float* att_blk = att + static_cast<size_t>(r0) * T;  // (r1-r0, T)
-    // att[r0:r1, 0:r1] = scale * q[r0:r1] @ k[0:r1]^T
-    detail::gemm_in_thread(false, true, r1 - r0, r1, hv.HS, hv.scale,
-                           hv.q + static_cast<size_t>(r0) * hv.ld_qkv, hv.ld_qkv, hv.k, hv.ld_qkv,
-                           0.0f, att_blk, T);
-    for (int t = r0; t < r1; ++t) softmax_causal_row(att + static_cast<size_t>(t) * T, t + 1, T);
+    block_probs(att, hv, r0, r1);
+    if (!out) continue;
     // out[r0:r1] = att[r0:r1, 0:r1] @ v[0:r1]
     detail::gemm_in_thread(false, false, r1 - r0, hv.HS, r1, 1.0f, att_blk, T, hv.v, hv.ld_qkv,
                            0.0f, out + static_cast<size_t>(r0) * hv.ld_out, hv.ld_out);
@@ -104,15 +97,10 @@ void head_backward(float* dq, float* dk, float* dv, float* dpre, const float* do
   }
 }
 
-void check_attention_sizes(const char* what, int B, int T, int C, int NH) {
-  LOOM_CHECK(B >= 0 && T > 0 && NH > 0 && C > 0 && C % NH == 0,
-             "{}: bad sizes B={} T={} C={} NH={} (C must divide by NH)", what, B, T, C, NH);
-}
-
 }  // namespace
 
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH) {
-  check_attention_sizes("attention_forward", B, T, C, NH);
+  detail::check_attention_sizes("attention_forward", B, T, C, NH);
   const int HS = C / NH;
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * NH; ++bh) {
@@ -123,13 +111,22 @@ void attention_forward(float* out, float* att, const float* qkv, int B, int T, i
   }
 }
 
+void attention_probs(float* att, const float* qkv, int B, int T, int C, int NH) {
+  detail::check_attention_sizes("attention_probs", B, T, C, NH);
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < B * NH; ++bh) {
+    const int b = bh / NH, h = bh % NH;
+    head_forward(nullptr, att + static_cast<size_t>(bh) * T * T, head_view(qkv, b, h, T, C, NH));
+  }
+}
+
 size_t attention_backward_scratch(int B, int T, int C, int NH) {
   return static_cast<size_t>(B) * NH * T * T;  // one (T,T) d(scores) per (b, h)
 }
 
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH) {
-  check_attention_sizes("attention_backward", B, T, C, NH);
+  detail::check_attention_sizes("attention_backward", B, T, C, NH);
   const int HS = C / NH;
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * NH; ++bh) {

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/check.h"
+
 #if defined(__AVX__)
 #include <immintrin.h>
 #endif
@@ -201,6 +203,28 @@ inline float sum_exp_shift(const float* x, size_t n, float shift) {
 // not start threads of its own as OpenBLAS's pthread build would. No argument checks.
 void gemm_in_thread(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A,
                     int lda, const float* B, int ldb, float beta, float* C, int ldc);
+
+// One (b, h) pair of the causal attention kernels: strided views into qkv (B,T,3C), no copy.
+struct HeadView {
+  int T, HS;
+  int ld_qkv;      // row stride of qkv / dqkv: 3C
+  int ld_out;      // row stride of out / dout: C
+  const float* q;  // (T,HS) stride ld_qkv
+  const float* k;  // (T,HS) stride ld_qkv
+  const float* v;  // (T,HS) stride ld_qkv
+  float scale;     // 1/sqrt(HS)
+};
+
+inline HeadView head_view(const float* qkv, int b, int h, int T, int C, int NH) {
+  const int HS = C / NH;
+  const float* base = qkv + static_cast<size_t>(b) * T * 3 * C + static_cast<size_t>(h) * HS;
+  return {T, HS, 3 * C, C, base, base + C, base + 2 * C, 1.0f / std::sqrt(float(HS))};
+}
+
+inline void check_attention_sizes(const char* what, int B, int T, int C, int NH) {
+  LOOM_CHECK(B >= 0 && T > 0 && NH > 0 && C > 0 && C % NH == 0,
+             "{}: bad sizes B={} T={} C={} NH={} (C must divide by NH)", what, B, T, C, NH);
+}
 
 // Number of blocks of `block` elements covering n.
 inline size_t ceil_div(size_t n, size_t block) { return (n + block - 1) / block; }

@@ -74,11 +74,25 @@ void residual_forward(float* out, const float* a, const float* b, size_t n);
 // att (B,NH,T,T) holds the softmax probabilities (row t valid for columns <= t; the rest
 // must be written as 0) and is saved for backward. Scale 1/sqrt(HS).
 void attention_forward(float* out, float* att, const float* qkv, int B, int T, int C, int NH);
+// att alone, bitwise as attention_forward writes it (the same blocks and kernels): what
+// selective recomputation re-runs in backward instead of keeping the probabilities.
+void attention_probs(float* att, const float* qkv, int B, int T, int C, int NH);
 // Floats of scratch that attention_backward needs for these sizes.
 size_t attention_backward_scratch(int B, int T, int C, int NH);
 // dqkv (B,T,3C) overwritten.
 void attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                         const float* att, int B, int T, int C, int NH);
+
+// ---- causal self-attention in O(T) memory (blocked, online softmax) -------------------
+// Same qkv/out layout and scale as attention_forward; instead of the (T,T) probabilities
+// it saves lse (B,NH,T): the log-sum-exp of each row's scaled scores.
+void flash_attention_forward(float* out, float* lse, const float* qkv, int B, int T, int C, int NH);
+// Floats of scratch flash_attention_backward needs: per (b, h) pair two small tiles and T,
+// never T^2.
+size_t flash_attention_backward_scratch(int B, int T, int C, int NH);
+// dqkv (B,T,3C) overwritten. out and lse are the forward's.
+void flash_attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                              const float* out, const float* lse, int B, int T, int C, int NH);
 
 // ---- softmax cross-entropy over the real vocab V of padded logits (N,Vp) -----------------
 // losses (N) = -log softmax(logits[i, :V])[targets[i]]. Columns >= V are ignored.

@@ -94,13 +94,33 @@ Gpt::Params Gpt::bind(float* base) const {
   return m;
 }
 
-namespace {
-
-size_t align16(size_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned views
-
-}  // namespace
-
 size_t Gpt::act_floats() const { return size_t(Nl(B_ * T_)) * size_t(cfg_.n_embd); }
+
+void Gpt::set_recompute(Recompute policy) {
+  if (policy == recompute_) return;
+  recompute_ = policy;
+  B_ = T_ = nslots_ = 0;  // the arena's layout depends on it: reserve again
+  slots_.clear();
+}
+
+void Gpt::set_attention(AttentionKernel kernel) {
+  if (kernel == attention_) return;
+  attention_ = kernel;
+  B_ = T_ = nslots_ = 0;
+  slots_.clear();
+}
+
+ActDims Gpt::dims(int B, int T) const {
+  ActDims d = activation_dims(cfg_, B, T, tp_size_, sp_, attention_);
+  d.sp_grads = double(sp_grads_size_);
+  return d;
+}
+
+std::vector<ChunkShape> Gpt::chunk_shapes() const {
+  std::vector<ChunkShape> out;
+  for (const ModelChunk& c : layout_.chunks) out.push_back({c.end_block - c.first_block, c.head});
+  return out;
+}
 
 void Gpt::reserve(int B, int T, int slots) {
   LOOM_REQUIRE(T >= 1 && T <= cfg_.block_size, "sequence length T={} must be in [1, {}]", T,
@@ -110,45 +130,36 @@ void Gpt::reserve(int B, int T, int slots) {
                "sequence parallelism splits the B*T={} token rows over tp={}: they must divide",
                B * T, tp_size_);
   if (B == B_ && T == T_ && slots == nslots_) return;
-  const size_t C = cfg_.n_embd, tp = tp_size_, NHl = cfg_.n_head / tp, Cl = C / tp;
-  const size_t N = size_t(B) * T, NL = sp_ ? N / tp : N, Vl = size_t(Vp_) / tp;
-  // First pass counts, second pass assigns.
-  std::vector<float*> views;
+  // First pass places the table's regions (64-byte aligned), second makes the views.
+  struct Placed {
+    ArenaRegion r;
+    size_t offset;
+  };
+  std::vector<Placed> placed;
   size_t total = 0;
-  auto take = [&](size_t n) { views.push_back(reinterpret_cast<float*>(total)); total += align16(n); };
-  for (const ModelChunk& c : layout_.chunks) {
-    const size_t nb = size_t(c.end_block - c.first_block), h = c.head ? 1 : 0;
-    for (int s = 0; s < slots; ++s) {
-      const size_t sizes[] = {NL * C,      nb * N * C,   nb * NL,        nb * NL,     nb * N * 3 * Cl,
-                              nb * N * Cl, nb * B * NHl * T * T, nb * NL * C, nb * N * C, nb * NL,
-                              nb * NL,     nb * N * 4 * Cl, nb * N * 4 * Cl, nb * NL * C,
-                              h * N * C,   h * NL,       h * NL,         h * N * Vl,  h * N};
-      for (size_t n : sizes) take(n);
-    }
+  const std::vector<ChunkShape> shapes = chunk_shapes();
+  for_each_region(dims(B, T), shapes, slots, recompute_, DType::kF32, [&](const ArenaRegion& r) {
+    LOOM_REQUIRE(r.numel < 0x1p53, "activation '{}' of {} elements is too large", r.entry->name,
+                 r.numel);
+    placed.push_back({r, total});
+    total += (size_t(r.numel) * dtype_size(r.dtype) + 63) / 64 * 64;
+  });
+  arena_ = Buffer(cpu_allocator(), total);
+  slots_.assign(layout_.chunks.size(), std::vector<Slot>(size_t(slots)));
+  std::array<TensorView, act::kCount> shared{};
+  for (const Placed& p : placed) {
+    const TensorView v{arena_.data() + p.offset, p.r.dtype, size_t(p.r.numel)};
+    const size_t id = size_t(p.r.entry->id);
+    if (p.r.chunk >= 0) slots_[size_t(p.r.chunk)][size_t(p.r.slot)].at[id] = v;
+    else if (p.r.entry->scope == ActScope::kScratch) scratch_[id] = v;
+    else shared[id] = v;  // a recomputed block entry: one copy for every slot
   }
-  const size_t scratch[] = {NL * C, sp_ ? N * C : 0, N * C, NL * C, N * 3 * Cl, N * Cl, N * 4 * Cl,
-                            N * 4 * Cl, k::attention_backward_scratch(B, T, int(Cl), int(NHl)),
-                            N * C, NL * C, (tp + 1) * N * 3, sp_grads_size_};
-  for (size_t n : scratch) take(n);
-  arena_.assign(total, 0.0f);
-  for (float*& v : views) v = arena_.data() + reinterpret_cast<size_t>(v);
-  size_t i = 0;
-  slots_.assign(layout_.chunks.size(), {});
-  for (size_t c = 0; c < layout_.chunks.size(); ++c)
-    for (int s = 0; s < slots; ++s) {
-      Slot a;
-      float** fields[] = {&a.input, &a.ln1,      &a.ln1_mean,  &a.ln1_rstd, &a.qkv,
-                          &a.atty,  &a.att,      &a.residual2, &a.ln2,      &a.ln2_mean,
-                          &a.ln2_rstd, &a.fch,   &a.fch_gelu,  &a.residual3, &a.lnf,
-                          &a.lnf_mean, &a.lnf_rstd, &a.logits, &a.losses};
-      for (float** f : fields) *f = views[i++];
-      if (layout_.chunks[c].embed) a.tokens.assign(N, 0);
-      slots_[c].push_back(std::move(a));
+  for (size_t c = 0; c < slots_.size(); ++c)
+    for (Slot& a : slots_[c]) {
+      for (const ActEntry& e : activation_table())
+        if (e.scope == ActScope::kBlock && !kept(e, recompute_)) a.at[size_t(e.id)] = shared[e.id];
+      if (layout_.chunks[c].embed) a.tokens.assign(size_t(B) * T, 0);
     }
-  float** sfields[] = {&s_.dresidual, &s_.dres_full, &s_.dln,  &s_.dln_local, &s_.dqkv,
-                       &s_.datty,     &s_.dfch,      &s_.dfch_gelu, &s_.att_scratch,
-                       &s_.proj,      &s_.local,     &s_.ce_stats,  &s_.sp_grads};
-  for (float** f : sfields) *f = views[i++];
   B_ = B;
   T_ = T;
   nslots_ = slots;
@@ -169,20 +180,21 @@ float Gpt::forward_chunk(int chunk, int slot, const int32_t* tokens, const int32
   a.T = T;
   a.have_dlogits = false;
   const size_t nlc = size_t(Nl(B * T)) * cfg_.n_embd;
+  float* input = a.f(act::kInput);
   if (ch.embed || ch.head) acquire(-1);
   if (ch.embed) {
     embed_forward(a, tokens);
   } else {
     LOOM_CHECK(in != nullptr, "chunk {} needs an input activation", chunk);
-    std::memcpy(a.input, in, nlc * sizeof(float));
+    std::memcpy(input, in, nlc * sizeof(float));
   }
-  const float* x = a.input;
+  const float* x = input;
   for (int l = ch.first_block; l < ch.end_block; ++l) {
     const int j = l - ch.first_block;
     acquire(l);
     block_forward(l, j, a, x);
     release(l);
-    x = a.residual3 + size_t(j) * nlc;
+    x = a.f(act::kResidual3) + size_t(j) * nlc;
   }
   if (!ch.head) {
     LOOM_CHECK(out != nullptr, "chunk {} needs an output buffer", chunk);
@@ -203,21 +215,26 @@ void Gpt::backward_chunk(int chunk, int slot, const float* dout, float* din) {
   Slot& a = slots_[size_t(chunk)][size_t(slot)];
   const int N = a.B * a.T;
   const size_t nlc = size_t(Nl(N)) * cfg_.n_embd;
-  if (sp_) std::fill(s_.sp_grads, s_.sp_grads + sp_grads_size_, 0.0f);
+  float* const input = a.f(act::kInput);
+  float* const residual3 = a.f(act::kResidual3);
+  float* const dresidual = scr(act::kDresidual);
+  if (sp_) std::fill_n(scr(act::kSpGrads), sp_grads_size_, 0.0f);
   if (ch.head) {
     LOOM_CHECK(a.have_dlogits, "backward of the head chunk must follow a training forward");
     a.have_dlogits = false;
     const int nb = ch.end_block - ch.first_block;
-    head_backward(a, nb > 0 ? a.residual3 + size_t(nb - 1) * nlc : a.input);
+    head_backward(a, nb > 0 ? residual3 + size_t(nb - 1) * nlc : input);
     if (!sp_) hook(cfg_.n_layer);
   } else {
     LOOM_CHECK(dout != nullptr, "chunk {} needs an output gradient", chunk);
-    std::memcpy(s_.dresidual, dout, nlc * sizeof(float));
+    std::memcpy(dresidual, dout, nlc * sizeof(float));
   }
   for (int l = ch.end_block - 1; l >= ch.first_block; --l) {
     const int j = l - ch.first_block;
+    const float* residual = j == 0 ? input : residual3 + size_t(j - 1) * nlc;
     acquire(l);
-    block_backward(l, j, a, j == 0 ? a.input : a.residual3 + size_t(j - 1) * nlc);
+    recompute_block(l, j, a, residual);
+    block_backward(l, j, a, residual);
     release(l);
     if (!sp_) hook(l);
   }
@@ -225,7 +242,7 @@ void Gpt::backward_chunk(int chunk, int slot, const float* dout, float* din) {
     embed_backward(a);
   } else {
     LOOM_CHECK(din != nullptr, "chunk {} needs an input-gradient buffer", chunk);
-    std::memcpy(din, s_.dresidual, nlc * sizeof(float));
+    std::memcpy(din, dresidual, nlc * sizeof(float));
   }
   if (ch.head) release(cfg_.n_layer);
   if (ch.embed || ch.head) release(-1);
@@ -251,8 +268,8 @@ void Gpt::backward() { backward_chunk(0, 0, nullptr, nullptr); }
 
 void Gpt::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 
-const float* Gpt::logits() const { return slots_.at(0).at(0).logits; }
-const float* Gpt::losses() const { return slots_.at(0).at(0).losses; }
+const float* Gpt::logits() const { return slots_.at(0).at(0).f(act::kLogits); }
+const float* Gpt::losses() const { return slots_.at(0).at(0).f(act::kLosses); }
 
 std::vector<std::pair<size_t, size_t>> Gpt::norm_duplicate_ranges() const {
   std::vector<std::pair<size_t, size_t>> out;

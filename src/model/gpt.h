@@ -17,12 +17,15 @@
 // chunk 0, slot 0.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <span>
 #include <vector>
 
 #include "comm/process_grid.h"
+#include "core/buffer.h"
+#include "model/activations.h"
 #include "model/config.h"
 #include "model/param_spec.h"
 
@@ -69,7 +72,14 @@ class Gpt {
   // sequence parallelism) for the reserved B, T.
   size_t act_floats() const;
   int slots() const { return nslots_; }  // reserved activation slots per chunk
-  size_t arena_floats() const { return arena_.size(); }  // all reserved activations
+  size_t arena_bytes() const { return arena_.bytes(); }  // all reserved activations
+  // What backward recomputes instead of keeping (model/activations.h); takes effect at
+  // the next reserve().
+  void set_recompute(Recompute policy);
+  Recompute recompute() const { return recompute_; }
+  // The attention kernel (model/activations.h); takes effect at the next reserve().
+  void set_attention(AttentionKernel kernel);
+  AttentionKernel attention() const { return attention_; }
 
   // ---- pipeline API -----------------------------------------------------------------
   // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`
@@ -125,53 +135,27 @@ class Gpt {
     float *wte = nullptr, *wpe = nullptr, *lnfw = nullptr, *lnfb = nullptr;
     std::vector<BlockParams> blocks;  // indexed by global block (null where not held)
   };
-  // Saved activations of one chunk for one micro-batch (views into the arena). Nl token
-  // rows are local (N/tp with sequence parallelism, else N); "full" buffers hold N rows.
-  // Per-block buffers are stacks over the chunk's blocks.
+  // Saved activations of one chunk for one micro-batch: a view per chunk, block (the
+  // stack over the chunk's blocks, or the shared copy of a recomputed entry) and head
+  // entry of activation_table() (model/activations.h); scratch entries are in scratch_.
   struct Slot {
-    float* input;      // (Nl,C) the chunk's input residual
-    float* ln1;        // (nb,N,C) full
-    float* ln1_mean;   // (nb,Nl)
-    float* ln1_rstd;   // (nb,Nl)
-    float* qkv;        // (nb,N,3C/tp)
-    float* atty;       // (nb,N,C/tp)
-    float* att;        // (nb,B,NH/tp,T,T)
-    float* residual2;  // (nb,Nl,C)
-    float* ln2;        // (nb,N,C)
-    float* ln2_mean;   // (nb,Nl)
-    float* ln2_rstd;   // (nb,Nl)
-    float* fch;        // (nb,N,4C/tp)
-    float* fch_gelu;   // (nb,N,4C/tp)
-    float* residual3;  // (nb,Nl,C)
-    float* lnf;        // (N,C) full (head)
-    float* lnf_mean;   // (Nl)
-    float* lnf_rstd;   // (Nl)
-    float* logits;     // (N,Vp/tp) (head)
-    float* losses;     // (N) (head)
+    std::array<TensorView, act::kCount> at{};
     std::vector<int32_t> tokens;  // (N) embed chunk: inputs, for the embedding backward
     int B = 0, T = 0;
     bool have_dlogits = false;
+    float* f(act::Id id) const { return at[size_t(id)].f32(); }
   };
-  // Scratch shared by every chunk and slot (one micro-batch computes at a time).
-  struct Scratch {
-    float* dresidual;   // (Nl,C)
-    float* dres_full;   // (N,C) sequence parallel: gathered dresidual
-    float* dln;         // (N,C)
-    float* dln_local;   // (Nl,C)
-    float* dqkv;        // (N,3C/tp)
-    float* datty;       // (N,C/tp)
-    float* dfch;        // (N,4C/tp)
-    float* dfch_gelu;   // (N,4C/tp)
-    float* att_scratch; // attention backward
-    float* proj;        // (N,C) row-parallel partial sums
-    float* local;       // (Nl,C) sequence parallel: local LN output / reduced projection
-    float* ce_stats;    // (tp+1, N, 3) vocab-parallel cross-entropy statistics
-    float* sp_grads;    // sequence parallel: per-chunk partial LN / wpe gradients
+  // Block j's views of a slot's block entries (and the chunk/head ones unchanged).
+  struct BlockViews {
+    std::array<TensorView, act::kCount> at{};
+    float* operator()(act::Id id) const { return at[size_t(id)].f32(); }
   };
 
   Params bind(float* base) const;
   void init_layout();
-  void block_forward(int l, int j, Slot& a, const float* residual);
+  // recompute: re-running for backward, which needs no block output (the last GEMM and
+  // residual are skipped).
+  void block_forward(int l, int j, Slot& a, const float* residual, bool recompute = false);
   void block_backward(int l, int j, Slot& a, const float* residual);
   void embed_forward(Slot& a, const int32_t* tokens);
   void embed_backward(Slot& a);
@@ -185,12 +169,13 @@ class Gpt {
   // This rank's token rows -> all N rows: all-gathered into `full` under sequence
   // parallelism, else `local` itself.
   const float* gather_rows(const float* local, float* full, int N);
-  // Block j of a chunk's saved activations (the stacks' j-th entries).
-  struct BlockViews {
-    float *ln1, *ln1_mean, *ln1_rstd, *qkv, *atty, *att, *residual2, *ln2, *ln2_mean,
-        *ln2_rstd, *fch, *fch_gelu, *residual3;
-  };
   BlockViews block_views(const Slot& a, int j) const;
+  // Re-runs what the recompute policy dropped from block l (j-th of its chunk) before its
+  // backward: nothing, the attention probabilities and GELU output, or the block forward.
+  void recompute_block(int l, int j, Slot& a, const float* residual);
+  float* scr(act::Id id) const { return scratch_[size_t(id)].f32(); }
+  ActDims dims(int B, int T) const;
+  std::vector<ChunkShape> chunk_shapes() const;
   // LN parameter gradients: to the real grads, or under sequence parallelism to the
   // chunk's partial-sum scratch (all-reduced over tp at the end of the chunk).
   float* ln_grad(float* real);
@@ -205,13 +190,15 @@ class Gpt {
   std::vector<float> weights_;
   std::vector<float> grads_;
   Params w_, g_;
-  std::vector<float> arena_;
+  Recompute recompute_ = Recompute::kNone;
+  AttentionKernel attention_ = AttentionKernel::kFlash;
+  Buffer arena_;
   std::vector<std::vector<Slot>> slots_;  // [chunk][slot]
-  Scratch s_{};
+  std::array<TensorView, act::kCount> scratch_{};
   size_t sp_grads_size_ = 0;
   struct SpEntry {
     float* grad;      // the real gradient
-    size_t offset;    // into s_.sp_grads
+    size_t offset;    // into the sp_grads scratch
     size_t numel;
     int layer;
   };

@@ -35,31 +35,41 @@ const float* Gpt::gather_rows(const float* local, float* full, int N) {
 }
 
 Gpt::BlockViews Gpt::block_views(const Slot& a, int j) const {
-  const size_t tp = size_t(tp_size_), N = size_t(a.B) * a.T, nl = size_t(Nl(int(N)));
-  const size_t nc = N * cfg_.n_embd, nlc = nl * cfg_.n_embd, jj = size_t(j);
-  const size_t att = size_t(a.B) * (cfg_.n_head / tp) * a.T * a.T;
-  return BlockViews{a.ln1 + jj * nc,           a.ln1_mean + jj * nl,     a.ln1_rstd + jj * nl,
-                    a.qkv + jj * 3 * nc / tp,  a.atty + jj * nc / tp,    a.att + jj * att,
-                    a.residual2 + jj * nlc,    a.ln2 + jj * nc,          a.ln2_mean + jj * nl,
-                    a.ln2_rstd + jj * nl,      a.fch + jj * 4 * nc / tp, a.fch_gelu + jj * 4 * nc / tp,
-                    a.residual3 + jj * nlc};
+  const ActDims d = dims(a.B, a.T);
+  BlockViews v{a.at};
+  for (const ActEntry& e : activation_table()) {
+    if (e.scope != ActScope::kBlock) continue;
+    const size_t n = size_t(e.numel(d));  // strides of the micro-batch's own B, T
+    v.at[size_t(e.id)] = a.at[size_t(e.id)].slice(kept(e, recompute_) ? size_t(j) * n : 0, n);
+  }
+  return v;
+}
+
+void Gpt::recompute_block(int l, int j, Slot& a, const float* residual) {
+  if (recompute_ == Recompute::kNone) return;
+  if (recompute_ == Recompute::kFull) return block_forward(l, j, a, residual, true);
+  const int tp = tp_size_, Cl = cfg_.n_embd / tp, NHl = cfg_.n_head / tp;
+  const BlockViews v = block_views(a, j);
+  if (attention_ == AttentionKernel::kMaterialized)
+    k::attention_probs(v(act::kAtt), v(act::kQkv), a.B, a.T, Cl, NHl);
+  k::gelu_forward(v(act::kFchGelu), v(act::kFch), size_t(a.B) * a.T * 4 * Cl);
 }
 
 float* Gpt::ln_grad(float* real) {
   if (!sp_) return real;
   for (const SpEntry& e : sp_index_)
-    if (e.grad == real) return s_.sp_grads + e.offset;
+    if (e.grad == real) return scr(act::kSpGrads) + e.offset;
   LOOM_CHECK(false, "no sequence-parallel gradient slot for this parameter");
   __builtin_unreachable();
 }
 
 void Gpt::finish_sp_grads(const ModelChunk& ch) {
-  grid_->tp_comm().allreduce(s_.sp_grads, sp_grads_size_, ReduceOp::kSum);
+  grid_->tp_comm().allreduce(scr(act::kSpGrads), sp_grads_size_, ReduceOp::kSum);
   for (const SpEntry& e : sp_index_) {
     const bool mine = (e.layer >= ch.first_block && e.layer < ch.end_block) ||
                       (e.layer < 0 && ch.embed) || (e.layer == cfg_.n_layer && ch.head);
     if (!mine) continue;
-    const float* src = s_.sp_grads + e.offset;
+    const float* src = scr(act::kSpGrads) + e.offset;
     for (size_t i = 0; i < e.numel; ++i) e.grad[i] += src[i];
   }
 }
@@ -70,83 +80,100 @@ void Gpt::embed_forward(Slot& a, const int32_t* tokens) {
     LOOM_REQUIRE(tokens[i] >= 0 && tokens[i] < V, "token id {} at position {} is outside the "
                  "vocabulary [0, {})", tokens[i], i, V);
   std::copy(tokens, tokens + N, a.tokens.begin());
+  float* input = a.f(act::kInput);
   if (tp_size_ == 1) {
-    k::encoder_forward(a.input, tokens, w_.wte, w_.wpe, B, T, C);
+    k::encoder_forward(input, tokens, w_.wte, w_.wpe, B, T, C);
     return;
   }
   const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl, nl = Nl(N);
   // Each rank looks up the tokens of its vocabulary rows (zeros elsewhere); the sum over
   // tp ranks is exact (one non-zero term).
-  vocab_embedding_lookup(s_.proj, tokens, w_.wte, N, C, v0, Vl);
-  const float* rows = reduce_rows(s_.proj, a.input, N);
-  if (rows != a.input) std::memcpy(a.input, rows, size_t(nl) * C * sizeof(float));
-  add_positions(a.input, w_.wpe, nl, sp_ ? tp_rank_ * nl : 0, T, C);
+  float* proj = scr(act::kProj);
+  vocab_embedding_lookup(proj, tokens, w_.wte, N, C, v0, Vl);
+  const float* rows = reduce_rows(proj, input, N);
+  if (rows != input) std::memcpy(input, rows, size_t(nl) * C * sizeof(float));
+  add_positions(input, w_.wpe, nl, sp_ ? tp_rank_ * nl : 0, T, C);
 }
 
 void Gpt::embed_backward(Slot& a) {
   const int B = a.B, T = a.T, C = cfg_.n_embd, N = B * T, nl = Nl(N);
+  const float* dres = scr(act::kDresidual);
   if (tp_size_ == 1) {
-    k::encoder_backward(g_.wte, g_.wpe, s_.dresidual, a.tokens.data(), B, T, C);
+    k::encoder_backward(g_.wte, g_.wpe, dres, a.tokens.data(), B, T, C);
     return;
   }
   const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
-  const float* full = gather_rows(s_.dresidual, s_.dres_full, N);
+  const float* full = gather_rows(dres, scr(act::kDresFull), N);
   vocab_embedding_backward(g_.wte, full, a.tokens.data(), N, C, v0, Vl);
-  positions_backward(ln_grad(g_.wpe), s_.dresidual, nl, sp_ ? tp_rank_ * nl : 0, T, C);
+  positions_backward(ln_grad(g_.wpe), dres, nl, sp_ ? tp_rank_ * nl : 0, T, C);
 }
 
-void Gpt::block_forward(int l, int j, Slot& a, const float* residual) {
+void Gpt::block_forward(int l, int j, Slot& a, const float* residual, bool recompute) {
+  using namespace act;
   const int B = a.B, T = a.T, C = cfg_.n_embd, N = B * T, nl = Nl(N);
   const int tp = tp_size_, Cl = C / tp, NHl = cfg_.n_head / tp;
   const size_t nc = size_t(N) * C, nlc = size_t(nl) * C;
   const BlockParams& p = w_.blocks[size_t(l)];
   const BlockViews v = block_views(a, j);
+  float *proj = scr(kProj), *local = scr(kLocal);
   // Layernorm region -> column-parallel input (all-gathered under sequence parallelism).
-  auto layernorm_to_full = [&](float* full, float* mean, float* rstd, const float* in,
-                               const float* w, const float* b) {
-    float* out = sp_ ? s_.local : full;
-    k::layernorm_forward(out, mean, rstd, in, w, b, nl, C);
-    gather_rows(out, full, N);
+  auto layernorm_to_full = [&](Id full, Id mean, Id rstd, const float* in, const float* w,
+                               const float* b) {
+    float* out = sp_ ? local : v(full);
+    k::layernorm_forward(out, v(mean), v(rstd), in, w, b, nl, C);
+    gather_rows(out, v(full), N);
   };
   // Row-parallel biases are added once (tp rank 0), before the partial sums are reduced.
   const float* rowbias_attn = tp_rank_ == 0 ? p.attprojb : nullptr;
   const float* rowbias_mlp = tp_rank_ == 0 ? p.fcprojb : nullptr;
-  layernorm_to_full(v.ln1, v.ln1_mean, v.ln1_rstd, residual, p.ln1w, p.ln1b);
-  k::matmul_forward(v.qkv, v.ln1, p.qkvw, p.qkvb, N, C, 3 * Cl);
-  k::attention_forward(v.atty, v.att, v.qkv, B, T, Cl, NHl);
-  k::matmul_forward(s_.proj, v.atty, p.attprojw, rowbias_attn, N, Cl, C);
-  k::residual_forward(v.residual2, residual, reduce_rows(s_.proj, s_.local, N), nlc);
-  layernorm_to_full(v.ln2, v.ln2_mean, v.ln2_rstd, v.residual2, p.ln2w, p.ln2b);
-  k::matmul_forward(v.fch, v.ln2, p.fcw, p.fcb, N, C, 4 * Cl);
-  k::gelu_forward(v.fch_gelu, v.fch, 4 * nc / tp);
-  k::matmul_forward(s_.proj, v.fch_gelu, p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
-  k::residual_forward(v.residual3, v.residual2, reduce_rows(s_.proj, s_.local, N), nlc);
+  layernorm_to_full(kLn1, kLn1Mean, kLn1Rstd, residual, p.ln1w, p.ln1b);
+  k::matmul_forward(v(kQkv), v(kLn1), p.qkvw, p.qkvb, N, C, 3 * Cl);
+  if (attention_ == AttentionKernel::kFlash)
+    k::flash_attention_forward(v(kAtty), v(kLse), v(kQkv), B, T, Cl, NHl);
+  else
+    k::attention_forward(v(kAtty), v(kAtt), v(kQkv), B, T, Cl, NHl);
+  k::matmul_forward(proj, v(kAtty), p.attprojw, rowbias_attn, N, Cl, C);
+  k::residual_forward(v(kResidual2), residual, reduce_rows(proj, local, N), nlc);
+  layernorm_to_full(kLn2, kLn2Mean, kLn2Rstd, v(kResidual2), p.ln2w, p.ln2b);
+  k::matmul_forward(v(kFch), v(kLn2), p.fcw, p.fcb, N, C, 4 * Cl);
+  k::gelu_forward(v(kFchGelu), v(kFch), 4 * nc / tp);
+  if (recompute) return;  // backward needs nothing the last projection makes
+  k::matmul_forward(proj, v(kFchGelu), p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
+  k::residual_forward(v(kResidual3), v(kResidual2), reduce_rows(proj, local, N), nlc);
 }
 
 void Gpt::block_backward(int l, int j, Slot& a, const float* residual) {
+  using namespace act;
   const int B = a.B, T = a.T, C = cfg_.n_embd, N = B * T, nl = Nl(N);
   const int tp = tp_size_, Cl = C / tp, NHl = cfg_.n_head / tp;
   const size_t nc = size_t(N) * C;
   const BlockParams& p = w_.blocks[size_t(l)];
   const BlockParams& dp = g_.blocks[size_t(l)];
   const BlockViews v = block_views(a, j);
-  float* dres = s_.dresidual;  // in: d residual3 (Nl rows); out: d residual
-  const float* d3 = gather_rows(dres, s_.dres_full, N);  // all N rows for the row-parallel
-  k::matmul_backward(s_.dfch_gelu, dp.fcprojw, dp.fcprojb, d3, v.fch_gelu, p.fcprojw, N, 4 * Cl,
+  float* dres = scr(kDresidual);  // in: d residual3 (Nl rows); out: d residual
+  float *dres_full = scr(kDresFull), *dln = scr(kDln), *dln_local = scr(kDlnLocal);
+  float *dfch = scr(kDfch), *dfch_gelu = scr(kDfchGelu), *datty = scr(kDatty);
+  float* dqkv = scr(kDqkv);
+  const float* d3 = gather_rows(dres, dres_full, N);  // all N rows for the row-parallel
+  k::matmul_backward(dfch_gelu, dp.fcprojw, dp.fcprojb, d3, v(kFchGelu), p.fcprojw, N, 4 * Cl,
                      C);
-  k::gelu_backward(s_.dfch, v.fch, s_.dfch_gelu, 4 * nc / tp);
-  k::matmul_backward(s_.dln, dp.fcw, dp.fcb, s_.dfch, v.ln2, p.fcw, N, C, 4 * Cl);
+  k::gelu_backward(dfch, v(kFch), dfch_gelu, 4 * nc / tp);
+  k::matmul_backward(dln, dp.fcw, dp.fcb, dfch, v(kLn2), p.fcw, N, C, 4 * Cl);
   // residual3 = residual2 + mlp(ln2(residual2)): the LN path accumulates into dres.
   k::layernorm_backward(dres, ln_grad(dp.ln2w), ln_grad(dp.ln2b),
-                        reduce_rows(s_.dln, s_.dln_local, N), v.residual2, p.ln2w, v.ln2_mean,
-                        v.ln2_rstd, nl, C);
-  const float* d2 = gather_rows(dres, s_.dres_full, N);
-  k::matmul_backward(s_.datty, dp.attprojw, dp.attprojb, d2, v.atty, p.attprojw, N, Cl, C);
-  k::attention_backward(s_.dqkv, s_.att_scratch, s_.datty, v.qkv, v.att, B, T, Cl, NHl);
-  k::matmul_backward(s_.dln, dp.qkvw, dp.qkvb, s_.dqkv, v.ln1, p.qkvw, N, C, 3 * Cl);
+                        reduce_rows(dln, dln_local, N), v(kResidual2), p.ln2w, v(kLn2Mean),
+                        v(kLn2Rstd), nl, C);
+  const float* d2 = gather_rows(dres, dres_full, N);
+  k::matmul_backward(datty, dp.attprojw, dp.attprojb, d2, v(kAtty), p.attprojw, N, Cl, C);
+  if (attention_ == AttentionKernel::kFlash)
+    k::flash_attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), v(kAtty), v(kLse), B, T,
+                                Cl, NHl);
+  else
+    k::attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), v(kAtt), B, T, Cl, NHl);
+  k::matmul_backward(dln, dp.qkvw, dp.qkvb, dqkv, v(kLn1), p.qkvw, N, C, 3 * Cl);
   k::layernorm_backward(dres, ln_grad(dp.ln1w), ln_grad(dp.ln1b),
-                        reduce_rows(s_.dln, s_.dln_local, N), residual, p.ln1w, v.ln1_mean,
-                        v.ln1_rstd, nl, C);
+                        reduce_rows(dln, dln_local, N), residual, p.ln1w, v(kLn1Mean),
+                        v(kLn1Rstd), nl, C);
 }
 
 namespace {
@@ -167,40 +194,45 @@ void check_targets(const int32_t* targets, int N, int V) {
 }  // namespace
 
 float Gpt::head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale) {
+  using namespace act;
   const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), V = cfg_.vocab_size;
   const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
-  float* ln_out = sp_ ? s_.local : a.lnf;
-  k::layernorm_forward(ln_out, a.lnf_mean, a.lnf_rstd, x, w_.lnfw, w_.lnfb, nl, C);
-  gather_rows(ln_out, a.lnf, N);
-  k::matmul_forward(a.logits, a.lnf, w_.wte, nullptr, N, C, Vl);
+  float *lnf = a.f(kLnf), *logits = a.f(kLogits), *losses = a.f(kLosses);
+  float* ln_out = sp_ ? scr(kLocal) : lnf;
+  k::layernorm_forward(ln_out, a.f(kLnfMean), a.f(kLnfRstd), x, w_.lnfw, w_.lnfb, nl, C);
+  gather_rows(ln_out, lnf, N);
+  k::matmul_forward(logits, lnf, w_.wte, nullptr, N, C, Vl);
   if (!targets) return 0.0f;
   check_targets(targets, N, V);
   const bool train = dloss_scale > 0;
   if (tp_size_ == 1) {
     if (train)
-      k::crossentropy_fused(a.losses, a.logits, targets, N, V, Vp_, dloss_scale / float(N));
+      k::crossentropy_fused(losses, logits, targets, N, V, Vp_, dloss_scale / float(N));
     else
-      k::crossentropy_forward(a.losses, a.logits, targets, N, V, Vp_);
+      k::crossentropy_forward(losses, logits, targets, N, V, Vp_);
   } else {
     // Vocab-parallel: (max, sum exp, target logit) per token from every rank.
-    float* mine = s_.ce_stats + size_t(tp_size_) * N * 3;
-    vocab_ce_local_stats(mine, a.logits, targets, N, Vl, v0, V);
-    grid_->tp_comm().allgather(mine, s_.ce_stats, size_t(N) * 3);
-    vocab_ce_finish(a.losses, a.logits, s_.ce_stats, tp_size_, targets, N, Vl, v0, V,
+    float* stats = scr(kCeStats);
+    float* mine = stats + size_t(tp_size_) * N * 3;
+    vocab_ce_local_stats(mine, logits, targets, N, Vl, v0, V);
+    grid_->tp_comm().allgather(mine, stats, size_t(N) * 3);
+    vocab_ce_finish(losses, logits, stats, tp_size_, targets, N, Vl, v0, V,
                     train ? dloss_scale / float(N) : 0.0f);
   }
   a.have_dlogits = train;
-  return mean_loss(a.losses, N);
+  return mean_loss(losses, N);
 }
 
 void Gpt::head_backward(Slot& a, const float* x) {
+  using namespace act;
   const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), Vl = Vp_ / tp_size_;
+  float* dres = scr(kDresidual);
   // logits now hold d loss / d logits (written by the fused cross-entropy).
-  k::matmul_backward(s_.dln, g_.wte, nullptr, a.logits, a.lnf, w_.wte, N, C, Vl);
-  const float* dln = reduce_rows(s_.dln, s_.dln_local, N);
-  std::fill(s_.dresidual, s_.dresidual + size_t(nl) * C, 0.0f);
-  k::layernorm_backward(s_.dresidual, ln_grad(g_.lnfw), ln_grad(g_.lnfb), dln, x, w_.lnfw,
-                        a.lnf_mean, a.lnf_rstd, nl, C);
+  k::matmul_backward(scr(kDln), g_.wte, nullptr, a.f(kLogits), a.f(kLnf), w_.wte, N, C, Vl);
+  const float* dln = reduce_rows(scr(kDln), scr(kDlnLocal), N);
+  std::fill_n(dres, size_t(nl) * C, 0.0f);
+  k::layernorm_backward(dres, ln_grad(g_.lnfw), ln_grad(g_.lnfb), dln, x, w_.lnfw,
+                        a.f(kLnfMean), a.f(kLnfRstd), nl, C);
 }
 
 }  // namespace loom

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/dtype.h"
+#include "model/activations.h"
 
 namespace loom {
 
@@ -39,16 +41,22 @@ double inflight(const RunConfig& cfg, const Sizes& s) {
   return cfg.parallel.schedule == "gpipe" ? s.ga : std::min(s.ga, s.pp);
 }
 
-// Floats of one block's saved activations, of one head's, and of the shared backward
-// scratch, as Gpt::reserve lays out its arena.
-double activation_floats(const RunConfig& cfg, const Sizes& s, double blocks) {
-  const double N = s.B * s.T, NL = s.sp ? N / s.tp : N, Cl = s.C / s.tp, NHl = s.NH / s.tp;
-  const double att = s.B * NHl * s.T * s.T;
-  const double block = 2 * N * s.C + 2 * NL * s.C + 4 * NL + 12 * N * Cl + att;
-  const double head = N * s.C + 2 * NL + N * (s.Vp / s.tp) + N;
-  const double scratch = 3 * NL * s.C + (s.sp ? N * s.C : 0) + 2 * N * s.C + 12 * N * Cl + att +
-                         3 * (s.tp + 1) * N;
-  return inflight(cfg, s) * (blocks * block + s.v * NL * s.C + head) + scratch;
+// Bytes of the activation arena Gpt::reserve lays out (model/activations.h) for the rank
+// with the most blocks, its blocks spread over its virtual stages and the head counted.
+double activation_bytes(const RunConfig& cfg, const Sizes& s, double blocks) {
+  const ActDims d =
+      activation_dims(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, int(s.tp), s.sp,
+                      parse_attention(cfg.train.attention));
+  const Recompute r = parse_recompute(cfg.train.recompute);
+  const DType dt = DType::kF32;
+  // The arena is linear in blocks and slots: price each part from one-chunk layouts.
+  auto bytes = [&](ChunkShape c, int slots) { return activation_bytes(d, {&c, 1}, slots, r, dt); };
+  const double empty = bytes({0, false}, 1);
+  const double input = bytes({0, false}, 2) - empty;  // a chunk's input, per slot
+  const double block = bytes({1, false}, 1) - empty;  // a kept block, per slot
+  const double head = bytes({0, true}, 1) - empty;
+  const double shared = empty - input;  // scratch and the recomputed entries' one copy
+  return inflight(cfg, s) * (blocks * block + s.v * input + head) + shared;
 }
 
 }  // namespace
@@ -63,7 +71,7 @@ MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
   m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
   m.grads = 4 * (s.zero >= 2 ? P / s.dp : P);
   m.optimizer = 8 * (s.zero >= 1 ? P / s.dp : P);
-  m.activations = 4 * activation_floats(cfg, s, blocks);
+  m.activations = activation_bytes(cfg, s, blocks);
   if (cfg.checkpoint.async) m.snapshot = 4 * P + m.optimizer;  // the host copy being written
   return m;
 }

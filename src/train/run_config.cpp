@@ -37,6 +37,7 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "seed", &t.seed},             {"train", "shuffle", &t.shuffle},
       {"train", "eval_every", &t.eval_every}, {"train", "eval_tokens", &t.eval_tokens},
       {"train", "checkpoint_every", &t.checkpoint_every},
+      {"train", "recompute", &t.recompute},   {"train", "attention", &t.attention},
       {"data", "train", &c.data.train},       {"data", "val", &c.data.val},
       {"run", "dir", &c.run.dir},             {"run", "threads", &c.run.threads},
       {"run", "keep_last", &c.run.keep_last}, {"run", "gemm", &c.run.gemm},
@@ -158,6 +159,10 @@ void RunConfig::validate() const {
                t.weight_decay, t.grad_clip);
   LOOM_REQUIRE(t.eval_every >= 0 && t.checkpoint_every >= 0 && t.eval_tokens >= 0,
                "[train] eval_every, eval_tokens and checkpoint_every must be >= 0");
+  LOOM_REQUIRE(t.recompute == "none" || t.recompute == "selective" || t.recompute == "full",
+               "[train] recompute='{}' must be 'none', 'selective' or 'full'", t.recompute);
+  LOOM_REQUIRE(t.attention == "flash" || t.attention == "materialized",
+               "[train] attention='{}' must be 'flash' or 'materialized'", t.attention);
   LOOM_REQUIRE(!data.train.empty(), "[data] train: the path of the train shard is required");
   LOOM_REQUIRE(run.threads >= 0 && run.keep_last >= 0,
                "[run] threads={} and keep_last={} must be >= 0", run.threads, run.keep_last);

@@ -31,6 +31,13 @@ struct TrainConfig {
   int eval_every = 0;           // steps between validation losses; 0 = never
   int64_t eval_tokens = 32768;  // validation tokens per evaluation (from offset 0)
   int checkpoint_every = 0;     // steps between checkpoints; 0 = only at the end
+  // Activation recomputation: "none" | "selective" (attention probabilities and GELU
+  // output recomputed in backward) | "full" (each block's forward re-run); results are
+  // bitwise those of "none" (model/activations.h).
+  std::string recompute = "none";
+  // Attention kernel: "flash" (O(T) memory: the per-row log-sum-exp) | "materialized"
+  // (keeps the (T,T) probabilities).
+  std::string attention = "flash";
 };
 
 struct ParallelConfig {

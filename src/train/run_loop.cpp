@@ -131,6 +131,12 @@ void Trainer::run(std::FILE* progress_out) {
                             "available ({})",
                             format_bytes(need.total()), format_bytes(need.activations),
                             format_bytes(memory_limit_.bytes), memory_limit_.why));
+  progress.note(fmt::format(
+      "activations: recompute {}, {} attention, {} micro-batch{} in flight, tp {}{}: predicted "
+      "{} (the rank with the most blocks), this rank's arena {}",
+      t.recompute, t.attention, model_.slots(), model_.slots() > 1 ? "es" : "",
+      grid_->shape().tp, cfg_.parallel.sequence_parallel ? " sp" : "",
+      format_bytes(need.activations), format_bytes(double(model_.arena_bytes()))));
 
   Timer wall;
   const int first = step_;

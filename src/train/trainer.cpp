@@ -82,6 +82,8 @@ Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
         cfg_.train.grad_accum, p.virtual_stages, act, &trace_, grid.progress());
     for (int c = 0; c < p.virtual_stages; ++c) slots = std::max(slots, pipe_->peak_inflight(c));
   }
+  model_.set_recompute(parse_recompute(cfg_.train.recompute));
+  model_.set_attention(parse_attention(cfg_.train.attention));
   model_.reserve(B, T, slots);
   init_params(model_.params(), cfg_.train.seed, model_.weights().data());
   dp_.set_norm_exclusions(model_.norm_duplicate_ranges());

@@ -474,5 +474,37 @@ TEST(Hybrid, AsyncCheckpointResumesBitwise) {
   EXPECT_EQ(got, std::vector<float>(expected.begin() + 4, expected.end()));
 }
 
+// Recomputation in the most parallel layout (a (2,2,2) grid at 8 ranks): selective and full
+// give bitwise the losses and weights of keeping everything, under 1F1B with sequence
+// parallelism and ZeRO-1, under the interleaved schedule with ZeRO-2, and without a pipeline
+// under ZeRO-3 (whose weight gathers run again for the recomputed forward).
+TEST(Hybrid, RecomputeIsBitwise) {
+  const int n = test::mpi().world_size();
+  const GridShape shape = n >= 8   ? GridShape{.pp = 2, .dp = 2, .tp = 2}
+                          : n >= 4 ? GridShape{.pp = 2, .dp = 1, .tp = 2}
+                                   : GridShape{.pp = 2, .dp = 1, .tp = 1};
+  if (shape.world() != n) GTEST_FAIL() << "run with 2, 4 or 8 ranks";
+  const GridShape flat{.pp = 1, .dp = n / shape.tp, .tp = shape.tp};  // ZeRO-3 needs pp = 1
+  const Case cases[] = {{shape, "1f1b", 1, 4, shape.dp > 1 ? 1 : 0, shape.tp > 1},
+                        {shape, "interleaved", 2, 4, shape.dp > 1 ? 2 : 0, false},
+                        {flat, "1f1b", 1, 2, 3, shape.tp > 1}};
+  for (const Case& c : cases) {
+    const ProcessGrid grid = ProcessGrid::create(test::mpi().world(), c.shape);
+    RunConfig cfg = case_config(test::scratch_dir("hy_recompute"), c);
+    // The interleaved case keeps the (T,T) probabilities, which selective drops.
+    if (c.schedule == "interleaved") cfg.train.attention = "materialized";
+    cfg.run.dir = (test::shared_dir(grid, "hy_recompute_run") / "run").string();
+    const TrainedRun none = train(cfg, grid);
+    for (const char* policy : {"selective", "full"}) {
+      cfg.train.recompute = policy;
+      const TrainedRun got = train(cfg, grid);
+      EXPECT_EQ(got.losses, none.losses) << c.name() << " " << policy << " "
+                                         << cfg.train.attention;
+      EXPECT_EQ(std::memcmp(got.weights.data(), none.weights.data(), none.weights.size() * 4), 0)
+          << c.name() << " " << policy << ": weights differ";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace loom

@@ -36,7 +36,7 @@ TEST(MemoryNeed, MatchesWhatTheModelAllocates) {
       model.reserve(B, c.train.seq_len);
       const MemoryNeed need = estimate_rank_memory(c);
       const double weights = 4.0 * double(model.weights().size());
-      const double acts = 4.0 * double(model.arena_floats());
+      const double acts = double(model.arena_bytes());
       EXPECT_NEAR(need.weights, weights, 0.02 * weights) << "L=" << L << " B=" << B;
       EXPECT_NEAR(need.grads, weights, 0.02 * weights);
       EXPECT_NEAR(need.optimizer, 2 * weights, 0.04 * weights);

@@ -1,0 +1,73 @@
+#include "core/buffer.h"
+
+#include <cstring>
+#include <new>
+#include <utility>
+
+#include "core/check.h"
+
+namespace loom {
+namespace {
+
+constexpr std::align_val_t kAlign{64};
+
+class CpuAllocator final : public Allocator {
+ public:
+  Device device() const override { return Device::kCpu; }
+  std::byte* allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    auto* p = static_cast<std::byte*>(::operator new(bytes, kAlign));
+    std::memset(p, 0, bytes);
+    return p;
+  }
+  void deallocate(std::byte* p, size_t) override {
+    if (p) ::operator delete(p, kAlign);
+  }
+};
+
+}  // namespace
+
+Allocator& cpu_allocator() {
+  static CpuAllocator alloc;  // stateless
+  return alloc;
+}
+
+Buffer::Buffer(Allocator& alloc, size_t bytes)
+    : alloc_(&alloc), data_(alloc.allocate(bytes)), bytes_(bytes) {}
+
+Buffer::~Buffer() { release(); }
+
+Buffer::Buffer(Buffer&& o) noexcept
+    : alloc_(std::exchange(o.alloc_, nullptr)),
+      data_(std::exchange(o.data_, nullptr)),
+      bytes_(std::exchange(o.bytes_, 0)) {}
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    release();
+    alloc_ = std::exchange(o.alloc_, nullptr);
+    data_ = std::exchange(o.data_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+void Buffer::release() {
+  if (alloc_) alloc_->deallocate(data_, bytes_);
+  alloc_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+float* TensorView::f32() const {
+  LOOM_CHECK(dtype == DType::kF32, "a {} buffer read as fp32", dtype_name(dtype));
+  return reinterpret_cast<float*>(data);
+}
+
+TensorView TensorView::slice(size_t offset, size_t count) const {
+  LOOM_CHECK(offset + count <= numel, "slice [{}, {}) of a {}-element view", offset,
+             offset + count, numel);
+  return {data + offset * dtype_size(dtype), dtype, count};
+}
+
+}  // namespace loom

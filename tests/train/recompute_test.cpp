@@ -1,0 +1,113 @@
+// Activation recomputation (issue 13, item 4): selective and full re-run the same
+// deterministic kernels on the same inputs, so losses, gradients, weights and AdamW moments
+// are bitwise those of keeping everything; and they hold less, as the table predicts.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "core/check.h"
+#include "model/activations.h"
+#include "test_util.h"
+#include "train/memory_need.h"
+#include "train/trainer.h"
+
+namespace loom {
+namespace {
+
+struct Trained {
+  std::vector<float> losses, grads0, weights, m, v;
+  size_t arena = 0;
+};
+
+template <class S>
+std::vector<float> copy(const S& s) {
+  return std::vector<float>(s.begin(), s.end());
+}
+
+Trained run(RunConfig cfg, const std::string& recompute, int steps) {
+  cfg.train.recompute = recompute;
+  const ProcessGrid grid = ProcessGrid::single();
+  Trainer tr(cfg, grid);
+  Trained r;
+  for (int s = 0; s < steps; ++s) {
+    r.losses.push_back(tr.train_step().loss);
+    if (s == 0) r.grads0 = copy(tr.model().grads());
+  }
+  r.weights = copy(tr.model().weights());
+  r.m = copy(tr.optimizer().m());
+  r.v = copy(tr.optimizer().v());
+  r.arena = tr.model().arena_bytes();
+  return r;
+}
+
+bool bitwise(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+void expect_bitwise(const Trained& got, const Trained& want, const std::string& what) {
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (size_t s = 0; s < want.losses.size(); ++s)
+    EXPECT_EQ(got.losses[s], want.losses[s]) << what << " step " << s;
+  EXPECT_TRUE(bitwise(got.grads0, want.grads0)) << what << ": first-step gradients differ";
+  EXPECT_TRUE(bitwise(got.weights, want.weights)) << what << ": weights differ";
+  EXPECT_TRUE(bitwise(got.m, want.m) && bitwise(got.v, want.v)) << what << ": moments differ";
+}
+
+TEST(Recompute, SelectiveAndFullAreBitwiseNone) {
+  // T = 13 (one attention row block) and T = 150 (two of the materialized kernel's 64-row
+  // blocks and two of flash's 128, the last ragged).
+  for (const char* attention : {"flash", "materialized"})
+  for (int T : {13, 150}) {
+    RunConfig cfg = test::tiny_config(test::scratch_dir("recompute"));
+    cfg.model.block_size = 160;
+    cfg.train.seq_len = T;
+    cfg.train.micro_batch = 2;
+    cfg.train.attention = attention;
+    const Trained none = run(cfg, "none", 4);
+    for (const char* policy : {"selective", "full"}) {
+      const Trained got = run(cfg, policy, 4);
+      expect_bitwise(got, none, fmt::format("{} {} T={}", policy, attention, T));
+      EXPECT_LT(got.arena, none.arena) << policy << " keeps no less than none";
+    }
+  }
+}
+
+// What the start-up line and the memory guard predict is what the model allocates.
+TEST(Recompute, TheTablePredictsTheArena) {
+  RunConfig cfg = test::tiny_config(test::scratch_dir("recompute_mem"));
+  cfg.model.n_layer = 4;
+  cfg.model.block_size = 80;
+  cfg.train.seq_len = 64;
+  for (const char* attention : {"flash", "materialized"}) {
+  cfg.train.attention = attention;
+  size_t last = 0;
+  for (const char* policy : {"full", "selective", "none"}) {
+    cfg.train.recompute = policy;
+    const ProcessGrid grid = ProcessGrid::single();
+    Trainer tr(cfg, grid);
+    const double got = double(tr.model().arena_bytes());
+    EXPECT_NEAR(estimate_rank_memory(cfg).activations, got, 0.02 * got) << policy << attention;
+    EXPECT_GT(tr.model().arena_bytes(), last) << policy << " should hold more than the last";
+    last = tr.model().arena_bytes();
+  }
+  }
+}
+
+TEST(Recompute, AnUnknownPolicyIsRejected) {
+  RunConfig cfg = test::tiny_config(test::scratch_dir("recompute_bad"));
+  cfg.train.recompute = "some";
+  try {
+    cfg.validate();
+    FAIL() << "recompute='some' accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("'none', 'selective' or 'full'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(parse_recompute("Full"), InputError);
+  EXPECT_EQ(parse_recompute("selective"), Recompute::kSelective);
+}
+
+}  // namespace
+}  // namespace loom
