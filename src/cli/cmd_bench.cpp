@@ -2,6 +2,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <map>
+
+#include <oneapi/dnnl/dnnl_version.h>
+
 #include "cli/command.h"
 #include "comm/bench_collectives.h"
 #include "comm/mpi_comm.h"
@@ -18,6 +23,34 @@
 
 namespace loom::cli {
 namespace {
+
+// The GEMM peak per dtype table; the JSON rows, each dtype's best marked "peak".
+nlohmann::json print_dtype_peaks(const std::vector<kernels::KernelBenchRow>& rows) {
+  fmt::print("\nGEMM peak per input dtype (fp32 accumulation), median of the repeats:\n"
+             "{:<6} {:>6} {:>6} {:>6} {:>10} {:>9}  {}\n", "dtype", "M", "N", "K", "time(us)",
+             "GFLOP/s", "oneDNN implementation");
+  std::map<std::string, double> best;
+  for (const kernels::KernelBenchRow& r : rows) best[r.dtype] = std::max(best[r.dtype], r.gflops);
+  nlohmann::json out = nlohmann::json::array();
+  for (const kernels::KernelBenchRow& r : rows) {
+    const bool peak = r.gflops == best[r.dtype];
+    fmt::print("{:<6} {:>6} {:>6} {:>6} {:>10.1f} {:>9.1f}  {}{}\n", r.dtype, r.M, r.N, r.K,
+               r.median_seconds * 1e6, r.gflops, r.impl, peak ? "  <- peak" : "");
+    out.push_back({{"dtype", r.dtype}, {"M", r.M}, {"N", r.N}, {"K", r.K},
+                   {"median_s", r.median_seconds}, {"gflops", r.gflops}, {"impl", r.impl},
+                   {"peak", peak}});
+  }
+  for (const char* t : {"bf16", "fp16"}) {
+    if (!best.count(t)) {
+      fmt::print("{}: oneDNN {}.{} has no {} matmul on this CPU\n", t, DNNL_VERSION_MAJOR,
+                 DNNL_VERSION_MINOR, t);
+      continue;
+    }
+    fmt::print("{} peak / fp32 peak: {:.2f}x{}\n", t, best[t] / best["fp32"],
+               best[t] < best["fp32"] ? " (slower than fp32 on this CPU)" : "");
+  }
+  return out;
+}
 
 int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
   const std::string openblas = kernels::use_best_openblas_core(), cpu = kernels::cpu_summary();
@@ -38,8 +71,10 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
                    {"backend", r.backend}, {"median_s", r.median_seconds},
                    {"gflops", r.gflops}});
   }
+  const nlohmann::json peaks = print_dtype_peaks(kernels::bench_gemm_dtypes(repeats));
   write_file_atomic(json_out, nlohmann::json{{"threads", threads}, {"cpu", cpu},
-                                             {"openblas", openblas}, {"gemm", out}}
+                                             {"openblas", openblas}, {"gemm", out},
+                                             {"gemm_dtypes", peaks}}
                                   .dump(2));
   fmt::print("wrote {}\n", json_out);
   return 0;

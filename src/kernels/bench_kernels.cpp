@@ -10,6 +10,8 @@
 #include <random>
 #include <tuple>
 
+#include <fmt/format.h>
+
 #include "core/check.h"
 #include "core/timer.h"
 #include "kernels/kernels.h"
@@ -196,7 +198,50 @@ void bench_fc_matmul(int repeats, std::vector<KernelBenchRow>& rows) {
                   omp_get_max_threads(), sec, 2 * fwd_flops / sec / 1e9});
 }
 
+// One shape of the dtype table: inputs rounded to `t`, the typed GEMM validated against
+// the fp32 GEMM of the rounded values, then timed.
+KernelBenchRow bench_typed_gemm(DType t, int M, int N, int K, int repeats) {
+  const auto a = random_floats(size_t(M) * K, 21), b = random_floats(size_t(N) * K, 22);
+  std::vector<uint16_t> a16(t == DType::kF32 ? 0 : a.size()), b16(t == DType::kF32 ? 0 : b.size());
+  std::vector<float> ar = a, br = b;
+  if (t != DType::kF32) {
+    convert(a16.data(), t, a.data(), DType::kF32, a.size());
+    convert(b16.data(), t, b.data(), DType::kF32, b.size());
+    convert(ar.data(), DType::kF32, a16.data(), t, a.size());
+    convert(br.data(), DType::kF32, b16.data(), t, b.size());
+  }
+  const void* A = t == DType::kF32 ? static_cast<const void*>(a.data()) : a16.data();
+  const void* B = t == DType::kF32 ? static_cast<const void*>(b.data()) : b16.data();
+  std::vector<float> want(size_t(M) * N), got(want.size());
+  gemm(false, true, M, N, K, 1.0f, ar.data(), K, br.data(), K, 0.0f, want.data(), N);
+  gemm_typed(t, false, true, M, N, K, 1.0f, A, K, B, K, 0.0f, got.data(), N);
+  const double err = rel_l2(got, want);
+  LOOM_CHECK(err < 1e-5, "bench {} GEMM {}x{}x{}: differs from fp32 on the same rounded inputs "
+             "(rel err {:.3g})", dtype_name(t), M, N, K, err);
+  const double sec = median_seconds(repeats, [&] {
+    gemm_typed(t, false, true, M, N, K, 1.0f, A, K, B, K, 0.0f, got.data(), N);
+  });
+  KernelBenchRow r{fmt::format("gemm.{}", dtype_name(t)), M, N, K, "onednn",
+                   omp_get_max_threads(), sec, 2.0 * M * N * K / sec / 1e9};
+  r.dtype = dtype_name(t);
+  r.impl = t == DType::kF32 ? "dnnl_sgemm" : gemm_typed_impl(t, false, true, M, N, K);
+  return r;
+}
+
 }  // namespace
+
+std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats) {
+  LOOM_CHECK(repeats >= 1, "bench_gemm_dtypes: repeats={} must be >= 1", repeats);
+  std::vector<KernelBenchRow> rows;
+  // The fc layer's forward at B*T = 1024 and 4096, and a square 2048.
+  const std::tuple<int, int, int> shapes[] = {{1024, 3072, 768}, {4096, 3072, 768},
+                                              {2048, 2048, 2048}};
+  for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+    if (!gemm_typed_available(t)) continue;  // the table says so
+    for (const auto& [M, N, K] : shapes) rows.push_back(bench_typed_gemm(t, M, N, K, repeats));
+  }
+  return rows;
+}
 
 std::vector<KernelBenchRow> bench_gemm_shapes(int repeats) {
   LOOM_CHECK(repeats >= 1, "bench_gemm_shapes: repeats={} must be >= 1", repeats);

@@ -17,7 +17,15 @@ struct KernelBenchRow {
   int threads = 0;            // threads the backend ran with (OpenMP, or OpenBLAS's own pool)
   double median_seconds = 0;  // median wall time of one call
   double gflops = 0;          // 2*M*N*K / median_seconds / 1e9; 0 if not a GEMM
+  std::string dtype = "fp32";  // GEMM input dtype (accumulation is fp32)
+  std::string impl;            // oneDNN's implementation name, where known
 };
+
+// The GEMM peak per input dtype: fp32 (dnnl_sgemm and the matmul primitive), bf16 and fp16
+// (gemm_typed: oneDNN matmul, fp32 accumulation) on a few large shapes, each validated
+// against the fp32 product of the same rounded inputs before it is timed, with oneDNN's
+// implementation name. A dtype's peak is its best shape.
+std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats);
 
 // The three GEMMs (forward, d(input), d(weight)) of each linear layer of GPT-2 124M:
 // qkv 768->2304, attproj 768->768, fc 768->3072, fcproj 3072->768, lm_head 768->50304,

@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/dtype.h"
+
 namespace loom::kernels {
 
 // ---- GEMM facade -------------------------------------------------------------------------
@@ -32,6 +34,21 @@ void gemm(GemmBackend backend, bool trans_a, bool trans_b, int M, int N, int K, 
           const float* A, int lda, const float* B, int ldb, float beta, float* C, int ldc);
 void set_default_gemm_backend(GemmBackend b);
 GemmBackend default_gemm_backend();
+
+// ---- mixed precision -----------------------------------------------------------------
+// Row-major C (M,N) fp32 = alpha * op(A) @ op(B) + beta * C with A and B in `ab` (fp32,
+// bf16 or fp16) and fp32 accumulation (oneDNN matmul; fp32 goes to gemm()). Same argument
+// conventions as gemm().
+void gemm_typed(DType ab, bool trans_a, bool trans_b, int M, int N, int K, float alpha,
+                const void* A, int lda, const void* B, int ldb, float beta, float* C, int ldc);
+// Whether oneDNN has a matmul for `ab` inputs on this CPU (oneDNN 2.6 has bf16 on AVX-512
+// CPUs; fp16 only on CPUs with AVX512-FP16 in later versions). gemm_typed throws otherwise.
+bool gemm_typed_available(DType ab);
+// oneDNN's implementation of that GEMM (e.g. "brg:avx512_core_bf16") for dense operands.
+std::string gemm_typed_impl(DType ab, bool trans_a, bool trans_b, int M, int N, int K);
+// n elements from `in` to `out`: fp32 -> bf16 (round to nearest even) / fp16 (IEEE, round
+// to nearest even, overflow to inf), bf16/fp16 -> fp32 (exact), or a copy.
+void convert(void* out, DType out_type, const void* in, DType in_type, size_t n);
 
 // ---- embedding ---------------------------------------------------------------------------
 // out (B,T,C) = wte[inp[b,t]] + wpe[t]. wte (Vp,C), wpe (maxT,C), inp (B,T).
