@@ -142,6 +142,20 @@ RunFn setup_bench(CLI::App& sub) {
   ck->add_option("--dir", o->dir, "where to write")->capture_default_str();
   ck->add_option("--repeats", o->repeats, "timed saves")->capture_default_str();
   ck->add_option("--json", o->json, "JSON output (default loom-bench-checkpoint.json)");
+  CLI::App* mem = sub.add_subcommand(
+      "memory", "activation memory (predicted, allocated, peak RSS) and step time over "
+                "recompute x attention x T");
+  auto mo = std::make_shared<MemoryBenchOptions>();
+  mem->add_option("--config", o->config, "model/train config (TOML)")->capture_default_str();
+  mem->add_option("--set", o->overrides, "override a config value: section.key=value");
+  mem->add_option("--seq-lens", mo->seq_lens, "sequence lengths")->capture_default_str();
+  mem->add_option("--recompute", mo->recompute, "policies; the first is the baseline")
+      ->capture_default_str();
+  mem->add_option("--attention", mo->attention, "attention kernels")->capture_default_str();
+  mem->add_option("--threads", mo->threads, "threads")->capture_default_str();
+  mem->add_option("--steps", mo->steps, "timed steps per row")->capture_default_str();
+  mem->add_option("--warmup", mo->warmup, "untimed steps first")->capture_default_str();
+  mem->add_option("--json", o->json, "JSON output (default loom-bench-memory.json)");
   CLI::App* t = sub.add_subcommand("train", "training step throughput beside PyTorch");
   t->add_option("--config", o->config, "model/train config (TOML)")->capture_default_str();
   t->add_option("--set", o->overrides, "override a config value: section.key=value");
@@ -157,7 +171,12 @@ RunFn setup_bench(CLI::App& sub) {
   t->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
-  return [o, k, c, t, ck] {
+  return [o, k, c, t, ck, mem, mo] {
+    if (mem->parsed()) {
+      mo->cpu = kernels::cpu_summary();
+      mo->json_out = o->json.empty() ? "loom-bench-memory.json" : o->json;
+      return bench_memory(load_run_config(o->config, o->overrides), *mo);
+    }
     if (ck->parsed())
       return bench_checkpoint(load_run_config(o->config, o->overrides), o->dir, o->repeats,
                               o->json.empty() ? "loom-bench-checkpoint.json" : o->json);

@@ -144,4 +144,23 @@ std::string format_bytes(double bytes) {
   return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, units[u]);
 }
 
+ProcessMemory read_process_memory() {
+  ProcessMemory m;
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  double kb = 0;
+  while (in >> key) {
+    if (key == "VmRSS:" && in >> kb) m.rss = kb * 1024;
+    if (key == "VmHWM:" && in >> kb) m.peak = kb * 1024;
+  }
+  return m;
+}
+
+bool reset_peak_rss() {
+  std::ofstream out("/proc/self/clear_refs");
+  out << "5";
+  out.flush();
+  return bool(out);
+}
+
 }  // namespace loom

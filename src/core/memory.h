@@ -37,6 +37,15 @@ MemoryReadings read_memory();
 std::optional<double> parse_size(const std::string& text);
 MemoryLimit tightest_limit(const MemoryReadings& r, int local_ranks);
 
+// This process's resident set and its peak since start or the last reset (VmRSS, VmHWM of
+// /proc/self/status), bytes; 0 where unreadable. reset_peak_rss() restarts the peak at the
+// current RSS (writing 5 to /proc/self/clear_refs) and says whether it could.
+struct ProcessMemory {
+  double rss = 0, peak = 0;
+};
+ProcessMemory read_process_memory();
+bool reset_peak_rss();
+
 // "1.5 GiB", "512.0 MiB", "3.2 TiB": sizes in messages.
 std::string format_bytes(double bytes);
 

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "../shell_util.h"
 
 namespace {
@@ -220,6 +222,33 @@ TEST_F(Cli, CorruptCheckpointIsRejected) {
   Result r = run("generate --ckpt " + broken.string() + " --prompt x --max-tokens 2");
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_TRUE(contains(r.output, "model-00000.safetensors")) << r.output;
+}
+
+}  // namespace
+
+namespace {
+
+// loom bench memory: every policy bitwise the first, the arena as the table predicts, the
+// peak RSS within reach of the predicted total, less memory for selective and full.
+TEST_F(Cli, BenchMemoryValidatesAndPricesEachPolicy) {
+  const fs::path json = dir_ / "bench-memory.json";
+  const Result r = run("bench memory --config " + (dir_ / "tiny.toml").string() +
+                       " --seq-lens 16 32 --steps 1 --warmup 0 --threads 1 --json " +
+                       json.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "act pred")) << r.output;
+  const nlohmann::json out = nlohmann::json::parse(slurp(json));
+  ASSERT_EQ(out["rows"].size(), 12u) << out.dump(2);  // 2 T x 2 kernels x 3 policies
+  double none = 0;
+  for (const auto& row : out["rows"]) {
+    EXPECT_TRUE(row["bitwise_equal_to_first"].get<bool>()) << row.dump();
+    const double arena = row["arena_bytes"], predicted = row["predicted_bytes"];
+    EXPECT_NEAR(arena, predicted, 0.01 * predicted) << row.dump();
+    if (row["recompute"] == "none") none = arena;
+    else EXPECT_LT(arena, none) << row.dump();
+    const double peak = row["peak_rss_growth_bytes"], total = row["predicted_total_bytes"];
+    EXPECT_GT(peak, 0.5 * total) << row.dump();
+  }
 }
 
 }  // namespace
