@@ -73,7 +73,8 @@ using D = const ActDims&;
 // steep near 0), logits, losses and every gradient stay fp32.
 constexpr ActEntry kTable[] = {
     {act::kInput, "input", S::kChunk, K::kAlways, R::kF32, [](D d) { return d.Nl * d.C; }},
-    {act::kLn1, "ln1", S::kBlock, K::kUnlessFull, R::kCompute, [](D d) { return d.N * d.C; }},
+    {act::kLn1, "ln1", S::kBlock, K::kUnlessSelective, R::kCompute,
+     [](D d) { return d.N * d.C; }},
     {act::kLn1Mean, "ln1_mean", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return d.Nl; }},
     {act::kLn1Rstd, "ln1_rstd", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return d.Nl; }},
     {act::kQkv, "qkv", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return 3 * d.N * d.Cl; }},
@@ -82,7 +83,8 @@ constexpr ActEntry kTable[] = {
     {act::kLse, "lse", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return d.lse; }},
     {act::kResidual2, "residual2", S::kBlock, K::kUnlessFull, R::kF32,
      [](D d) { return d.Nl * d.C; }},
-    {act::kLn2, "ln2", S::kBlock, K::kUnlessFull, R::kCompute, [](D d) { return d.N * d.C; }},
+    {act::kLn2, "ln2", S::kBlock, K::kUnlessSelective, R::kCompute,
+     [](D d) { return d.N * d.C; }},
     {act::kLn2Mean, "ln2_mean", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return d.Nl; }},
     {act::kLn2Rstd, "ln2_rstd", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return d.Nl; }},
     {act::kFch, "fch", S::kBlock, K::kUnlessFull, R::kF32, [](D d) { return 4 * d.N * d.Cl; }},

@@ -17,7 +17,9 @@ namespace loom {
 // What backward re-runs instead of keeping (Korthikanti et al. 2022):
 //  none      keep everything;
 //  selective drop what is large and cheap to recompute: attention probabilities (one
-//            softmax(QK^T) per block) and the GELU output (one elementwise pass);
+//            softmax(QK^T) per block), the GELU output (one elementwise pass) and the two
+//            layernorm outputs (one row-wise pass each, from the kept residual; under
+//            sequence parallelism with their all-gather);
 //  full      keep only each block's input (the residual stream) and re-run the block's
 //            forward before its backward.
 // Recomputation calls the same deterministic kernels on the same inputs, so results are

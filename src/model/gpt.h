@@ -173,6 +173,10 @@ class Gpt {
   // Re-runs what the recompute policy dropped from block l (j-th of its chunk) before its
   // backward: nothing, the attention probabilities and GELU output, or the block forward.
   void recompute_block(int l, int j, Slot& a, const float* residual);
+  // Layernorm region -> column-parallel input: the LN of this rank's rows of `in` into
+  // `full` (all-gathered under sequence parallelism), with its mean and rstd.
+  void layernorm_rows(const BlockViews& v, act::Id full, act::Id mean, act::Id rstd,
+                      const float* in, const float* w, const float* b, int N);
   float* scr(act::Id id) const { return scratch_[size_t(id)].f32(); }
   ActDims dims(int B, int T) const;
   std::vector<ChunkShape> chunk_shapes() const;

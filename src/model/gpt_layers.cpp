@@ -45,11 +45,23 @@ Gpt::BlockViews Gpt::block_views(const Slot& a, int j) const {
   return v;
 }
 
+void Gpt::layernorm_rows(const BlockViews& v, act::Id full, act::Id mean, act::Id rstd,
+                         const float* in, const float* w, const float* b, int N) {
+  float* out = sp_ ? scr(act::kLocal) : v(full);
+  k::layernorm_forward(out, v(mean), v(rstd), in, w, b, Nl(N), cfg_.n_embd);
+  gather_rows(out, v(full), N);
+}
+
 void Gpt::recompute_block(int l, int j, Slot& a, const float* residual) {
+  using namespace act;
   if (recompute_ == Recompute::kNone) return;
   if (recompute_ == Recompute::kFull) return block_forward(l, j, a, residual, true);
-  const int tp = tp_size_, Cl = cfg_.n_embd / tp, NHl = cfg_.n_head / tp;
+  const int tp = tp_size_, Cl = cfg_.n_embd / tp, NHl = cfg_.n_head / tp, N = a.B * a.T;
   const BlockViews v = block_views(a, j);
+  const BlockParams& p = w_.blocks[size_t(l)];
+  // The same kernels on the same kept inputs rewrite the same statistics.
+  layernorm_rows(v, kLn1, kLn1Mean, kLn1Rstd, residual, p.ln1w, p.ln1b, N);
+  layernorm_rows(v, kLn2, kLn2Mean, kLn2Rstd, v(kResidual2), p.ln2w, p.ln2b, N);
   if (attention_ == AttentionKernel::kMaterialized)
     k::attention_probs(v(act::kAtt), v(act::kQkv), a.B, a.T, Cl, NHl);
   k::gelu_forward(v(act::kFchGelu), v(act::kFch), size_t(a.B) * a.T * 4 * Cl);
@@ -116,17 +128,10 @@ void Gpt::block_forward(int l, int j, Slot& a, const float* residual, bool recom
   const BlockParams& p = w_.blocks[size_t(l)];
   const BlockViews v = block_views(a, j);
   float *proj = scr(kProj), *local = scr(kLocal);
-  // Layernorm region -> column-parallel input (all-gathered under sequence parallelism).
-  auto layernorm_to_full = [&](Id full, Id mean, Id rstd, const float* in, const float* w,
-                               const float* b) {
-    float* out = sp_ ? local : v(full);
-    k::layernorm_forward(out, v(mean), v(rstd), in, w, b, nl, C);
-    gather_rows(out, v(full), N);
-  };
   // Row-parallel biases are added once (tp rank 0), before the partial sums are reduced.
   const float* rowbias_attn = tp_rank_ == 0 ? p.attprojb : nullptr;
   const float* rowbias_mlp = tp_rank_ == 0 ? p.fcprojb : nullptr;
-  layernorm_to_full(kLn1, kLn1Mean, kLn1Rstd, residual, p.ln1w, p.ln1b);
+  layernorm_rows(v, kLn1, kLn1Mean, kLn1Rstd, residual, p.ln1w, p.ln1b, N);
   k::matmul_forward(v(kQkv), v(kLn1), p.qkvw, p.qkvb, N, C, 3 * Cl);
   if (attention_ == AttentionKernel::kFlash)
     k::flash_attention_forward(v(kAtty), v(kLse), v(kQkv), B, T, Cl, NHl);
@@ -134,7 +139,7 @@ void Gpt::block_forward(int l, int j, Slot& a, const float* residual, bool recom
     k::attention_forward(v(kAtty), v(kAtt), v(kQkv), B, T, Cl, NHl);
   k::matmul_forward(proj, v(kAtty), p.attprojw, rowbias_attn, N, Cl, C);
   k::residual_forward(v(kResidual2), residual, reduce_rows(proj, local, N), nlc);
-  layernorm_to_full(kLn2, kLn2Mean, kLn2Rstd, v(kResidual2), p.ln2w, p.ln2b);
+  layernorm_rows(v, kLn2, kLn2Mean, kLn2Rstd, v(kResidual2), p.ln2w, p.ln2b, N);
   k::matmul_forward(v(kFch), v(kLn2), p.fcw, p.fcb, N, C, 4 * Cl);
   k::gelu_forward(v(kFchGelu), v(kFch), 4 * nc / tp);
   if (recompute) return;  // backward needs nothing the last projection makes

@@ -30,7 +30,10 @@ struct MemoryRow {
 };
 
 MemoryRow measure(RunConfig cfg, const MemoryBenchOptions& opt) {
-  MemoryRow r{cfg.train.seq_len, cfg.train.attention, cfg.train.recompute};
+  MemoryRow r;
+  r.T = cfg.train.seq_len;
+  r.attention = cfg.train.attention;
+  r.recompute = cfg.train.recompute;
   const MemoryNeed need = estimate_rank_memory(cfg);
   r.predicted = need.activations;
   r.total = need.total();
