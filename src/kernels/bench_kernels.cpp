@@ -9,6 +9,7 @@
 #include <functional>
 #include <random>
 #include <tuple>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -43,6 +44,20 @@ double median_seconds(int repeats, const std::function<void()>& f,
   }
   std::sort(times.begin(), times.end());
   return times[times.size() / 2];
+}
+
+KernelBenchRow make_row(std::string name, int M, int N, int K, std::string backend, int threads,
+                        double seconds, double gflops) {
+  KernelBenchRow r;
+  r.name = std::move(name);
+  r.M = M;
+  r.N = N;
+  r.K = K;
+  r.backend = std::move(backend);
+  r.threads = threads;
+  r.median_seconds = seconds;
+  r.gflops = gflops;
+  return r;
 }
 
 struct GemmShape {
@@ -94,13 +109,13 @@ void bench_one_gemm(const GemmShape& s, int repeats, std::vector<KernelBenchRow>
            C, s.N);
     });
     const double flops = 2.0 * s.M * s.N * s.K;
-    rows.push_back({s.name, s.M, s.N, s.K, gemm_backend_name(backend), backend_threads(backend),
-                    sec, flops / sec / 1e9});
+    rows.push_back(make_row(s.name, s.M, s.N, s.K, gemm_backend_name(backend),
+                            backend_threads(backend), sec, flops / sec / 1e9));
   }
 }
 
 KernelBenchRow kernel_row(const std::string& name, double seconds) {
-  return {name, 0, 0, 0, "-", omp_get_max_threads(), seconds, 0.0};
+  return make_row(name, 0, 0, 0, "-", omp_get_max_threads(), seconds, 0.0);
 }
 
 void bench_attention(int repeats, std::vector<KernelBenchRow>& rows) {
@@ -188,14 +203,15 @@ void bench_fc_matmul(int repeats, std::vector<KernelBenchRow>& rows) {
   const double fwd_flops = 2.0 * kN * C * OC;
   double sec = median_seconds(
       repeats, [&] { matmul_forward(out.data(), inp.data(), w.data(), bias.data(), kN, C, OC); });
-  rows.push_back({"matmul_forward.fc", kN, OC, C, gemm_backend_name(default_gemm_backend()),
-                  omp_get_max_threads(), sec, fwd_flops / sec / 1e9});
+  const char* backend = gemm_backend_name(default_gemm_backend());
+  rows.push_back(make_row("matmul_forward.fc", kN, OC, C, backend, omp_get_max_threads(), sec,
+                          fwd_flops / sec / 1e9));
   sec = median_seconds(repeats, [&] {
     matmul_backward(dinp.data(), dw.data(), db.data(), dout.data(), inp.data(), w.data(), kN, C,
                     OC);
   });
-  rows.push_back({"matmul_backward.fc", kN, OC, C, gemm_backend_name(default_gemm_backend()),
-                  omp_get_max_threads(), sec, 2 * fwd_flops / sec / 1e9});
+  rows.push_back(make_row("matmul_backward.fc", kN, OC, C, backend, omp_get_max_threads(), sec,
+                          2 * fwd_flops / sec / 1e9));
 }
 
 // One shape of the dtype table: inputs rounded to `t`, the typed GEMM validated against
@@ -221,8 +237,8 @@ KernelBenchRow bench_typed_gemm(DType t, int M, int N, int K, int repeats) {
   const double sec = median_seconds(repeats, [&] {
     gemm_typed(t, false, true, M, N, K, 1.0f, A, K, B, K, 0.0f, got.data(), N);
   });
-  KernelBenchRow r{fmt::format("gemm.{}", dtype_name(t)), M, N, K, "onednn",
-                   omp_get_max_threads(), sec, 2.0 * M * N * K / sec / 1e9};
+  KernelBenchRow r = make_row(fmt::format("gemm.{}", dtype_name(t)), M, N, K, "onednn",
+                              omp_get_max_threads(), sec, 2.0 * M * N * K / sec / 1e9);
   r.dtype = dtype_name(t);
   r.impl = t == DType::kF32 ? "dnnl_sgemm" : gemm_typed_impl(t, false, true, M, N, K);
   return r;

@@ -244,8 +244,11 @@ TEST_F(Cli, BenchMemoryValidatesAndPricesEachPolicy) {
     EXPECT_TRUE(row["bitwise_equal_to_first"].get<bool>()) << row.dump();
     const double arena = row["arena_bytes"], predicted = row["predicted_bytes"];
     EXPECT_NEAR(arena, predicted, 0.01 * predicted) << row.dump();
-    if (row["recompute"] == "none") none = arena;
-    else EXPECT_LT(arena, none) << row.dump();
+    if (row["recompute"] == "none") {
+      none = arena;
+    } else {
+      EXPECT_LT(arena, none) << row.dump();
+    }
     const double peak = row["peak_rss_growth_bytes"], total = row["predicted_total_bytes"];
     EXPECT_GT(peak, 0.5 * total) << row.dump();
   }
