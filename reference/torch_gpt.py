@@ -2,6 +2,7 @@
 python3-torch 1.13 via /usr/bin/python3). Module names equal loom's parameter names
 (Hugging Face GPT-2's, without 'transformer.').
 """
+import contextlib
 import json
 import math
 
@@ -116,8 +117,10 @@ def make_adamw(spec, named, t):
                              lr=t["lr"], betas=(t["beta1"], t["beta2"]), eps=t["eps"])
 
 
-def train_step(model, opt, tokens, t, step):
-    """One optimizer step as loom takes it; returns the mean micro-batch loss."""
+def train_step(model, opt, tokens, t, step, context=contextlib.nullcontext, scale=1.0):
+    """One optimizer step as loom takes it; returns the mean micro-batch loss. `context`
+    wraps each forward (e.g. autocast); a `scale` other than 1 multiplies the loss before
+    backward and divides the gradients again before clipping (a constant loss scale)."""
     for group in opt.param_groups:
         group["lr"] = lr_at(t, step)
     opt.zero_grad(set_to_none=False)
@@ -125,9 +128,16 @@ def train_step(model, opt, tokens, t, step):
     B, T = t["micro_batch"], t["seq_len"]
     for i in range(t["grad_accum"]):
         x, y = batch(tokens, step * t["grad_accum"] + i, B, T)
-        _, loss = model(x, y)
-        (loss / t["grad_accum"]).backward()
+        with context():
+            _, loss = model(x, y)
+        if scale == 1.0:
+            (loss / t["grad_accum"]).backward()
+        else:
+            (loss.float() * (scale / t["grad_accum"])).backward()
         total += loss.item()
+    if scale != 1.0:
+        for p in model.parameters():
+            p.grad.div_(scale)
     if t["grad_clip"] > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
     opt.step()

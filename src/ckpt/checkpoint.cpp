@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -52,9 +53,12 @@ Json manifest_json(const CheckpointState& s, const std::map<std::string, FileDig
                                                   reinterpret_cast<const uint8_t*>(s.config_toml.data()),
                                                   s.config_toml.size())));
   j["layout"] = s.layout;
-  // The optimizer's step count and the LR schedule's position are the step; the RNG is
-  // Philox keyed by (seed, name, index) and (seed, epoch): stateless, so the seed is all.
-  j["optimizer_step"] = s.step;
+  // The LR schedule's position is the step, the optimizer's step count the updates taken
+  // (fewer when fp16 loss scaling skipped some); the RNG is Philox keyed by (seed, name,
+  // index) and (seed, epoch): stateless, so the seed is all.
+  j["optimizer_step"] = s.optimizer_step < 0 ? s.step : s.optimizer_step;
+  if (s.loss_scale > 0)
+    j["loss_scale"] = {{"scale", s.loss_scale}, {"growth_tracker", s.loss_scale_growth_tracker}};
   j["data"] = {{"next_micro_batch", s.next_batch}, {"order", "sequential or per-epoch Philox"}};
   Json fj = Json::object();
   for (const auto& [name, d] : files)
@@ -163,6 +167,25 @@ Manifest parse_manifest(const fs::path& dir) {
   m.files = parse_files(what, j);
   m.tensors = parse_entries(what, field(what, j, "tensors"));
   if (j.contains("layout") && j["layout"].is_string()) m.state.layout = j["layout"].get<std::string>();
+  m.state.optimizer_step = m.state.step;
+  if (j.contains("optimizer_step")) {
+    const uint64_t os = get_u64(what, j, "optimizer_step");
+    LOOM_REQUIRE(os <= step, "{}: optimizer_step {} is past step {}", what, os, step);
+    m.state.optimizer_step = int64_t(os);
+  }
+  if (j.contains("loss_scale")) {
+    const Json& ls = j["loss_scale"];
+    LOOM_REQUIRE(ls.is_object() && ls.contains("scale") && ls["scale"].is_number() &&
+                     ls.contains("growth_tracker") && ls["growth_tracker"].is_number_integer(),
+                 "{}: 'loss_scale' must be an object with a number 'scale' and an integer "
+                 "'growth_tracker'", what);
+    m.state.loss_scale = ls["scale"].get<float>();
+    m.state.loss_scale_growth_tracker = ls["growth_tracker"].get<int>();
+    LOOM_REQUIRE(std::isfinite(m.state.loss_scale) && m.state.loss_scale > 0 &&
+                     m.state.loss_scale_growth_tracker >= 0,
+                 "{}: loss_scale {} / growth_tracker {} out of range", what, m.state.loss_scale,
+                 m.state.loss_scale_growth_tracker);
+  }
   m.state.has_optimizer = false;
   for (const auto& [name, d] : m.files) m.state.has_optimizer |= name.starts_with(kOptimizerPrefix);
   for (const ShardEntry& e : m.tensors) {

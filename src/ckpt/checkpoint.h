@@ -43,6 +43,12 @@ struct CheckpointState {
   std::string layout;
   // Set by load/read: whether the checkpoint holds optimizer state (imported models do not).
   bool has_optimizer = false;
+  // AdamW updates taken: the step minus the steps fp16 loss scaling skipped (-1 = step).
+  int64_t optimizer_step = -1;
+  // fp16 dynamic loss scaling (train/loss_scaler.h): the scale (0 = none) and the clean
+  // steps since it last changed.
+  float loss_scale = 0;
+  int loss_scale_growth_tracker = 0;
 };
 
 // Writes run_dir/checkpoints/step_%08d (returned) as described above. m and v are the AdamW

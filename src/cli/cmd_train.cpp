@@ -31,7 +31,7 @@ struct TrainOpts {
   std::string inject_fault;
   FaultSpec fault;  // parsed inject_fault
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
-  std::optional<std::string> schedule, stage_layers, recompute, attention;
+  std::optional<std::string> schedule, stage_layers, recompute, attention, precision;
   bool sequence_parallel = false, trace = false, elastic = false, overwrite = false;
   ThreadChoice threads;  // resolved from [run] threads
 };
@@ -47,6 +47,7 @@ std::vector<std::string> flag_overrides(const TrainOpts& o) {
   if (o.stage_layers) out.push_back(fmt::format("parallel.stage_layers=\"{}\"", *o.stage_layers));
   if (o.recompute) out.push_back(fmt::format("train.recompute=\"{}\"", *o.recompute));
   if (o.attention) out.push_back(fmt::format("train.attention=\"{}\"", *o.attention));
+  if (o.precision) out.push_back(fmt::format("train.precision=\"{}\"", *o.precision));
   if (o.sequence_parallel) out.push_back("parallel.sequence_parallel=true");
   if (o.trace) out.push_back("run.trace=true");
   return out;
@@ -159,6 +160,8 @@ RunFn setup_train(CLI::App& sub) {
                  "activation recomputation: none | selective | full ([train] recompute)");
   sub.add_option("--attention", o->attention,
                  "attention kernel: flash | materialized ([train] attention)");
+  sub.add_option("--precision", o->precision,
+                 "compute precision: fp32 | bf16 | fp16 ([train] precision)");
   sub.add_flag("--sequence-parallel", o->sequence_parallel,
                "shard layernorm and residual token rows over tp ranks");
   sub.add_flag("--trace", o->trace, "write per-rank Chrome traces to RUN/trace (loom report)");

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "core/check.h"
+#include "kernels/internal.h"
 #include "kernels/kernels.h"
 
 namespace loom::kernels {
@@ -123,17 +124,6 @@ std::string gemm_typed_impl(DType ab, bool trans_a, bool trans_b, int M, int N, 
   return cache().get({ab, trans_a, trans_b, M, N, K, lda, ldb, N, 1.0f, 0.0f}).impl;
 }
 
-namespace {
-
-// Round to nearest even; NaN stays a (quiet) NaN.
-uint16_t bf16_bits(float x) {
-  const uint32_t u = std::bit_cast<uint32_t>(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-}  // namespace
-
 void convert(void* out, DType out_type, const void* in, DType in_type, size_t n) {
   if (out_type == in_type) {
     std::memcpy(out, in, n * dtype_size(in_type));
@@ -145,7 +135,7 @@ void convert(void* out, DType out_type, const void* in, DType in_type, size_t n)
   if (in_type == DType::kF32 && out_type == DType::kBF16) {
     auto* r = static_cast<uint16_t*>(out);
 #pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < nn; ++i) r[i] = bf16_bits(f[i]);
+    for (long i = 0; i < nn; ++i) r[i] = detail::bf16_bits(f[i]);
   } else if (in_type == DType::kF32 && out_type == DType::kF16) {
     auto* r = static_cast<_Float16*>(out);
 #pragma omp parallel for simd schedule(static)

@@ -50,6 +50,28 @@ std::string gemm_typed_impl(DType ab, bool trans_a, bool trans_b, int M, int N, 
 // to nearest even, overflow to inf), bf16/fp16 -> fp32 (exact), or a copy.
 void convert(void* out, DType out_type, const void* in, DType in_type, size_t n);
 
+// Compute precision t (autocast): what the GEMM operands of a t computation are stored as.
+// fp32 -> fp32; bf16/fp16 -> itself where gemm_typed has it, else fp32 holding values
+// rounded to t (fp16 on oneDNN 2.6), multiplied by sgemm: the same rounding of the
+// operands, fp32 accumulation either way.
+DType compute_storage(DType t);
+// n fp32 values -> compute_storage(t) with t's rounding / back to fp32 (exact).
+void to_compute(DType t, void* out, const float* in, size_t n);
+void from_compute(DType t, float* out, const void* in, size_t n);
+// out = fp32(t(in)): rounded to t (round to nearest even), n elements; in place allowed.
+void round_to(DType t, float* out, const float* in, size_t n);
+// The linear layer with inp and weight in compute_storage(t): out (N,OC) fp32 =
+// inp @ weight^T + bias (fp32, may be null). t = fp32 is matmul_forward exactly.
+void matmul_forward_typed(DType t, float* out, const void* inp, const void* weight,
+                          const float* bias, int N, int C, int OC);
+// Its backward: dout (N,OC) fp32 is rounded to t through `stage` (stage_elems elements of
+// compute_storage(t), at least OC; the rows go in blocks that fit), then dinp (N,C) fp32 =
+// dout @ weight (skipped if null) and dweight (OC,C) fp32 += dout^T @ inp; dbias
+// accumulates the fp32 dout's column sums. t = fp32 is matmul_backward exactly.
+void matmul_backward_typed(DType t, float* dinp, float* dweight, float* dbias, const float* dout,
+                           const void* inp, const void* weight, void* stage, size_t stage_elems,
+                           int N, int C, int OC);
+
 // ---- embedding ---------------------------------------------------------------------------
 // out (B,T,C) = wte[inp[b,t]] + wpe[t]. wte (Vp,C), wpe (maxT,C), inp (B,T).
 void encoder_forward(float* out, const int32_t* inp, const float* wte, const float* wpe,

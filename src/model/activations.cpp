@@ -1,5 +1,6 @@
 #include "model/activations.h"
 
+#include <algorithm>
 #include <array>
 
 #include "core/check.h"
@@ -37,7 +38,7 @@ AttentionKernel parse_attention(const std::string& name) {
 }
 
 ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
-                        AttentionKernel attention) {
+                        AttentionKernel attention, DType precision) {
   ActDims d;
   d.B = B;
   d.T = T;
@@ -49,6 +50,9 @@ ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
   d.Cl = d.C / tp;
   d.NHl = double(cfg.n_head / tp);
   d.Vl = double(cfg.padded_vocab(tp) / tp);
+  // The widest compute-precision activation (an LN output or the GELU output) and the
+  // widest block GEMM output gradient; the head's (N,Vl) goes through in row blocks.
+  if (precision != DType::kF32) d.stage = d.N * std::max(d.C, 4 * d.Cl);
   const double pairs = d.B * d.NHl;
   if (attention == AttentionKernel::kFlash) {
     d.lse = pairs * d.T;
@@ -67,10 +71,13 @@ using K = Keep;
 using R = ActRole;
 using D = const ActDims&;
 
-// Saved in the compute precision: the inputs of GEMMs (kept for the weight gradient), which
-// the forward computes with in that precision anyway. The residual stream, layernorm
-// statistics, attention probabilities (a softmax), the GELU input (its derivative is
-// steep near 0), logits, losses and every gradient stay fp32.
+// Saved in the compute precision: the inputs of GEMMs (ln1, atty, ln2, fch_gelu, lnf: kept
+// for the weight gradient), which the forward multiplies in that precision anyway, so
+// keeping them rounded loses nothing backward did not already see. The rest stay fp32: the
+// residual stream (it accumulates every block's update: rounding it each block would
+// compound), layernorm statistics, q/k/v (the scores feed a softmax, and attention runs in
+// fp32), attention probabilities and log-sum-exp (softmax), the GELU input (its derivative
+// is steep near 0), logits and losses (cross-entropy in fp32) and every gradient.
 constexpr ActEntry kTable[] = {
     {act::kInput, "input", S::kChunk, K::kAlways, R::kF32, [](D d) { return d.Nl * d.C; }},
     {act::kLn1, "ln1", S::kBlock, K::kUnlessSelective, R::kCompute,
@@ -117,6 +124,9 @@ constexpr ActEntry kTable[] = {
      [](D d) { return (d.tp + 1) * d.N * 3; }},
     {act::kSpGrads, "sp_grads", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return d.sp_grads; }},
+    {act::kStage32, "stage32", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.stage; }},
+    {act::kStageLow, "stage_low", S::kScratch, K::kAlways, R::kCompute,
+     [](D d) { return d.stage; }},
 };
 
 constexpr bool ids_in_order() {

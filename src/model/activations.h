@@ -74,6 +74,8 @@ enum Id : int {
   kLocal,      // (Nl,C) sequence parallel: local LN output / reduced projection
   kCeStats,    // (tp+1,N,3) vocab-parallel cross-entropy statistics
   kSpGrads,    // sequence parallel: per-chunk partial LN / wpe gradients
+  kStage32,    // (N,max(C,4C/tp)) low precision: a compute-precision entry's fp32 values
+  kStageLow,   // (N,max(C,4C/tp)) low precision: a GEMM output gradient in the compute dtype
   kCount
 };
 }  // namespace act
@@ -94,13 +96,15 @@ struct ActDims {
   double B = 0, T = 0, N = 0, Nl = 0, C = 0, Cl = 0, NHl = 0, Vl = 0, tp = 1;
   bool sp = false;
   double att = 0, lse = 0, att_scratch = 0, sp_grads = 0;
+  double stage = 0;  // elements of each conversion stage: 0 in fp32
 };
 
 struct GptConfig;
 // The dims of micro-batches of B rows of T tokens for `cfg` at tensor-parallel size tp
-// (sp: sequence parallel), with the attention kernel's buffers; sp_grads is left 0.
+// (sp: sequence parallel), with the attention kernel's buffers and the conversion stages
+// of compute precision `precision`; sp_grads is left 0.
 ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
-                        AttentionKernel attention);
+                        AttentionKernel attention, DType precision = DType::kF32);
 
 struct ActEntry {
   act::Id id;

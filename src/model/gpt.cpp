@@ -103,6 +103,36 @@ void Gpt::set_recompute(Recompute policy) {
   slots_.clear();
 }
 
+void Gpt::set_precision(DType precision) {
+  if (precision == precision_) return;
+  precision_ = precision;
+  const DType store = k::compute_storage(precision);
+  wc_ = precision == DType::kF32 ? Buffer()
+                                 : Buffer(cpu_allocator(), weights_.size() * dtype_size(store));
+  wc_stale_ = true;
+  B_ = T_ = nslots_ = 0;  // the arena's dtypes depend on it: reserve again
+  slots_.clear();
+}
+
+const void* Gpt::cw(const float* master) const {
+  if (precision_ == DType::kF32) return master;
+  const size_t at = size_t(master - weights_.data());
+  return wc_.data() + at * dtype_size(k::compute_storage(precision_));
+}
+
+void Gpt::refresh_compute_weights() {
+  if (precision_ == DType::kF32 || !wc_stale_) return;
+  k::to_compute(precision_, wc_.data(), weights_.data(), weights_.size());
+  wc_stale_ = false;
+}
+
+void Gpt::cast_unit(int unit) {
+  for (const ParamSpec& p : specs_)
+    if (p.layer == unit)
+      k::to_compute(precision_, const_cast<void*>(cw(weights_.data() + p.offset)),
+                    weights_.data() + p.offset, p.numel);
+}
+
 void Gpt::set_attention(AttentionKernel kernel) {
   if (kernel == attention_) return;
   attention_ = kernel;
@@ -111,7 +141,7 @@ void Gpt::set_attention(AttentionKernel kernel) {
 }
 
 ActDims Gpt::dims(int B, int T) const {
-  ActDims d = activation_dims(cfg_, B, T, tp_size_, sp_, attention_);
+  ActDims d = activation_dims(cfg_, B, T, tp_size_, sp_, attention_, precision_);
   d.sp_grads = double(sp_grads_size_);
   return d;
 }
@@ -138,7 +168,8 @@ void Gpt::reserve(int B, int T, int slots) {
   std::vector<Placed> placed;
   size_t total = 0;
   const std::vector<ChunkShape> shapes = chunk_shapes();
-  for_each_region(dims(B, T), shapes, slots, recompute_, DType::kF32, [&](const ArenaRegion& r) {
+  const DType store = k::compute_storage(precision_);
+  for_each_region(dims(B, T), shapes, slots, recompute_, store, [&](const ArenaRegion& r) {
     LOOM_REQUIRE(r.numel < 0x1p53, "activation '{}' of {} elements is too large", r.entry->name,
                  r.numel);
     placed.push_back({r, total});
@@ -176,6 +207,7 @@ float Gpt::forward_chunk(int chunk, int slot, const int32_t* tokens, const int32
                "sequence parallelism needs B*T={} divisible by tp={}", B * T, tp_size_);
   const ModelChunk& ch = layout_.chunks[size_t(chunk)];
   Slot& a = slots_[size_t(chunk)][size_t(slot)];
+  if (!acquire_) refresh_compute_weights();  // ZeRO-3 casts each unit as it is gathered
   a.B = B;
   a.T = T;
   a.have_dlogits = false;

@@ -56,7 +56,12 @@ class Gpt {
   const std::vector<ParamSpec>& params() const { return specs_; }
   // Flat buffers: the parameters' ranges, then zeros up to a multiple of the dp size
   // (so ZeRO partitions divide evenly).
-  std::span<float> weights() { return weights_; }
+  // The fp32 master weights. The non-const access marks the compute-precision copy stale:
+  // the next forward remakes it from the masters (once per optimizer step).
+  std::span<float> weights() {
+    wc_stale_ = true;
+    return weights_;
+  }
   std::span<const float> weights() const { return weights_; }
   std::span<float> grads() { return grads_; }
   // Parameters counted for FLOPs: all but the position embedding and padded vocab rows
@@ -80,6 +85,14 @@ class Gpt {
   // The attention kernel (model/activations.h); takes effect at the next reserve().
   void set_attention(AttentionKernel kernel);
   AttentionKernel attention() const { return attention_; }
+
+  // The compute precision (autocast, kernels/kernels.h): GEMM operands (weights and the
+  // activations they multiply) in bf16 or fp16 with fp32 accumulation; layernorm, softmax,
+  // attention, cross-entropy, the residual stream, gradients and the masters stay fp32.
+  // The low-precision weight copy is made from the masters once per step (per unit as it
+  // is gathered under ZeRO-3). Takes effect at the next reserve().
+  void set_precision(DType precision);
+  DType precision() const { return precision_; }
 
   // ---- pipeline API -----------------------------------------------------------------
   // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`
@@ -144,11 +157,13 @@ class Gpt {
     int B = 0, T = 0;
     bool have_dlogits = false;
     float* f(act::Id id) const { return at[size_t(id)].f32(); }
+    const TensorView& t(act::Id id) const { return at[size_t(id)]; }
   };
   // Block j's views of a slot's block entries (and the chunk/head ones unchanged).
   struct BlockViews {
     std::array<TensorView, act::kCount> at{};
     float* operator()(act::Id id) const { return at[size_t(id)].f32(); }
+    const TensorView& t(act::Id id) const { return at[size_t(id)]; }
   };
 
   Params bind(float* base) const;
@@ -174,10 +189,26 @@ class Gpt {
   // backward: nothing, the attention probabilities and GELU output, or the block forward.
   void recompute_block(int l, int j, Slot& a, const float* residual);
   // Layernorm region -> column-parallel input: the LN of this rank's rows of `in` into
-  // `full` (all-gathered under sequence parallelism), with its mean and rstd.
-  void layernorm_rows(const BlockViews& v, act::Id full, act::Id mean, act::Id rstd,
-                      const float* in, const float* w, const float* b, int N);
+  // `full` (all N rows, all-gathered under sequence parallelism; in the compute
+  // precision), with its mean and rstd.
+  void layernorm_rows(const TensorView& full, float* mean, float* rstd, const float* in,
+                      const float* w, const float* b, int N);
   float* scr(act::Id id) const { return scratch_[size_t(id)].f32(); }
+  // ---- compute precision ----
+  // The compute copy of the master weights at `master` (the master itself in fp32).
+  const void* cw(const float* master) const;
+  // Remakes the compute copy of every weight (if stale) / of one ZeRO-3 unit.
+  void refresh_compute_weights();
+  void cast_unit(int unit);
+  // fp32 values -> a compute-precision entry (a copy in fp32).
+  void store_compute(const TensorView& dst, const float* src, size_t n);
+  // Where an fp32 kernel writes what goes to `dst`: dst itself in fp32, else the stage.
+  float* staged(const TensorView& dst) const;
+  // The linear layer with inp (a compute-precision entry) and the compute copy of w.
+  void linear_forward(float* out, const TensorView& inp, const float* w, const float* b, int N,
+                      int C, int OC);
+  void linear_backward(float* dinp, float* dw, float* db, const float* dout,
+                       const TensorView& inp, const float* w, int N, int C, int OC);
   ActDims dims(int B, int T) const;
   std::vector<ChunkShape> chunk_shapes() const;
   // LN parameter gradients: to the real grads, or under sequence parallelism to the
@@ -194,6 +225,9 @@ class Gpt {
   std::vector<float> weights_;
   std::vector<float> grads_;
   Params w_, g_;
+  DType precision_ = DType::kF32;
+  Buffer wc_;              // compute copy of weights_ (same flat layout); empty in fp32
+  bool wc_stale_ = true;
   Recompute recompute_ = Recompute::kNone;
   AttentionKernel attention_ = AttentionKernel::kFlash;
   Buffer arena_;
@@ -210,7 +244,10 @@ class Gpt {
   int B_ = 0, T_ = 0, nslots_ = 0;  // reserved sizes
   std::function<void(int)> hook_;
   std::function<void(int)> acquire_, release_;
-  void acquire(int unit) { if (acquire_) acquire_(unit); }
+  void acquire(int unit) {
+    if (acquire_) acquire_(unit);
+    if (acquire_ && precision_ != DType::kF32) cast_unit(unit);
+  }
   void release(int unit) { if (release_) release_(unit); }
   void hook(int unit) { if (hook_) hook_(unit); }
 };

@@ -45,11 +45,35 @@ Gpt::BlockViews Gpt::block_views(const Slot& a, int j) const {
   return v;
 }
 
-void Gpt::layernorm_rows(const BlockViews& v, act::Id full, act::Id mean, act::Id rstd,
-                         const float* in, const float* w, const float* b, int N) {
-  float* out = sp_ ? scr(act::kLocal) : v(full);
-  k::layernorm_forward(out, v(mean), v(rstd), in, w, b, Nl(N), cfg_.n_embd);
-  gather_rows(out, v(full), N);
+void Gpt::layernorm_rows(const TensorView& full, float* mean, float* rstd, const float* in,
+                         const float* w, const float* b, int N) {
+  float* rows = staged(full);
+  float* out = sp_ ? scr(act::kLocal) : rows;
+  k::layernorm_forward(out, mean, rstd, in, w, b, Nl(N), cfg_.n_embd);
+  gather_rows(out, rows, N);
+  store_compute(full, rows, size_t(N) * cfg_.n_embd);
+}
+
+float* Gpt::staged(const TensorView& dst) const {
+  return precision_ == DType::kF32 ? dst.f32() : scr(act::kStage32);
+}
+
+void Gpt::store_compute(const TensorView& dst, const float* src, size_t n) {
+  if (precision_ == DType::kF32) return;  // src is dst (staged)
+  LOOM_CHECK(n <= dst.numel, "compute store of {} elements into {}", n, dst.numel);
+  k::to_compute(precision_, dst.data, src, n);
+}
+
+void Gpt::linear_forward(float* out, const TensorView& inp, const float* w, const float* b,
+                         int N, int C, int OC) {
+  k::matmul_forward_typed(precision_, out, inp.data, cw(w), b, N, C, OC);
+}
+
+void Gpt::linear_backward(float* dinp, float* dw, float* db, const float* dout,
+                          const TensorView& inp, const float* w, int N, int C, int OC) {
+  const TensorView& stage = scratch_[size_t(act::kStageLow)];
+  k::matmul_backward_typed(precision_, dinp, dw, db, dout, inp.data, cw(w), stage.data,
+                           stage.numel, N, C, OC);
 }
 
 void Gpt::recompute_block(int l, int j, Slot& a, const float* residual) {
@@ -60,11 +84,13 @@ void Gpt::recompute_block(int l, int j, Slot& a, const float* residual) {
   const BlockViews v = block_views(a, j);
   const BlockParams& p = w_.blocks[size_t(l)];
   // The same kernels on the same kept inputs rewrite the same statistics.
-  layernorm_rows(v, kLn1, kLn1Mean, kLn1Rstd, residual, p.ln1w, p.ln1b, N);
-  layernorm_rows(v, kLn2, kLn2Mean, kLn2Rstd, v(kResidual2), p.ln2w, p.ln2b, N);
+  layernorm_rows(v.t(kLn1), v(kLn1Mean), v(kLn1Rstd), residual, p.ln1w, p.ln1b, N);
+  layernorm_rows(v.t(kLn2), v(kLn2Mean), v(kLn2Rstd), v(kResidual2), p.ln2w, p.ln2b, N);
   if (attention_ == AttentionKernel::kMaterialized)
     k::attention_probs(v(act::kAtt), v(act::kQkv), a.B, a.T, Cl, NHl);
-  k::gelu_forward(v(act::kFchGelu), v(act::kFch), size_t(a.B) * a.T * 4 * Cl);
+  const size_t nf = size_t(N) * 4 * Cl;
+  k::gelu_forward(staged(v.t(kFchGelu)), v(act::kFch), nf);
+  store_compute(v.t(kFchGelu), staged(v.t(kFchGelu)), nf);
 }
 
 float* Gpt::ln_grad(float* real) {
@@ -131,19 +157,23 @@ void Gpt::block_forward(int l, int j, Slot& a, const float* residual, bool recom
   // Row-parallel biases are added once (tp rank 0), before the partial sums are reduced.
   const float* rowbias_attn = tp_rank_ == 0 ? p.attprojb : nullptr;
   const float* rowbias_mlp = tp_rank_ == 0 ? p.fcprojb : nullptr;
-  layernorm_rows(v, kLn1, kLn1Mean, kLn1Rstd, residual, p.ln1w, p.ln1b, N);
-  k::matmul_forward(v(kQkv), v(kLn1), p.qkvw, p.qkvb, N, C, 3 * Cl);
+  layernorm_rows(v.t(kLn1), v(kLn1Mean), v(kLn1Rstd), residual, p.ln1w, p.ln1b, N);
+  linear_forward(v(kQkv), v.t(kLn1), p.qkvw, p.qkvb, N, C, 3 * Cl);
+  float* atty = staged(v.t(kAtty));
   if (attention_ == AttentionKernel::kFlash)
-    k::flash_attention_forward(v(kAtty), v(kLse), v(kQkv), B, T, Cl, NHl);
+    k::flash_attention_forward(atty, v(kLse), v(kQkv), B, T, Cl, NHl);
   else
-    k::attention_forward(v(kAtty), v(kAtt), v(kQkv), B, T, Cl, NHl);
-  k::matmul_forward(proj, v(kAtty), p.attprojw, rowbias_attn, N, Cl, C);
+    k::attention_forward(atty, v(kAtt), v(kQkv), B, T, Cl, NHl);
+  store_compute(v.t(kAtty), atty, nc / tp);
+  linear_forward(proj, v.t(kAtty), p.attprojw, rowbias_attn, N, Cl, C);
   k::residual_forward(v(kResidual2), residual, reduce_rows(proj, local, N), nlc);
-  layernorm_rows(v, kLn2, kLn2Mean, kLn2Rstd, v(kResidual2), p.ln2w, p.ln2b, N);
-  k::matmul_forward(v(kFch), v(kLn2), p.fcw, p.fcb, N, C, 4 * Cl);
-  k::gelu_forward(v(kFchGelu), v(kFch), 4 * nc / tp);
+  layernorm_rows(v.t(kLn2), v(kLn2Mean), v(kLn2Rstd), v(kResidual2), p.ln2w, p.ln2b, N);
+  linear_forward(v(kFch), v.t(kLn2), p.fcw, p.fcb, N, C, 4 * Cl);
+  float* gelu = staged(v.t(kFchGelu));
+  k::gelu_forward(gelu, v(kFch), 4 * nc / tp);
+  store_compute(v.t(kFchGelu), gelu, 4 * nc / tp);
   if (recompute) return;  // backward needs nothing the last projection makes
-  k::matmul_forward(proj, v(kFchGelu), p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
+  linear_forward(proj, v.t(kFchGelu), p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
   k::residual_forward(v(kResidual3), v(kResidual2), reduce_rows(proj, local, N), nlc);
 }
 
@@ -160,22 +190,26 @@ void Gpt::block_backward(int l, int j, Slot& a, const float* residual) {
   float *dfch = scr(kDfch), *dfch_gelu = scr(kDfchGelu), *datty = scr(kDatty);
   float* dqkv = scr(kDqkv);
   const float* d3 = gather_rows(dres, dres_full, N);  // all N rows for the row-parallel
-  k::matmul_backward(dfch_gelu, dp.fcprojw, dp.fcprojb, d3, v(kFchGelu), p.fcprojw, N, 4 * Cl,
-                     C);
+  linear_backward(dfch_gelu, dp.fcprojw, dp.fcprojb, d3, v.t(kFchGelu), p.fcprojw, N, 4 * Cl,
+                  C);
   k::gelu_backward(dfch, v(kFch), dfch_gelu, 4 * nc / tp);
-  k::matmul_backward(dln, dp.fcw, dp.fcb, dfch, v(kLn2), p.fcw, N, C, 4 * Cl);
+  linear_backward(dln, dp.fcw, dp.fcb, dfch, v.t(kLn2), p.fcw, N, C, 4 * Cl);
   // residual3 = residual2 + mlp(ln2(residual2)): the LN path accumulates into dres.
   k::layernorm_backward(dres, ln_grad(dp.ln2w), ln_grad(dp.ln2b),
                         reduce_rows(dln, dln_local, N), v(kResidual2), p.ln2w, v(kLn2Mean),
                         v(kLn2Rstd), nl, C);
   const float* d2 = gather_rows(dres, dres_full, N);
-  k::matmul_backward(datty, dp.attprojw, dp.attprojb, d2, v(kAtty), p.attprojw, N, Cl, C);
-  if (attention_ == AttentionKernel::kFlash)
-    k::flash_attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), v(kAtty), v(kLse), B, T,
-                                Cl, NHl);
-  else
+  linear_backward(datty, dp.attprojw, dp.attprojb, d2, v.t(kAtty), p.attprojw, N, Cl, C);
+  if (attention_ == AttentionKernel::kFlash) {
+    // The attention output as the projection saw it (rounded to the compute precision).
+    float* out = staged(v.t(kAtty));
+    if (precision_ != DType::kF32) k::from_compute(precision_, out, v.t(kAtty).data, nc / tp);
+    k::flash_attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), out, v(kLse), B, T, Cl,
+                                NHl);
+  } else {
     k::attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), v(kAtt), B, T, Cl, NHl);
-  k::matmul_backward(dln, dp.qkvw, dp.qkvb, dqkv, v(kLn1), p.qkvw, N, C, 3 * Cl);
+  }
+  linear_backward(dln, dp.qkvw, dp.qkvb, dqkv, v.t(kLn1), p.qkvw, N, C, 3 * Cl);
   k::layernorm_backward(dres, ln_grad(dp.ln1w), ln_grad(dp.ln1b),
                         reduce_rows(dln, dln_local, N), residual, p.ln1w, v(kLn1Mean),
                         v(kLn1Rstd), nl, C);
@@ -200,13 +234,11 @@ void check_targets(const int32_t* targets, int N, int V) {
 
 float Gpt::head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale) {
   using namespace act;
-  const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), V = cfg_.vocab_size;
+  const int C = cfg_.n_embd, N = a.B * a.T, V = cfg_.vocab_size;
   const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
-  float *lnf = a.f(kLnf), *logits = a.f(kLogits), *losses = a.f(kLosses);
-  float* ln_out = sp_ ? scr(kLocal) : lnf;
-  k::layernorm_forward(ln_out, a.f(kLnfMean), a.f(kLnfRstd), x, w_.lnfw, w_.lnfb, nl, C);
-  gather_rows(ln_out, lnf, N);
-  k::matmul_forward(logits, lnf, w_.wte, nullptr, N, C, Vl);
+  float *logits = a.f(kLogits), *losses = a.f(kLosses);
+  layernorm_rows(a.t(kLnf), a.f(kLnfMean), a.f(kLnfRstd), x, w_.lnfw, w_.lnfb, N);
+  linear_forward(logits, a.t(kLnf), w_.wte, nullptr, N, C, Vl);
   if (!targets) return 0.0f;
   check_targets(targets, N, V);
   const bool train = dloss_scale > 0;
@@ -233,7 +265,7 @@ void Gpt::head_backward(Slot& a, const float* x) {
   const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), Vl = Vp_ / tp_size_;
   float* dres = scr(kDresidual);
   // logits now hold d loss / d logits (written by the fused cross-entropy).
-  k::matmul_backward(scr(kDln), g_.wte, nullptr, a.f(kLogits), a.f(kLnf), w_.wte, N, C, Vl);
+  linear_backward(scr(kDln), g_.wte, nullptr, a.f(kLogits), a.t(kLnf), w_.wte, N, C, Vl);
   const float* dln = reduce_rows(scr(kDln), scr(kDlnLocal), N);
   std::fill_n(dres, size_t(nl) * C, 0.0f);
   k::layernorm_backward(dres, ln_grad(g_.lnfw), ln_grad(g_.lnfb), dln, x, w_.lnfw,

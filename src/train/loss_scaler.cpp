@@ -30,7 +30,7 @@ bool LossScaler::update(bool found_inf) {
 }
 
 void LossScaler::restore(const LossScalerState& s) {
-  LOOM_CHECK(std::isfinite(s.scale) && s.scale > 0 && s.growth_tracker >= 0 &&
+  LOOM_REQUIRE(std::isfinite(s.scale) && s.scale > 0 && s.growth_tracker >= 0 &&
                  s.growth_tracker < opt_.growth_interval,
              "loss scaler state scale={} growth_tracker={} is not one a run can be in",
              s.scale, s.growth_tracker);

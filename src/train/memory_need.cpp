@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/dtype.h"
+#include "kernels/kernels.h"
 #include "model/activations.h"
 
 namespace loom {
@@ -46,9 +47,9 @@ double inflight(const RunConfig& cfg, const Sizes& s) {
 double activation_bytes(const RunConfig& cfg, const Sizes& s, double blocks) {
   const ActDims d =
       activation_dims(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, int(s.tp), s.sp,
-                      parse_attention(cfg.train.attention));
+                      parse_attention(cfg.train.attention), parse_dtype(cfg.train.precision));
   const Recompute r = parse_recompute(cfg.train.recompute);
-  const DType dt = DType::kF32;
+  const DType dt = kernels::compute_storage(parse_dtype(cfg.train.precision));
   // The arena is linear in blocks and slots: price each part from one-chunk layouts.
   auto bytes = [&](ChunkShape c, int slots) { return activation_bytes(d, {&c, 1}, slots, r, dt); };
   const double empty = bytes({0, false}, 1);
@@ -69,6 +70,10 @@ MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
   const double P = blocks * block + embed;
   MemoryNeed m;
   m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
+  // The compute-precision copy of every weight this rank holds (Gpt::set_precision).
+  const DType precision = parse_dtype(cfg.train.precision);
+  if (precision != DType::kF32)
+    m.weights += double(dtype_size(kernels::compute_storage(precision))) * P;
   m.grads = 4 * (s.zero >= 2 ? P / s.dp : P);
   m.optimizer = 8 * (s.zero >= 1 ? P / s.dp : P);
   m.activations = activation_bytes(cfg, s, blocks);

@@ -38,6 +38,7 @@ std::vector<Field> fields(RunConfig& c) {
       {"train", "eval_every", &t.eval_every}, {"train", "eval_tokens", &t.eval_tokens},
       {"train", "checkpoint_every", &t.checkpoint_every},
       {"train", "recompute", &t.recompute},   {"train", "attention", &t.attention},
+      {"train", "precision", &t.precision},
       {"data", "train", &c.data.train},       {"data", "val", &c.data.val},
       {"run", "dir", &c.run.dir},             {"run", "threads", &c.run.threads},
       {"run", "keep_last", &c.run.keep_last}, {"run", "gemm", &c.run.gemm},
@@ -163,6 +164,8 @@ void RunConfig::validate() const {
                "[train] recompute='{}' must be 'none', 'selective' or 'full'", t.recompute);
   LOOM_REQUIRE(t.attention == "flash" || t.attention == "materialized",
                "[train] attention='{}' must be 'flash' or 'materialized'", t.attention);
+  LOOM_REQUIRE(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp16",
+               "[train] precision='{}' must be 'fp32', 'bf16' or 'fp16'", t.precision);
   LOOM_REQUIRE(!data.train.empty(), "[data] train: the path of the train shard is required");
   LOOM_REQUIRE(run.threads >= 0 && run.keep_last >= 0,
                "[run] threads={} and keep_last={} must be >= 0", run.threads, run.keep_last);

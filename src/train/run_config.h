@@ -38,6 +38,11 @@ struct TrainConfig {
   // Attention kernel: "flash" (O(T) memory: the per-row log-sum-exp) | "materialized"
   // (keeps the (T,T) probabilities).
   std::string attention = "flash";
+  // Compute precision (autocast): "fp32" | "bf16" | "fp16". GEMM operands in bf16/fp16
+  // with fp32 accumulation; fp32 master weights, AdamW moments, layernorm, softmax and
+  // loss. fp16 adds dynamic loss scaling (GradScaler's: 65536, x2 per 2000 clean steps,
+  // x0.5 and the step skipped on an inf/NaN gradient).
+  std::string precision = "fp32";
 };
 
 struct ParallelConfig {

@@ -49,9 +49,11 @@ class Progress {
     if (!out_) return;
     const std::string line = fmt::format(
         "step {:>5}/{} | loss {:.4f} | lr {:.2e} | norm {:.3f} | {:.0f} tok/s | mfu {:.1f}% | "
-        "eta {}",
+        "eta {}{}",
         s.step + 1, total_, s.loss, s.lr, s.grad_norm, tokens_per_s, 100.0 * mfu,
-        format_eta(eta_s));
+        format_eta(eta_s),
+        s.skipped ? fmt::format(" | skipped: inf/NaN gradient at loss scale {:g}", s.loss_scale)
+                  : "");
     const bool last = s.step + 1 == total_;
     if (tty_) {
       fmt::print(out_, "\r{}\x1b[K{}", line, last ? "\n" : "");
@@ -151,6 +153,10 @@ void Trainer::run(std::FILE* progress_out) {
     nlohmann::json rec = {{"step", s.step + 1}, {"loss", s.loss}, {"lr", s.lr},
                           {"grad_norm", s.grad_norm}, {"tokens_per_s", s.tokens_per_s},
                           {"mfu", mfu}};
+    if (scaler_.enabled()) {
+      rec["loss_scale"] = s.loss_scale;
+      rec["skipped"] = s.skipped;
+    }
     progress.step(s, ema_tps, ema_tps * flops / (peak * grid_->shape().world()), eta);
     if (val_data_ && t.eval_every > 0 && (step_ % t.eval_every == 0 || step_ == t.steps)) {
       const Busy busy(busy_observer_);

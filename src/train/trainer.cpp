@@ -64,6 +64,7 @@ Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
       model_(cfg_.model, grid, make_layout(cfg_, grid, partition_)),
       dp_(model_, grid.dp_comm(), cfg_.parallel.zero, cfg_.parallel.bucket_mb),
       opt_(cfg_.train, dp_.shard_begin(), dp_.shard_end()),
+      scaler_(cfg_.train.precision == "fp16"),
       train_data_(cfg_.data.train, cfg_.train.micro_batch * grid.shape().dp, cfg_.train.seq_len) {
   if (!cfg_.data.val.empty())
     val_data_.emplace(cfg_.data.val, cfg_.train.micro_batch * grid.shape().dp,
@@ -84,6 +85,7 @@ Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
   }
   model_.set_recompute(parse_recompute(cfg_.train.recompute));
   model_.set_attention(parse_attention(cfg_.train.attention));
+  model_.set_precision(parse_dtype(cfg_.train.precision));
   model_.reserve(B, T, slots);
   init_params(model_.params(), cfg_.train.seed, model_.weights().data());
   dp_.set_norm_exclusions(model_.norm_duplicate_ranges());
@@ -143,6 +145,7 @@ StepStats Trainer::train_step() {
   TraceScope span(&trace_, fmt::format("step {}", step_), "step", kLaneStep, -1, step_);
   StepStats s;
   s.step = step_;
+  s.loss_scale = scaler_.scale();
   dp_.zero_grads();
   double loss_sum = 0.0;
   if (pipe_) {
@@ -153,20 +156,30 @@ StepStats Trainer::train_step() {
       load_rows(uint64_t(step_) * t.grad_accum + i, inputs_.data(), targets_.data());
       if (i == t.grad_accum - 1) dp_.arm_for_last_micro_batch();
       TraceScope f(&trace_, fmt::format("F mb{}", i), "compute", kLaneCompute, -1, step_, i);
-      // Each rank's mean is weighted 1/(accum*dp): the all-reduced sum is the global mean.
+      // Each rank's mean is weighted 1/(accum*dp): the all-reduced sum is the global mean
+      // (times the loss scale: fp16 gradients are scaled until the optimizer).
       loss_sum += model_.forward_train(inputs_.data(), targets_.data(), t.micro_batch,
-                                       t.seq_len, 1.0f / float(t.grad_accum * dp));
+                                       t.seq_len, s.loss_scale / float(t.grad_accum * dp));
       model_.backward();
     }
   }
   const float* grads = dp_.finish();
   s.loss = float(dp_mean(loss_sum / t.grad_accum));
-  const ClipResult clip = clip_coefficient(global_grad_sum_squares(), t.grad_clip);
+  // The grid-wide sum of squares is the same on every rank, so is the found-inf decision.
+  const double scaled_sq = global_grad_sum_squares();
+  const double ls = double(s.loss_scale);
+  const ClipResult clip = clip_coefficient(scaled_sq / (ls * ls), t.grad_clip);
   s.grad_norm = clip.norm;
-  if (!std::isfinite(s.loss) || !std::isfinite(clip.norm)) stop_non_finite(s.loss, clip.norm);
+  const bool found_inf = !std::isfinite(scaled_sq);
+  if (!std::isfinite(s.loss) || (found_inf && !scaler_.enabled()))
+    stop_non_finite(s.loss, clip.norm);
   s.lr = learning_rate(t, step_);
-  opt_.update(model_.params(), model_.weights(), grads, s.lr, clip.scale, step_ + 1);
-  dp_.gather_weights();
+  s.skipped = !scaler_.update(found_inf);
+  if (!s.skipped) {
+    opt_.update(model_.params(), model_.weights(), grads, s.lr, clip.scale / s.loss_scale,
+                ++opt_steps_);
+    dp_.gather_weights();
+  }
   ++step_;
   s.seconds = timer.seconds();
   s.tokens_per_s = double(t.micro_batch) * dp * t.seq_len * t.grad_accum / s.seconds;

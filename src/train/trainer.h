@@ -23,6 +23,7 @@
 #include "parallel/data_parallel.h"
 #include "parallel/partition.h"
 #include "parallel/pipeline.h"
+#include "train/loss_scaler.h"
 #include "train/metrics_log.h"
 #include "train/optimizer.h"
 #include "train/run_config.h"
@@ -36,6 +37,9 @@ struct StepStats {
   float grad_norm = 0;  // before clipping
   double seconds = 0;
   double tokens_per_s = 0;
+  // fp16: the loss scale the step ran with, and whether an inf/NaN gradient skipped it.
+  float loss_scale = 1;
+  bool skipped = false;
 };
 
 // Data parallel: the global micro-batch has micro_batch * dp rows; dp rank r trains on rows
@@ -92,6 +96,9 @@ class Trainer {
   Gpt& model() { return model_; }
   DataParallel& data_parallel() { return dp_; }
   AdamW& optimizer() { return opt_; }
+  LossScaler& loss_scaler() { return scaler_; }
+  // AdamW updates taken (the steps minus those fp16 loss scaling skipped).
+  int optimizer_steps() const { return opt_steps_; }
   const RunConfig& config() const { return cfg_; }
   // Model FLOPs per token (6N + 12*L*C*T) and the measured GEMM peak used for MFU.
   double flops_per_token() const;
@@ -135,6 +142,8 @@ class Trainer {
   Gpt model_;
   DataParallel dp_;
   AdamW opt_;
+  LossScaler scaler_;
+  int opt_steps_ = 0;
   Trace trace_;
   std::unique_ptr<PipelineExecutor> pipe_;
   std::function<void(int)> step_observer_;

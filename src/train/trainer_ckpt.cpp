@@ -39,6 +39,10 @@ void Trainer::resume(const fs::path& ckpt_dir) {
                "checkpoint {} is at step {}, past the configured steps={}", ckpt_dir.string(),
                st.step, cfg_.train.steps);
   step_ = int(st.step);
+  opt_steps_ = int(st.optimizer_step < 0 ? st.step : st.optimizer_step);
+  // fp16 resumes its scale; a checkpoint of another precision starts from the initial one.
+  if (scaler_.enabled() && st.loss_scale > 0)
+    scaler_.restore({st.loss_scale, st.loss_scale_growth_tracker});
 }
 
 CheckpointState Trainer::checkpoint_state() const {
@@ -46,6 +50,11 @@ CheckpointState Trainer::checkpoint_state() const {
   st.step = step_;
   st.next_batch = uint64_t(step_) * cfg_.train.grad_accum;
   st.seed = cfg_.train.seed;
+  st.optimizer_step = opt_steps_;
+  if (scaler_.enabled()) {
+    st.loss_scale = scaler_.state().scale;
+    st.loss_scale_growth_tracker = scaler_.state().growth_tracker;
+  }
   st.config_toml = cfg_.to_toml();
   st.model = cfg_.model;
   const ParallelConfig& p = cfg_.parallel;

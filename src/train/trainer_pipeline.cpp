@@ -77,7 +77,7 @@ double Trainer::run_pipeline() {
       [this, m](int mb, int32_t* in, int32_t* tg) {
         load_rows(uint64_t(step_) * uint64_t(m) + uint64_t(mb), in, tg);
       },
-      t.micro_batch, t.seq_len, 1.0f / float(m * dp), m);
+      t.micro_batch, t.seq_len, scaler_.scale() / float(m * dp), m);
   // Data parallelism communicates during the last micro-batch's backward only; the tied
   // embedding's bucket waits until its gradient is summed across the two end stages.
   dp_.arm_for_last_micro_batch();

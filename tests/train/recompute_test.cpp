@@ -58,6 +58,8 @@ void expect_bitwise(const Trained& got, const Trained& want, const std::string& 
 TEST(Recompute, SelectiveAndFullAreBitwiseNone) {
   // T = 13 (one attention row block) and T = 150 (two of the materialized kernel's 64-row
   // blocks and two of flash's 128, the last ragged).
+  // In every precision: the recomputed compute-precision copies are rounded alike.
+  for (const char* precision : {"fp32", "bf16", "fp16"})
   for (const char* attention : {"flash", "materialized"})
   for (int T : {13, 150}) {
     RunConfig cfg = test::tiny_config(test::scratch_dir("recompute"));
@@ -65,10 +67,11 @@ TEST(Recompute, SelectiveAndFullAreBitwiseNone) {
     cfg.train.seq_len = T;
     cfg.train.micro_batch = 2;
     cfg.train.attention = attention;
+    cfg.train.precision = precision;
     const Trained none = run(cfg, "none", 4);
     for (const char* policy : {"selective", "full"}) {
       const Trained got = run(cfg, policy, 4);
-      expect_bitwise(got, none, fmt::format("{} {} T={}", policy, attention, T));
+      expect_bitwise(got, none, fmt::format("{} {} {} T={}", precision, policy, attention, T));
       EXPECT_LT(got.arena, none.arena) << policy << " keeps no less than none";
     }
   }
@@ -80,15 +83,18 @@ TEST(Recompute, TheTablePredictsTheArena) {
   cfg.model.n_layer = 4;
   cfg.model.block_size = 80;
   cfg.train.seq_len = 64;
+  for (const char* precision : {"fp32", "bf16", "fp16"})
   for (const char* attention : {"flash", "materialized"}) {
   cfg.train.attention = attention;
+  cfg.train.precision = precision;
   size_t last = 0;
   for (const char* policy : {"full", "selective", "none"}) {
     cfg.train.recompute = policy;
     const ProcessGrid grid = ProcessGrid::single();
     Trainer tr(cfg, grid);
     const double got = double(tr.model().arena_bytes());
-    EXPECT_NEAR(estimate_rank_memory(cfg).activations, got, 0.02 * got) << policy << attention;
+    EXPECT_NEAR(estimate_rank_memory(cfg).activations, got, 0.02 * got)
+        << policy << attention << precision;
     EXPECT_GT(tr.model().arena_bytes(), last) << policy << " should hold more than the last";
     last = tr.model().arena_bytes();
   }
