@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 
 #include <oneapi/dnnl/dnnl_version.h>
 
@@ -125,6 +126,7 @@ RunFn setup_bench(CLI::App& sub) {
     std::string config = "configs/gpt2-124m.toml", json, dir = "runs";
     std::vector<std::string> overrides;
     std::string torch_script = LOOM_SOURCE_DIR "/bench/torch_train.py";
+    std::optional<std::string> precision;
   };
   auto o = std::make_shared<Opts>();
   sub.require_subcommand(1);
@@ -169,6 +171,9 @@ RunFn setup_bench(CLI::App& sub) {
                  "mpirun -np PP)")
       ->capture_default_str();
   t->add_option("--warmup", o->warmup, "untimed steps first")->capture_default_str();
+  t->add_option("--precision", o->precision,
+                "fp32 | bf16 | fp16: loom in it beside loom fp32 and PyTorch (autocast for "
+                "bf16) ([train] precision)");
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
   return [o, k, c, t, ck, mem, mo] {
@@ -194,7 +199,9 @@ RunFn setup_bench(CLI::App& sub) {
     opt.warmup = o->warmup;
     opt.torch_script = o->torch_script;
     opt.json_out = o->json.empty() ? "loom-bench-train.json" : o->json;
-    const RunConfig cfg = load_run_config(o->config, o->overrides);
+    std::vector<std::string> overrides = o->overrides;
+    if (o->precision) overrides.push_back(fmt::format("train.precision=\"{}\"", *o->precision));
+    const RunConfig cfg = load_run_config(o->config, overrides);
     if (o->pp > 1) {
       LOOM_REQUIRE(launched_under_mpi(), "bench train --pp {0} runs under mpirun -np {0}", o->pp);
       MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});

@@ -52,6 +52,12 @@ class Comm {
   virtual std::unique_ptr<CommHandle> send_async(const float* data, size_t count, int dst) = 0;
   virtual std::unique_ptr<CommHandle> recv_async(float* data, size_t count, int src) = 0;
   virtual std::unique_ptr<CommHandle> barrier_async() = 0;
+  // Gradient reduction in bf16 ([parallel] grad_reduce = "bf16"): `count` bf16 values
+  // (their bits), each pairwise sum taken in fp32 and rounded back to bf16 (half the bytes
+  // of the fp32 forms). Every rank gets the same bits.
+  virtual std::unique_ptr<CommHandle> allreduce_bf16_async(uint16_t* data, size_t count) = 0;
+  virtual std::unique_ptr<CommHandle> reduce_bf16_async(uint16_t* data, size_t count,
+                                                        int root) = 0;
   // Ends every process of the job (MPI_Abort for MPI); for one rank, exits.
   [[noreturn]] virtual void abort(int exit_code) = 0;
   // A sub-communicator of the ranks passing the same color, ordered by key (collective).

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/dtype.h"
 #include "core/trace.h"
 
 namespace loom {
@@ -56,9 +57,19 @@ struct MpiRuntime::State {
   CommProgress progress;
   std::atomic<Trace*> trace{nullptr};  // set_trace; read by every worker
   std::function<std::string(int)> describe = [](int r) { return fmt::format("rank {}", r); };
+  MPI_Op bf16_sum = MPI_OP_NULL;  // bf16 sum (fp32 add, rounded), created once
 };
 
 namespace {
+
+// MPI_User_function for bf16 sums over MPI_UINT16_T: inout = bf16(float(in) + float(inout)).
+// Commutative (IEEE addition is), so every rank of an allreduce gets the same bits.
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i)
+    b[i] = bf16_from_float(bf16_to_float(a[i]) + bf16_to_float(b[i]));
+}
 
 struct OpTag {
   const char* op;
@@ -221,6 +232,21 @@ class MpiComm final : public Comm {
   std::unique_ptr<CommHandle> recv_async(float* data, size_t count, int src) override {
     return submit_p2p("RECV", count * 4, src, [=, this](MPI_Request* req) {
       mpi_check(MPI_Irecv(data, as_int(count), MPI_FLOAT, src, 0, comm_, req), "MPI_Irecv");
+    });
+  }
+  std::unique_ptr<CommHandle> allreduce_bf16_async(uint16_t* data, size_t count) override {
+    return submit("ALLREDUCE(bf16)", count * 2, [=, this] {
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, data, as_int(count), MPI_UINT16_T, rt_->bf16_sum,
+                              comm_),
+                "MPI_Allreduce");
+    });
+  }
+  std::unique_ptr<CommHandle> reduce_bf16_async(uint16_t* data, size_t count, int root) override {
+    return submit("REDUCE(bf16)", count * 2, [=, this] {
+      const void* send = rank_ == root ? MPI_IN_PLACE : data;
+      mpi_check(MPI_Reduce(send, rank_ == root ? data : nullptr, as_int(count), MPI_UINT16_T,
+                           rt_->bf16_sum, root, comm_),
+                "MPI_Reduce");
     });
   }
   std::unique_ptr<CommHandle> barrier_async() override {
@@ -404,10 +430,12 @@ MpiRuntime::MpiRuntime(const MpiOptions& opt) : state_(std::make_shared<State>()
                              MPI_COMM_WORLD, &state_->entered, &state_->win),
             "MPI_Win_allocate");
   for (int i = 0; i < kMaxComms; ++i) state_->entered[i] = 0;
+  mpi_check(MPI_Op_create(&bf16_sum, 1, &state_->bf16_sum), "MPI_Op_create");
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
 MpiRuntime::~MpiRuntime() {
+  MPI_Op_free(&state_->bf16_sum);
   MPI_Win_free(&state_->win);
   MPI_Finalize();
 }

@@ -65,9 +65,9 @@ void round_to(DType t, float* out, const float* in, size_t n);
 void matmul_forward_typed(DType t, float* out, const void* inp, const void* weight,
                           const float* bias, int N, int C, int OC);
 // Its backward: dout (N,OC) fp32 is rounded to t through `stage` (stage_elems elements of
-// compute_storage(t), at least OC; the rows go in blocks that fit), then dinp (N,C) fp32 =
-// dout @ weight (skipped if null) and dweight (OC,C) fp32 += dout^T @ inp; dbias
-// accumulates the fp32 dout's column sums. t = fp32 is matmul_backward exactly.
+// compute_storage(t), at least N; the output columns go in blocks that fit), then dinp
+// (N,C) fp32 = dout @ weight (skipped if null) and dweight (OC,C) fp32 += dout^T @ inp;
+// dbias accumulates the fp32 dout's column sums. t = fp32 is matmul_backward exactly.
 void matmul_backward_typed(DType t, float* dinp, float* dweight, float* dbias, const float* dout,
                            const void* inp, const void* weight, void* stage, size_t stage_elems,
                            int N, int C, int OC);

@@ -50,6 +50,32 @@ void matmul_forward_typed(DType t, float* out, const void* inp, const void* weig
   gemm_typed(compute_storage(t), false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
 }
 
+namespace {
+
+// One row's n values into the compute storage (serial: called per row from a parallel loop).
+void store_row(DType t, DType s, void* out, const float* in, int n) {
+  if (s == DType::kBF16) {
+    auto* o = static_cast<uint16_t*>(out);
+    for (int i = 0; i < n; ++i) o[i] = detail::bf16_bits(in[i]);
+  } else if (s == DType::kF16) {
+    auto* o = static_cast<_Float16*>(out);
+    for (int i = 0; i < n; ++i) o[i] = static_cast<_Float16>(in[i]);
+  } else if (t == DType::kBF16) {
+    auto* o = static_cast<float*>(out);
+    for (int i = 0; i < n; ++i)
+      o[i] = std::bit_cast<float>(uint32_t(detail::bf16_bits(in[i])) << 16);
+  } else {
+    auto* o = static_cast<float*>(out);
+    for (int i = 0; i < n; ++i) o[i] = static_cast<float>(static_cast<_Float16>(in[i]));
+  }
+}
+
+}  // namespace
+
+// The output gradient goes through the stage in blocks of whole columns (all N rows of
+// `w` output features): each block's weight gradient is one GEMM over every row (the
+// (OC,C) gradient is read and written once), and the input gradient sums the blocks' in
+// order. The block layers' widths fit the stage whole; the head's vocabulary goes in blocks.
 void matmul_backward_typed(DType t, float* dinp, float* dweight, float* dbias, const float* dout,
                            const void* inp, const void* weight, void* stage, size_t stage_elems,
                            int N, int C, int OC) {
@@ -58,22 +84,25 @@ void matmul_backward_typed(DType t, float* dinp, float* dweight, float* dbias, c
                            static_cast<const float*>(weight), N, C, OC);
   LOOM_CHECK(N >= 0 && C > 0 && OC > 0, "matmul_backward_typed: bad sizes N={} C={} OC={}", N,
              C, OC);
-  LOOM_CHECK(stage_elems >= size_t(OC), "matmul_backward_typed: a stage of {} elements cannot "
-             "hold one row of {}", stage_elems, OC);
+  if (N == 0) return;
+  LOOM_CHECK(stage_elems >= size_t(N), "matmul_backward_typed: a stage of {} elements cannot "
+             "hold one column of {} rows", stage_elems, N);
   const DType s = compute_storage(t);
   const size_t es = dtype_size(s);
-  const int rows = int(std::min<size_t>(size_t(N), stage_elems / size_t(OC)));
-  const auto* in = static_cast<const std::byte*>(inp);
-  for (int r0 = 0; r0 < N; r0 += rows) {
-    const int m = std::min(rows, N - r0);
-    to_compute(t, stage, dout + size_t(r0) * OC, size_t(m) * OC);
-    // dinp (m,C) = dout (m,OC) @ weight (OC,C)
+  const int width = int(std::min<size_t>(size_t(OC), stage_elems / size_t(N)));
+  const auto* w = static_cast<const std::byte*>(weight);
+  auto* st = static_cast<std::byte*>(stage);
+  for (int o0 = 0; o0 < OC; o0 += width) {
+    const int m = std::min(width, OC - o0);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; ++n)
+      store_row(t, s, st + size_t(n) * m * es, dout + size_t(n) * OC + o0, m);
+    // dinp (N,C) (+)= dout[:, o0:o0+m] (N,m) @ weight[o0:o0+m, :] (m,C)
     if (dinp != nullptr)
-      gemm_typed(s, false, false, m, C, OC, 1.0f, stage, OC, weight, C, 0.0f,
-                 dinp + size_t(r0) * C, C);
-    // dweight (OC,C) += dout^T (OC,m) @ inp (m,C)
-    gemm_typed(s, true, false, OC, C, m, 1.0f, stage, OC, in + size_t(r0) * C * es, C, 1.0f,
-               dweight, C);
+      gemm_typed(s, false, false, N, C, m, 1.0f, st, m, w + size_t(o0) * C * es, C,
+                 o0 == 0 ? 0.0f : 1.0f, dinp, C);
+    // dweight[o0:o0+m, :] (m,C) += dout[:, o0:o0+m]^T (m,N) @ inp (N,C)
+    gemm_typed(s, true, false, m, C, N, 1.0f, st, m, inp, C, 1.0f, dweight + size_t(o0) * C, C);
   }
   if (dbias != nullptr) detail::bias_grad(dbias, dout, N, OC);
 }

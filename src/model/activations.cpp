@@ -51,7 +51,7 @@ ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
   d.NHl = double(cfg.n_head / tp);
   d.Vl = double(cfg.padded_vocab(tp) / tp);
   // The widest compute-precision activation (an LN output or the GELU output) and the
-  // widest block GEMM output gradient; the head's (N,Vl) goes through in row blocks.
+  // widest block GEMM output gradient; the head's (N,Vl) goes through in column blocks.
   if (precision != DType::kF32) d.stage = d.N * std::max(d.C, 4 * d.Cl);
   const double pairs = d.B * d.NHl;
   if (attention == AttentionKernel::kFlash) {

@@ -189,8 +189,27 @@ void DataParallel::build_buckets(double bucket_mb) {
   buckets_.push_back(std::move(cur));
 }
 
+void DataParallel::set_grad_reduce(DType t) {
+  LOOM_REQUIRE(t == DType::kF32 || t == DType::kBF16,
+               "[parallel] grad_reduce='{}' must be 'fp32' or 'bf16'", dtype_name(t));
+  reduce_dtype_ = t;
+  low_.assign(t == DType::kBF16 ? model_.grads().size() : 0, 0);
+}
+
 void DataParallel::launch(GradBucket& b) {
   float* g = model_.grads().data();
+  if (reduce_dtype_ == DType::kBF16) {
+    uint16_t* low = low_.data();
+    kernels::convert(low + b.begin, DType::kBF16, g + b.begin, DType::kF32, b.end - b.begin);
+    if (zero_ < 2) {
+      b.inflight.push_back(dp_.allreduce_bf16_async(low + b.begin, b.end - b.begin));
+      return;
+    }
+    for_each_owner(b.begin, b.end, shard_end_ - shard_begin_, [&](size_t lo, size_t hi, int owner) {
+      b.inflight.push_back(dp_.reduce_bf16_async(low + lo, hi - lo, owner));
+    });
+    return;
+  }
   if (zero_ < 2) {  // stages 2 and 3 reduce to the shard owners
     b.inflight.push_back(dp_.allreduce_async(g + b.begin, b.end - b.begin, ReduceOp::kSum));
     return;
@@ -233,6 +252,10 @@ const float* DataParallel::finish() {
     on_layer_ready(-1);  // anything not launched yet (e.g. no hook ran)
     for (GradBucket& b : buckets_)
       for (auto& h : b.inflight) h->wait();
+    if (reduce_dtype_ == DType::kBF16) {  // the sums back into fp32 (the owned part at 2/3)
+      const size_t lo = zero_ >= 2 ? shard_begin_ : 0, hi = zero_ >= 2 ? shard_end_ : low_.size();
+      kernels::convert(grads + lo, DType::kF32, low_.data() + lo, DType::kBF16, hi - lo);
+    }
     // All reduced: everything outside the shard goes back, pages straddling buckets too.
     if (zero_ >= 2) release_grads(0, model_.grads().size());
     for (GradBucket& b : buckets_) b.inflight.clear();

@@ -46,6 +46,11 @@ class DataParallel {
   DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_mb);
 
   int zero_stage() const { return zero_; }
+  // The dtype gradients travel in ([parallel] grad_reduce): fp32, or bf16 (half the bytes;
+  // each bucket rounded to bf16 once, summed in bf16, converted back into the fp32
+  // gradients; accumulation over micro-batches stays fp32).
+  void set_grad_reduce(DType t);
+  DType grad_reduce() const { return reduce_dtype_; }
   int dp_size() const { return dp_.size(); }
   // The range of the flat buffer whose optimizer state this rank owns.
   size_t shard_begin() const { return shard_begin_; }
@@ -106,6 +111,8 @@ class DataParallel {
   Gpt& model_;
   Comm& dp_;
   int zero_;
+  DType reduce_dtype_ = DType::kF32;
+  std::vector<uint16_t> low_;  // bf16 reduction: the buckets' bf16 copies (flat layout)
   size_t shard_begin_ = 0, shard_end_ = 0;
   std::vector<GradBucket> buckets_;  // in launch order
   size_t next_bucket_ = 0;

@@ -12,6 +12,7 @@
 #include "core/philox.h"
 #include "core/timer.h"
 #include "data/shard.h"
+#include "kernels/kernels.h"
 #include "kernels/openblas.h"
 #include "train/reference_io.h"
 #include "train/throughput.h"
@@ -52,16 +53,34 @@ Side run_loom(Trainer& tr, int warmup) {
   return s;
 }
 
-Side run_torch(const fs::path& dir, const TrainBenchOptions& opt) {
+Side run_torch(const fs::path& dir, const TrainBenchOptions& opt, const std::string& precision) {
   const std::string cmd = fmt::format(
-      "OPENBLAS_NUM_THREADS={0} OMP_NUM_THREADS={0} /usr/bin/python3 '{1}' '{2}' {0} {3} {4}",
-      opt.threads, opt.torch_script.string(), dir.string(), opt.steps, opt.warmup);
+      "OPENBLAS_NUM_THREADS={0} OMP_NUM_THREADS={0} /usr/bin/python3 '{1}' '{2}' {0} {3} {4} {5}",
+      opt.threads, opt.torch_script.string(), dir.string(), opt.steps, opt.warmup, precision);
   LOOM_REQUIRE(std::system(cmd.c_str()) == 0,
                "the PyTorch side failed ({}); it needs Debian's python3-torch", cmd);
   const nlohmann::json j = nlohmann::json::parse(read_file_text(dir / "torch_result.json"));
   const nlohmann::json& core = j["openblas_core"];
   return Side{j["losses"].get<std::vector<double>>(), j["seconds"].get<std::vector<double>>(),
               core.is_string() ? core.get<std::string>() : std::string("none (not OpenBLAS)")};
+}
+
+}  // namespace
+
+namespace {
+
+// One row of the table: an implementation in a precision, priced against that dtype's peak.
+struct Row {
+  std::string name;
+  const Side* side;
+  double peak;
+};
+
+double max_rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::abs(a[i] - b.at(i)) / std::abs(b[i]));
+  return worst;
 }
 
 }  // namespace
@@ -76,50 +95,92 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
   cfg.run.threads = opt.threads;
   write_random_shard(cfg.data.train, cfg);
   kernels::set_compute_threads(opt.threads);
+  const DType precision = parse_dtype(cfg.train.precision);
+  const bool lowp = precision != DType::kF32;
+  // PyTorch 1.13's CPU autocast has bf16 only: fp16 is compared with its fp32.
+  const std::string torch_precision = precision == DType::kBF16 ? "bf16" : "fp32";
 
   const ProcessGrid grid = ProcessGrid::single();
-  Trainer tr(cfg, grid);
-  write_reference_inputs(dir, tr);
-  const double peak = measure_gemm_peak_gflops() * 1e9;
+  RunConfig cfg32 = cfg;
+  cfg32.train.precision = "fp32";
+  Side loom32, loom_lp;
+  double flops = 0;
+  {
+    Trainer tr(cfg32, grid);
+    write_reference_inputs(dir, tr);  // the same initial weights for every side
+    flops = tr.flops_per_token();
+  }
+  const double peak32 = measure_gemm_peak_gflops(DType::kF32) * 1e9;
+  const double peak_lp = lowp ? measure_gemm_peak_gflops(precision) * 1e9 : peak32;
   fmt::print("bench train: L={} C={} NH={} T={} B={} accum={}, {} threads, {} warm-up + {} timed "
-             "steps\n{}; GEMM peak {:.0f} GFLOP/s\n",
+             "steps, precision {}\n{}; GEMM peak fp32 {:.0f} GFLOP/s",
              cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.train.seq_len,
              cfg.train.micro_batch, cfg.train.grad_accum, opt.threads, opt.warmup, opt.steps,
-             kFlopsFormula, peak / 1e9);
-  fmt::print("{}; {}\n", opt.cpu, opt.openblas);
-  const Side loom_side = run_loom(tr, opt.warmup);
-  const Side torch_side = run_torch(dir, opt);
+             cfg.train.precision, kFlopsFormula, peak32 / 1e9);
+  if (lowp)
+    fmt::print(", {} {:.0f} GFLOP/s ({} operands{})", dtype_name(precision), peak_lp / 1e9,
+               dtype_name(kernels::compute_storage(precision)),
+               kernels::compute_storage(precision) == DType::kF32
+                   ? ": this oneDNN has no such matmul here, so sgemm on rounded values"
+                   : ", " + kernels::gemm_typed_impl(precision, false, true, 1024, 3072, 768));
+  fmt::print("\n{}; {}\n", opt.cpu, opt.openblas);
+  {
+    Trainer tr(cfg32, grid);
+    loom32 = run_loom(tr, opt.warmup);
+  }
+  if (lowp) {
+    Trainer tr(cfg, grid);
+    loom_lp = run_loom(tr, opt.warmup);
+  }
+  const Side torch_side = run_torch(dir, opt, torch_precision);
   fmt::print("PyTorch ran on OpenBLAS core {}\n", torch_side.openblas_core);
 
-  // Validate before reporting: both implementations trained the same model on the same data.
-  double max_rel = 0;
-  for (size_t i = 0; i < loom_side.losses.size(); ++i)
-    max_rel = std::max(max_rel, std::abs(loom_side.losses[i] - torch_side.losses.at(i)) /
-                                    std::abs(torch_side.losses[i]));
-  const bool valid = max_rel < 1e-4;
+  // Validate before reporting: every side trained the same model on the same data. The
+  // torch side of the same precision within 1e-4 (fp32) or 1e-2 (bf16: the loss tolerance
+  // of the autocast tests); loom's low precision within 2e-2 of its fp32.
+  const Side& same = precision == DType::kBF16 ? loom_lp : loom32;
+  const double torch_diff = max_rel_diff(same.losses, torch_side.losses);
+  const double lp_diff = lowp ? max_rel_diff(loom_lp.losses, loom32.losses) : 0.0;
+  const bool valid = torch_diff < (precision == DType::kBF16 ? 1e-2 : 1e-4) && lp_diff < 2e-2;
   const double tokens = double(cfg.train.micro_batch) * cfg.train.seq_len * cfg.train.grad_accum;
-  const double flops = tr.flops_per_token();
   nlohmann::json out = {{"model", {{"n_layer", cfg.model.n_layer}, {"n_embd", cfg.model.n_embd},
                                    {"n_head", cfg.model.n_head}, {"seq_len", cfg.train.seq_len},
                                    {"micro_batch", cfg.train.micro_batch}}},
-                        {"threads", opt.threads}, {"gemm_peak_gflops", peak / 1e9},
-                        {"flops_per_token", flops}, {"max_rel_loss_diff", max_rel},
+                        {"threads", opt.threads}, {"gemm_peak_gflops", peak32 / 1e9},
+                        {"precision", cfg.train.precision}, {"torch_precision", torch_precision},
+                        {"gemm_peak_gflops_precision", peak_lp / 1e9},
+                        {"flops_per_token", flops}, {"max_rel_loss_diff", torch_diff},
+                        {"max_rel_loss_diff_vs_loom_fp32", lp_diff},
                         {"valid", valid}, {"cpu", opt.cpu}, {"openblas", opt.openblas},
                         {"gemm", cfg.run.gemm},
                         {"pytorch_openblas_core", torch_side.openblas_core}};
-  fmt::print("\n{:<10} {:>12} {:>12} {:>8} {:>10}\n", "impl", "ms/step", "tokens/s", "MFU",
+  std::vector<Row> rows{{"loom", &loom32, peak32}};
+  if (lowp) rows.push_back({fmt::format("loom {}", dtype_name(precision)), &loom_lp, peak_lp});
+  rows.push_back({precision == DType::kBF16 ? "pytorch bf16" : "pytorch", &torch_side,
+                  precision == DType::kBF16 ? peak_lp : peak32});
+  fmt::print("\n{:<14} {:>12} {:>12} {:>8} {:>10}\n", "impl", "ms/step", "tokens/s", "MFU",
              "vs torch");
   const double torch_tps = tokens / median(torch_side.seconds);
-  for (const auto& [name, side] : {std::pair{"loom", &loom_side}, {"pytorch", &torch_side}}) {
-    const double sec = median(side->seconds), tps = tokens / sec;
-    fmt::print("{:<10} {:>12.1f} {:>12.1f} {:>7.1f}% {:>9.2f}x\n", name, sec * 1e3, tps,
-               100.0 * tps * flops / peak, tps / torch_tps);
-    out[name] = {{"median_step_s", sec}, {"tokens_per_s", tps}, {"mfu", tps * flops / peak},
-                 {"step_seconds", side->seconds}, {"losses", side->losses}};
+  for (const Row& r : rows) {
+    const double sec = median(r.side->seconds), tps = tokens / sec;
+    fmt::print("{:<14} {:>12.1f} {:>12.1f} {:>7.1f}% {:>9.2f}x\n", r.name, sec * 1e3, tps,
+               100.0 * tps * flops / r.peak, tps / torch_tps);
+    const std::string key = r.name == "loom" ? "loom" : r.name.starts_with("loom") ? "loom_lowp"
+                                                                                  : "pytorch";
+    out[key] = {{"median_step_s", sec}, {"tokens_per_s", tps}, {"mfu", tps * flops / r.peak},
+                {"step_seconds", r.side->seconds}, {"losses", r.side->losses}};
   }
   out["ratio_loom_over_torch"] = out["loom"]["tokens_per_s"].get<double>() / torch_tps;
-  fmt::print("validation: max relative loss difference loom vs torch over {} steps = {:.2e} ({})\n",
-             loom_side.losses.size(), max_rel, valid ? "ok" : "MISMATCH");
+  if (lowp) {
+    out["ratio_loom_lowp_over_torch"] = out["loom_lowp"]["tokens_per_s"].get<double>() / torch_tps;
+    out["ratio_loom_lowp_over_loom_fp32"] = out["loom_lowp"]["tokens_per_s"].get<double>() /
+                                            out["loom"]["tokens_per_s"].get<double>();
+  }
+  fmt::print("validation: max relative loss difference loom{} vs torch{} over {} steps = {:.2e}",
+             precision == DType::kBF16 ? " bf16" : "", precision == DType::kBF16 ? " bf16" : "",
+             same.losses.size(), torch_diff);
+  if (lowp) fmt::print(", loom {} vs loom fp32 {:.2e}", dtype_name(precision), lp_diff);
+  fmt::print(" ({})\n", valid ? "ok" : "MISMATCH");
   write_file_atomic(opt.json_out, out.dump(2));
   fmt::print("wrote {}\n", opt.json_out.string());
   fs::remove_all(dir);

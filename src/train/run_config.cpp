@@ -51,6 +51,7 @@ std::vector<Field> fields(RunConfig& c) {
       {"parallel", "virtual_stages", &c.parallel.virtual_stages},
       {"parallel", "stage_layers", &c.parallel.stage_layers},
       {"parallel", "sequence_parallel", &c.parallel.sequence_parallel},
+      {"parallel", "grad_reduce", &c.parallel.grad_reduce},
       {"comm", "timeout_s", &c.comm.timeout_s},
       {"checkpoint", "async", &c.checkpoint.async},
   };
@@ -166,6 +167,8 @@ void RunConfig::validate() const {
                "[train] attention='{}' must be 'flash' or 'materialized'", t.attention);
   LOOM_REQUIRE(t.precision == "fp32" || t.precision == "bf16" || t.precision == "fp16",
                "[train] precision='{}' must be 'fp32', 'bf16' or 'fp16'", t.precision);
+  LOOM_REQUIRE(parallel.grad_reduce == "fp32" || parallel.grad_reduce == "bf16",
+               "[parallel] grad_reduce='{}' must be 'fp32' or 'bf16'", parallel.grad_reduce);
   LOOM_REQUIRE(!data.train.empty(), "[data] train: the path of the train shard is required");
   LOOM_REQUIRE(run.threads >= 0 && run.keep_last >= 0,
                "[run] threads={} and keep_last={} must be >= 0", run.threads, run.keep_last);

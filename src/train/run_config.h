@@ -56,6 +56,9 @@ struct ParallelConfig {
   int virtual_stages = 1;  // model chunks per pipeline rank (interleaved: >= 2)
   std::string stage_layers;  // blocks per virtual stage, e.g. "3,4,4,1"; "" = balanced by cost
   bool sequence_parallel = false;  // shard layernorm/residual token rows over tp
+  // Data-parallel gradient reduction dtype: "fp32" | "bf16" (half the bytes of every
+  // all-reduce / reduce; micro-batch accumulation stays fp32).
+  std::string grad_reduce = "fp32";
 };
 
 struct CommConfig {

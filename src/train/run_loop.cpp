@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/timer.h"
+#include "kernels/kernels.h"
 #include "train/memory_need.h"
 #include "train/metrics_log.h"
 #include "train/run_dir.h"
@@ -93,6 +94,36 @@ std::string Trainer::write_metrics(MetricsLog& metrics, const nlohmann::json& re
   return error;
 }
 
+namespace {
+
+// Says once what the compute precision buys on this machine: its GEMM against fp32's.
+void note_precision(Progress& progress, DType precision, double peak) {
+  const double peak32 = measure_gemm_peak_gflops(DType::kF32) * 1e9;
+  const DType store = kernels::compute_storage(precision);
+  if (store == DType::kF32) {
+    progress.note(fmt::format(
+        "precision {}: this oneDNN has no {} matmul on this CPU, so the GEMM operands are "
+        "{}-rounded values in fp32 through sgemm: {}'s numerics, fp32's speed and memory",
+        dtype_name(precision), dtype_name(precision), dtype_name(precision),
+        dtype_name(precision)));
+  } else if (peak < peak32) {
+    progress.note(fmt::format(
+        "precision {}: the {} GEMM measured {:.0f} GFLOP/s here, slower than fp32's {:.0f} "
+        "({}); training goes on in {}, which still halves the saved GEMM inputs and the "
+        "weight copy's bytes",
+        dtype_name(precision), dtype_name(precision), peak / 1e9, peak32 / 1e9,
+        kernels::gemm_typed_impl(store, false, true, 1024, 3072, 768), dtype_name(precision)));
+  } else {
+    progress.note(fmt::format("precision {}: the {} GEMM measured {:.0f} GFLOP/s here, {:.2f}x "
+                              "fp32's {:.0f} ({})",
+                              dtype_name(precision), dtype_name(precision), peak / 1e9,
+                              peak / peak32, peak32 / 1e9,
+                              kernels::gemm_typed_impl(store, false, true, 1024, 3072, 768)));
+  }
+}
+
+}  // namespace
+
 void Trainer::stop_on_write_error(const std::string& error, std::FILE* out) {
   if (out) fmt::print(out, "\nerror: {}; saving a final checkpoint, then stopping\n", error);
   std::string saved;
@@ -118,15 +149,18 @@ void Trainer::run(std::FILE* progress_out) {
     progress_out = nullptr;  // rank 0 speaks for the job
   }
 
-  const double peak = measure_gemm_peak_gflops() * 1e9;
+  const DType precision = model_.precision();
+  const double peak = measure_gemm_peak_gflops(precision) * 1e9;
   const double flops = flops_per_token();
   Progress progress(progress_out, t.steps);
   progress.note(fmt::format(
       "model: {:.2f}M params, L={} C={} NH={} T={}, B={} x accum {} x dp {} (zero {}) | {:.0f} "
-      "MFLOP/token ({}) | GEMM peak {:.0f} GFLOP/s per rank",
+      "MFLOP/token ({}) | {} | {} GEMM peak {:.0f} GFLOP/s per rank",
       double(model_.flop_params()) / 1e6, cfg_.model.n_layer, cfg_.model.n_embd,
       cfg_.model.n_head, t.seq_len, t.micro_batch, t.grad_accum, grid_->shape().dp,
-      cfg_.parallel.zero, flops / 1e6, kFlopsFormula, peak / 1e9));
+      cfg_.parallel.zero, flops / 1e6, kFlopsFormula, dtype_name(precision),
+      dtype_name(kernels::compute_storage(precision)), peak / 1e9));
+  if (precision != DType::kF32) note_precision(progress, precision, peak);
   progress.note(dp_.memory_report());
   const MemoryNeed need = estimate_rank_memory(cfg_);
   progress.note(fmt::format("memory check: about {} per rank with activations {}; {} was "
@@ -134,9 +168,9 @@ void Trainer::run(std::FILE* progress_out) {
                             format_bytes(need.total()), format_bytes(need.activations),
                             format_bytes(memory_limit_.bytes), memory_limit_.why));
   progress.note(fmt::format(
-      "activations: recompute {}, {} attention, {} micro-batch{} in flight, tp {}{}: predicted "
-      "{} (the rank with the most blocks), this rank's arena {}",
-      t.recompute, t.attention, model_.slots(), model_.slots() > 1 ? "es" : "",
+      "activations: {}, recompute {}, {} attention, {} micro-batch{} in flight, tp {}{}: "
+      "predicted {} (the rank with the most blocks), this rank's arena {}",
+      t.precision, t.recompute, t.attention, model_.slots(), model_.slots() > 1 ? "es" : "",
       grid_->shape().tp, cfg_.parallel.sequence_parallel ? " sp" : "",
       format_bytes(need.activations), format_bytes(double(model_.arena_bytes()))));
 

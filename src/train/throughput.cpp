@@ -12,14 +12,19 @@ double model_flops_per_token(int64_t n_params, const GptConfig& cfg, int T) {
   return 6.0 * double(n_params) + 12.0 * cfg.n_layer * cfg.n_embd * double(T);
 }
 
-double measure_gemm_peak_gflops() {
+double measure_gemm_peak_gflops(DType t) {
   const int M = 1024, N = 3072, K = 768;
+  const DType s = kernels::compute_storage(t);
   std::vector<float> a(size_t(M) * K, 0.5f), b(size_t(N) * K, 0.25f), c(size_t(M) * N);
+  std::vector<std::byte> al(a.size() * dtype_size(s)), bl(b.size() * dtype_size(s));
+  kernels::convert(al.data(), s, a.data(), DType::kF32, a.size());
+  kernels::convert(bl.data(), s, b.data(), DType::kF32, b.size());
   double best = 1e30;
   for (int rep = 0; rep < 15; ++rep) {
-    Timer t;
-    kernels::gemm(false, true, M, N, K, 1.0f, a.data(), K, b.data(), K, 0.0f, c.data(), N);
-    best = std::min(best, t.seconds());
+    Timer timer;
+    kernels::gemm_typed(s, false, true, M, N, K, 1.0f, al.data(), K, bl.data(), K, 0.0f,
+                        c.data(), N);
+    best = std::min(best, timer.seconds());
   }
   return 2.0 * M * N * K / best / 1e9;
 }

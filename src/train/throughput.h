@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "model/config.h"
 
 namespace loom {
@@ -13,8 +14,9 @@ namespace loom {
 double model_flops_per_token(int64_t n_params, const GptConfig& cfg, int T);
 constexpr const char* kFlopsFormula = "FLOPs/token = 6N + 12*L*C*T (N excludes wpe)";
 
-// Best GFLOP/s of a square-ish fp32 GEMM (1024 x 3072 x 768) with the current threads and
-// default backend: the "peak" MFU is measured against. Takes ~0.3 s.
-double measure_gemm_peak_gflops();
+// Best GFLOP/s of the fc layer's GEMM (1024 x 3072 x 768) with operands in the compute
+// precision `t` (kernels::compute_storage: fp16 without a typed GEMM is sgemm's) on the
+// current threads and default backend: the "peak" MFU is measured against. ~0.3 s.
+double measure_gemm_peak_gflops(DType t = DType::kF32);
 
 }  // namespace loom

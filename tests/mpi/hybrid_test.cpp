@@ -197,7 +197,7 @@ Errors compare(const TrainedRun& run, const Reference& ref, const Trainer& tr) {
 // fp16 the losses within kLowLossTol (a different fp32 summation order can move a value
 // across a bf16 rounding boundary, so only the losses are held to a bound; they are also
 // printed with the rest).
-void every_layout(const std::string& precision) {
+void every_layout(const std::string& precision, const std::string& grad_reduce = "fp32") {
   const bool fp32 = precision == "fp32";
   const double loss_tol = fp32 ? kLossTol : kLowLossTol;
   const int n = test::mpi().world_size();
@@ -213,7 +213,8 @@ void every_layout(const std::string& precision) {
       SCOPED_TRACE(c.name());
       const auto key = std::make_pair(kRowsPerDp * shape.dp, c.m);
       if (!refs.count(key)) refs[key] = reference(world_grid, key.first, key.second, precision);
-      const RunConfig cfg = case_config(test::scratch_dir("hy"), c);
+      RunConfig cfg = case_config(test::scratch_dir("hy"), c);
+      cfg.parallel.grad_reduce = grad_reduce;
       Trainer tr(cfg, grid);
       const TrainedRun run = train(tr);
       Errors e = compare(run, refs[key], tr);
@@ -240,16 +241,18 @@ void every_layout(const std::string& precision) {
     }
   }
   if (world_grid.rank() == 0)
-    std::printf("%s: %d layouts x schedules on %d ranks, worst: relative loss diff %.3g (limit "
+    std::printf("%s (gradients reduced in %s): %d layouts x schedules on %d ranks, worst: "
+                "relative loss diff %.3g (limit "
                 "%.0e), normalised first-step gradient diff %.3g%s, |w - w_ref| after %d steps "
                 "%.3g%s\n",
-                precision.c_str(), count, n, worst.loss, loss_tol, worst.grad,
+                precision.c_str(), grad_reduce.c_str(), count, n, worst.loss, loss_tol, worst.grad,
                 fp32 ? fmt::format(" (limit {:.0e})", kGradTol).c_str() : "", kSteps,
                 worst.weight, fp32 ? fmt::format(" (limit {:.0e})", kWeightTol).c_str() : "");
 }
 
 TEST(Hybrid, EveryLayoutMatchesTheSingleProcess) { every_layout("fp32"); }
-TEST(Hybrid, EveryLayoutMatchesTheSingleProcessInBf16) { every_layout("bf16"); }
+// bf16 with bf16 gradient reduction (half the data-parallel bytes), fp16 with fp32.
+TEST(Hybrid, EveryLayoutMatchesTheSingleProcessInBf16) { every_layout("bf16", "bf16"); }
 TEST(Hybrid, EveryLayoutMatchesTheSingleProcessInFp16) { every_layout("fp16"); }
 
 // The most parallel layout of n ranks the model allows, run twice: bitwise equal; and

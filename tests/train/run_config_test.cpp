@@ -59,6 +59,21 @@ TEST(RunConfig, RejectsBadInput) {
   EXPECT_NE(error_of(kBase, {"train.grad_accum=0"}).find("grad_accum"), std::string::npos);
   EXPECT_NE(error_of(kBase, {"nodot=1"}).find("section.key=value"), std::string::npos);
   EXPECT_NE(error_of(kBase, {"data.train=\"\""}).find("[data] train"), std::string::npos);
+  EXPECT_NE(error_of(kBase, {"train.precision=\"fp8\""}).find("'fp32', 'bf16' or 'fp16'"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase, {"parallel.grad_reduce=\"fp16\""}).find("'fp32' or 'bf16'"),
+            std::string::npos);
+}
+
+TEST(RunConfig, PrecisionAndGradReduce) {
+  RunConfig c = parse_run_config(kBase, "cfg.toml");
+  EXPECT_EQ(c.train.precision, "fp32");
+  EXPECT_EQ(c.parallel.grad_reduce, "fp32");
+  c = parse_run_config(kBase, "cfg.toml",
+                       {"train.precision=\"bf16\"", "parallel.grad_reduce=\"bf16\""});
+  EXPECT_EQ(c.train.precision, "bf16");
+  EXPECT_EQ(c.parallel.grad_reduce, "bf16");
+  EXPECT_EQ(parse_run_config(c.to_toml(), "resolved.toml").to_toml(), c.to_toml());
 }
 
 TEST(Schedule, WarmupThenCosineToMinLr) {
