@@ -154,6 +154,8 @@ RunFn setup_bench(CLI::App& sub) {
   mem->add_option("--recompute", mo->recompute, "policies; the first is the baseline")
       ->capture_default_str();
   mem->add_option("--attention", mo->attention, "attention kernels")->capture_default_str();
+  mem->add_option("--precision", mo->precision, "compute precisions (fp32 bf16 fp16)")
+      ->capture_default_str();
   mem->add_option("--threads", mo->threads, "threads")->capture_default_str();
   mem->add_option("--steps", mo->steps, "timed steps per row")->capture_default_str();
   mem->add_option("--warmup", mo->warmup, "untimed steps first")->capture_default_str();

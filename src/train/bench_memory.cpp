@@ -24,7 +24,7 @@ namespace {
 
 struct MemoryRow {
   int T = 0;
-  std::string attention, recompute;
+  std::string precision, attention, recompute;
   double predicted = 0, arena = 0, total = 0, peak_growth = 0, step_s = 0;
   std::vector<float> losses;
 };
@@ -32,6 +32,7 @@ struct MemoryRow {
 MemoryRow measure(RunConfig cfg, const MemoryBenchOptions& opt) {
   MemoryRow r;
   r.T = cfg.train.seq_len;
+  r.precision = cfg.train.precision;
   r.attention = cfg.train.attention;
   r.recompute = cfg.train.recompute;
   const MemoryNeed need = estimate_rank_memory(cfg);
@@ -57,8 +58,9 @@ MemoryRow measure(RunConfig cfg, const MemoryBenchOptions& opt) {
 }
 
 void print_row(const MemoryRow& r, const MemoryRow& none) {
-  fmt::print("{:>5} {:<12} {:<9} {:>11} {:>11} {:>11} {:>11} {:>9.1f} {:>6.2f} {:>6.3f}\n",
-             r.T, r.attention, r.recompute, format_bytes(r.predicted), format_bytes(r.arena),
+  fmt::print("{:>5} {:<5} {:<12} {:<9} {:>11} {:>11} {:>11} {:>11} {:>9.1f} {:>6.2f} {:>6.3f}\n",
+             r.T, r.precision, r.attention, r.recompute, format_bytes(r.predicted),
+             format_bytes(r.arena),
              format_bytes(r.total), format_bytes(r.peak_growth), r.step_s * 1e3,
              r.arena / none.arena, r.step_s / none.step_s);
 }
@@ -78,11 +80,11 @@ int bench_memory(RunConfig cfg, const MemoryBenchOptions& opt) {
   cfg.train.warmup_steps = 0;
   cfg.run.dir = (dir / "run").string();
   cfg.data.val.clear();
-  fmt::print("bench memory: L={} C={} NH={} B={} fp32, {} threads, median of {} steps after {}; "
+  fmt::print("bench memory: L={} C={} NH={} B={}, {} threads, median of {} steps after {}; "
              "{}\n", cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head,
              cfg.train.micro_batch, opt.threads, opt.steps, opt.warmup, opt.cpu);
-  fmt::print("{:>5} {:<12} {:<9} {:>11} {:>11} {:>11} {:>11} {:>9} {:>6} {:>6}\n", "T",
-             "attention", "recompute", "act pred", "act arena", "total pred", "peak RSS+",
+  fmt::print("{:>5} {:<5} {:<12} {:<9} {:>11} {:>11} {:>11} {:>11} {:>9} {:>6} {:>6}\n", "T",
+             "prec", "attention", "recompute", "act pred", "act arena", "total pred", "peak RSS+",
              "step ms", "mem/n", "time/n");
   nlohmann::json rows = nlohmann::json::array();
   int status = 0;
@@ -91,7 +93,9 @@ int bench_memory(RunConfig cfg, const MemoryBenchOptions& opt) {
     cfg.model.block_size = std::max(cfg.model.block_size, T);
     cfg.data.train = (dir / fmt::format("train_{}.bin", T)).string();
     write_random_shard(cfg.data.train, cfg);
+    for (const std::string& precision : opt.precision)
     for (const std::string& attention : opt.attention) {
+      cfg.train.precision = precision;
       cfg.train.attention = attention;
       MemoryRow none;
       for (const std::string& policy : opt.recompute) {
@@ -104,7 +108,8 @@ int bench_memory(RunConfig cfg, const MemoryBenchOptions& opt) {
         print_row(r, none);
         if (!same) fmt::print("  ^ losses differ from {}: recomputation is not bitwise\n",
                               none.recompute);
-        rows.push_back({{"T", T}, {"attention", attention}, {"recompute", policy},
+        rows.push_back({{"T", T}, {"precision", precision}, {"attention", attention},
+                        {"recompute", policy},
                         {"predicted_bytes", r.predicted}, {"arena_bytes", r.arena},
                         {"predicted_total_bytes", r.total},
                         {"peak_rss_growth_bytes", r.peak_growth}, {"step_s", r.step_s},
@@ -119,7 +124,8 @@ int bench_memory(RunConfig cfg, const MemoryBenchOptions& opt) {
   fmt::print("act: activations, as the table predicts them and as the model's arena holds "
              "them; total: weights, gradients, AdamW moments and activations, predicted, and "
              "the peak RSS growth over building the trainer and its steps; mem/n, time/n: "
-             "arena and step time against the first policy of the same T and attention\n"
+             "arena and step time against the first policy of the same T, precision and "
+             "attention\n"
              "wrote {}\n",
              opt.json_out.string());
   return status;

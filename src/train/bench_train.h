@@ -44,14 +44,15 @@ int bench_train_pp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
 int bench_checkpoint(const RunConfig& cfg, const std::filesystem::path& dir, int repeats,
                      const std::filesystem::path& json_out);
 
-// Activation memory and step time of one model over recompute x attention x T: predicted
-// (the activation table) beside measured (the model's arena, the peak RSS growth) with the
-// median step time; validates that every policy's losses are bitwise the first's (list
-// "none" first). Returns non-zero when they are not.
+// Activation memory and step time of one model over recompute x attention x precision x T:
+// predicted (the activation table) beside measured (the model's arena, the peak RSS growth)
+// with the median step time; validates that every policy's losses are bitwise the first's
+// of the same T, precision and attention (list "none" first). Returns non-zero when not.
 struct MemoryBenchOptions {
   std::vector<int> seq_lens{256, 1024};
   std::vector<std::string> recompute{"none", "selective", "full"};
   std::vector<std::string> attention{"flash", "materialized"};
+  std::vector<std::string> precision{"fp32"};
   int threads = 2, steps = 2, warmup = 1;
   std::filesystem::path json_out;
   std::string cpu;

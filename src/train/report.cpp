@@ -255,6 +255,58 @@ std::string idle_table(const std::vector<RankIdle>& idle) {
   return s;
 }
 
+namespace {
+
+// gnuplot's single-quoted string: a quote is written twice.
+std::string gp_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
+// The title of a run in the comparison: its directory's name.
+std::string run_title(const fs::path& run_dir) {
+  std::string title = run_dir.filename().string();
+  if (title.empty()) title = run_dir.parent_path().filename().string();
+  return title;
+}
+
+}  // namespace
+
+int compare_runs(const std::vector<fs::path>& run_dirs, const fs::path& out_png) {
+  LOOM_REQUIRE(run_dirs.size() >= 2, "report: comparing needs at least two runs");
+  const TempDir tmp;
+  std::string plot;
+  int steps = 0;
+  for (size_t i = 0; i < run_dirs.size(); ++i) {
+    const fs::path file = run_dirs[i] / "metrics.jsonl";
+    LOOM_REQUIRE(fs::is_regular_file(file), "report: no {} (is this a run directory written by "
+                 "loom train?)", file.string());
+    const Metrics m = read_metrics(file);
+    steps = std::max(steps, int(m.loss.size()));
+    const std::string title = run_title(run_dirs[i]);
+    write_series(tmp.path() / fmt::format("loss{}.dat", i), m.loss);
+    plot += fmt::format("{}'loss{}.dat' using 1:2 with lines linewidth 2 linecolor {} title {}",
+                        plot.empty() ? "" : ", ", i, i + 1, gp_quote(title + " train"));
+    if (m.val_loss.empty()) continue;
+    write_series(tmp.path() / fmt::format("val{}.dat", i), m.val_loss);
+    plot += fmt::format(", 'val{}.dat' using 1:2 with linespoints linewidth 2 linecolor {} "
+                        "dashtype 2 title {}", i, i + 1, gp_quote(title + " val"));
+  }
+  const std::string script =
+      "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
+      "  set terminal pngcairo size 960,540\n"
+      "} else {\n"
+      "  set terminal png size 960,540\n"
+      "}\n"
+      "set grid\nset key top right\nset xlabel 'step'\nset ylabel 'loss'\n"
+      "set title 'loss by run'\nset output 'compare.png'\nplot " + plot + "\nunset output\n";
+  write_file_atomic(tmp.path() / "plot.gp", std::string_view(script));
+  run_gnuplot(tmp.path());
+  copy_into(tmp.path() / "compare.png", out_png);
+  return steps;
+}
+
 ReportResult make_report(const fs::path& run_dir) {
   LOOM_REQUIRE(fs::is_directory(run_dir), "report: run directory '{}' does not exist",
                run_dir.string());

@@ -53,4 +53,10 @@ struct ReportResult {
 // metrics.jsonl is missing or unreadable, or gnuplot is not installed.
 ReportResult make_report(const std::filesystem::path& run_dir);
 
+// One PNG with every run's train loss (lines) and validation loss (dashed, points), one
+// colour per run, titled by the run directory's name (e.g. fp32 and bf16 runs of the same
+// seed). Returns the most steps any run logged. InputError as make_report.
+int compare_runs(const std::vector<std::filesystem::path>& run_dirs,
+                 const std::filesystem::path& out_png);
+
 }  // namespace loom

@@ -233,12 +233,13 @@ namespace {
 TEST_F(Cli, BenchMemoryValidatesAndPricesEachPolicy) {
   const fs::path json = dir_ / "bench-memory.json";
   const Result r = run("bench memory --config " + (dir_ / "tiny.toml").string() +
-                       " --seq-lens 16 32 --steps 1 --warmup 0 --threads 1 --json " +
-                       json.string());
+                       " --seq-lens 16 32 --steps 1 --warmup 0 --threads 1 --precision fp32 "
+                       "bf16 --json " + json.string());
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(contains(r.output, "act pred")) << r.output;
   const nlohmann::json out = nlohmann::json::parse(slurp(json));
-  ASSERT_EQ(out["rows"].size(), 12u) << out.dump(2);  // 2 T x 2 kernels x 3 policies
+  ASSERT_EQ(out["rows"].size(), 24u) << out.dump(2);  // 2 T x 2 precisions x 2 kernels x 3
+  EXPECT_EQ(out["rows"][6]["precision"], "bf16") << out.dump(2);  // T, then precision
   double none = 0;
   for (const auto& row : out["rows"]) {
     EXPECT_TRUE(row["bitwise_equal_to_first"].get<bool>()) << row.dump();

@@ -54,6 +54,19 @@ void write_rank_traces(const fs::path& trace_dir) {
   r1.write(trace_dir / "rank_1.json", "rank 1 (pp 1, dp 0, tp 0)");
 }
 
+TEST(Report, ComparesRunsInOnePlot) {
+  const fs::path a = test::scratch_dir("report_cmp") / "fp32", b = a.parent_path() / "bf16";
+  fs::create_directories(a);
+  fs::create_directories(b);
+  write_metrics(a);
+  write_metrics(b);
+  const fs::path out = a.parent_path() / "both.png";
+  EXPECT_EQ(compare_runs({a, b}, out), 5);
+  EXPECT_TRUE(is_png(out));
+  EXPECT_THROW(compare_runs({a}, out), InputError);
+  EXPECT_THROW(compare_runs({a, a.parent_path() / "missing"}, out), InputError);
+}
+
 TEST(Report, MergesTracesMeasuresIdleAndPlots) {
   const fs::path dir = test::scratch_dir("report_full");
   write_metrics(dir);
