@@ -1,5 +1,9 @@
 #include "core/buffer.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <cstring>
 #include <new>
 #include <utility>
@@ -22,6 +26,12 @@ class CpuAllocator final : public Allocator {
   }
   void deallocate(std::byte* p, size_t) override {
     if (p) ::operator delete(p, kAlign);
+  }
+  void discard(std::byte* p, size_t bytes) override {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t first = (uintptr_t(p) + page - 1) / page * page;
+    const uintptr_t last = (uintptr_t(p) + bytes) / page * page;
+    if (first < last) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
   }
 };
 
@@ -50,6 +60,12 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
     bytes_ = std::exchange(o.bytes_, 0);
   }
   return *this;
+}
+
+void Buffer::discard(size_t offset, size_t bytes) {
+  LOOM_CHECK(offset <= bytes_ && bytes <= bytes_ - offset, "discard [{}, +{}) of a {}-byte buffer",
+             offset, bytes, bytes_);
+  if (alloc_ && bytes > 0) alloc_->discard(data_ + offset, bytes);
 }
 
 void Buffer::release() {

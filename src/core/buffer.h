@@ -17,6 +17,13 @@ class Allocator {
   // `bytes` zero-initialised bytes aligned to 64; nullptr only for bytes == 0.
   virtual std::byte* allocate(size_t bytes) = 0;
   virtual void deallocate(std::byte* p, size_t bytes) = 0;
+  // Gives the whole pages inside [p, p + bytes) back to the device (they read as zeros
+  // afterwards; the partial pages at the ends keep their bytes). A no-op where the device
+  // cannot.
+  virtual void discard(std::byte* p, size_t bytes) {
+    (void)p;
+    (void)bytes;
+  }
 };
 
 // Host memory (stateless; one shared instance).
@@ -35,6 +42,8 @@ class Buffer {
   std::byte* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return alloc_ ? alloc_->device() : Device::kCpu; }
+  // Allocator::discard of [offset, offset + bytes).
+  void discard(size_t offset, size_t bytes);
 
  private:
   void release();

@@ -133,6 +133,12 @@ void Gpt::cast_unit(int unit) {
                     weights_.data() + p.offset, p.numel);
 }
 
+void Gpt::discard_unit(int unit) {
+  const size_t es = dtype_size(k::compute_storage(precision_));
+  for (const ParamSpec& p : specs_)
+    if (p.layer == unit) wc_.discard(p.offset * es, p.numel * es);
+}
+
 void Gpt::set_attention(AttentionKernel kernel) {
   if (kernel == attention_) return;
   attention_ = kernel;

@@ -200,6 +200,9 @@ class Gpt {
   // Remakes the compute copy of every weight (if stale) / of one ZeRO-3 unit.
   void refresh_compute_weights();
   void cast_unit(int unit);
+  // ZeRO-3: gives the pages of a released unit's compute copy back (the next acquire casts
+  // it again), so the copy, like the masters, is resident one unit at a time.
+  void discard_unit(int unit);
   // fp32 values -> a compute-precision entry (a copy in fp32).
   void store_compute(const TensorView& dst, const float* src, size_t n);
   // Where an fp32 kernel writes what goes to `dst`: dst itself in fp32, else the stage.
@@ -248,7 +251,10 @@ class Gpt {
     if (acquire_) acquire_(unit);
     if (acquire_ && precision_ != DType::kF32) cast_unit(unit);
   }
-  void release(int unit) { if (release_) release_(unit); }
+  void release(int unit) {
+    if (release_) release_(unit);
+    if (release_ && precision_ != DType::kF32) discard_unit(unit);
+  }
   void hook(int unit) { if (hook_) hook_(unit); }
 };
 

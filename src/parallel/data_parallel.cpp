@@ -193,7 +193,7 @@ void DataParallel::set_grad_reduce(DType t) {
   LOOM_REQUIRE(t == DType::kF32 || t == DType::kBF16,
                "[parallel] grad_reduce='{}' must be 'fp32' or 'bf16'", dtype_name(t));
   reduce_dtype_ = t;
-  low_.assign(t == DType::kBF16 ? model_.grads().size() : 0, 0);
+  low_.assign(t == DType::kBF16 && dp_.size() > 1 ? model_.grads().size() : 0, 0);
 }
 
 void DataParallel::launch(GradBucket& b) {

@@ -72,8 +72,12 @@ MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
   m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
   // The compute-precision copy of every weight this rank holds (Gpt::set_precision).
   const DType precision = parse_dtype(cfg.train.precision);
+  // ZeRO-3 casts each unit as it is gathered and gives its pages back with the masters'.
   if (precision != DType::kF32)
-    m.weights += double(dtype_size(kernels::compute_storage(precision))) * P;
+    m.weights += double(dtype_size(kernels::compute_storage(precision))) *
+                 (s.zero == 3 ? embed + block : P);
+  // bf16 gradient reduction: the buckets' bf16 copies.
+  if (cfg.parallel.grad_reduce == "bf16" && s.dp > 1) m.grads += 2 * P;
   m.grads = 4 * (s.zero >= 2 ? P / s.dp : P);
   m.optimizer = 8 * (s.zero >= 1 ? P / s.dp : P);
   m.activations = activation_bytes(cfg, s, blocks);
