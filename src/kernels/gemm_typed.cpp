@@ -7,6 +7,7 @@
 // accumulates in fp32), as torch.autocast's GEMMs.
 #include <dnnl.hpp>
 
+#include <array>
 #include <bit>
 #include <cstring>
 #include <map>
@@ -14,7 +15,6 @@
 #include <tuple>
 
 #include "core/check.h"
-#include "kernels/internal.h"
 #include "kernels/kernels.h"
 
 namespace loom::kernels {
@@ -75,12 +75,18 @@ class GemmCache {
                dtype_name(k.ab), k.M, k.N, k.K);
     return prims_.emplace(k, Prim{dnnl::matmul(pd), pd.impl_info_str()}).first->second;
   }
+  // Asked on every typed layer call (kernels::compute_storage): decided once per dtype.
   bool available(DType t) {
     if (t == DType::kF32) return true;
-    const auto m = operand(dnnl_type(t), false, 64, 64, 64);
-    const auto c = operand(dt::f32, false, 64, 64, 64);
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(m, m, c), engine_, true);
-    return bool(pd);
+    std::lock_guard<std::mutex> lock(mu_);
+    int8_t& known = available_[size_t(t)];
+    if (known < 0) {
+      const auto m = operand(dnnl_type(t), false, 64, 64, 64);
+      const auto c = operand(dt::f32, false, 64, 64, 64);
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(m, m, c), engine_, true);
+      known = bool(pd) ? 1 : 0;
+    }
+    return known == 1;
   }
   dnnl::engine& engine() { return engine_; }
 
@@ -88,6 +94,7 @@ class GemmCache {
   std::mutex mu_;
   dnnl::engine engine_{dnnl::engine::kind::cpu, 0};
   std::map<GemmKey, Prim> prims_;
+  std::array<int8_t, 3> available_{-1, -1, -1};  // per DType: -1 not asked yet, 0, 1
 };
 
 GemmCache& cache() {
@@ -135,7 +142,7 @@ void convert(void* out, DType out_type, const void* in, DType in_type, size_t n)
   if (in_type == DType::kF32 && out_type == DType::kBF16) {
     auto* r = static_cast<uint16_t*>(out);
 #pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < nn; ++i) r[i] = detail::bf16_bits(f[i]);
+    for (long i = 0; i < nn; ++i) r[i] = bf16_from_float(f[i]);
   } else if (in_type == DType::kF32 && out_type == DType::kF16) {
     auto* r = static_cast<_Float16*>(out);
 #pragma omp parallel for simd schedule(static)

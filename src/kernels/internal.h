@@ -14,7 +14,6 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "core/dtype.h"
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -229,9 +228,6 @@ inline void check_attention_sizes(const char* what, int B, int T, int C, int NH)
 
 // Number of blocks of `block` elements covering n.
 inline size_t ceil_div(size_t n, size_t block) { return (n + block - 1) / block; }
-
-// fp32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN.
-inline uint16_t bf16_bits(float x) { return bf16_from_float(x); }
 
 // With a bias, out's (N,OC) rows start as it and the GEMM adds the product: returns the
 // GEMM's beta (1; 0 without a bias, leaving out alone).

@@ -15,29 +15,52 @@ DType compute_storage(DType t) {
   return DType::kF32;  // values rounded to t, held as fp32, multiplied by sgemm
 }
 
+namespace {
+
+// n fp32 values into storage s (fp32, bf16 or fp16) with t's rounding, serially: bf16/fp16
+// storage converts, fp32 storage of a bf16/fp16 value rounds, fp32 of fp32 copies.
+void store_serial(DType t, DType s, void* out, const float* in, size_t n) {
+  if (s == DType::kBF16) {
+    auto* o = static_cast<uint16_t*>(out);
+    for (size_t i = 0; i < n; ++i) o[i] = bf16_from_float(in[i]);
+  } else if (s == DType::kF16) {
+    auto* o = static_cast<_Float16*>(out);
+    for (size_t i = 0; i < n; ++i) o[i] = static_cast<_Float16>(in[i]);
+  } else if (t == DType::kBF16) {
+    auto* o = static_cast<float*>(out);
+    for (size_t i = 0; i < n; ++i) o[i] = bf16_to_float(bf16_from_float(in[i]));
+  } else if (t == DType::kF16) {
+    auto* o = static_cast<float*>(out);
+    for (size_t i = 0; i < n; ++i) o[i] = static_cast<float>(static_cast<_Float16>(in[i]));
+  } else if (out != in) {
+    std::memmove(out, in, n * sizeof(float));
+  }
+}
+
+// store_serial over n values in parallel blocks (element i reads in[i] and writes only
+// element i, so in place is safe).
+void store(DType t, DType s, void* out, const float* in, size_t n) {
+  constexpr size_t kBlock = size_t(1) << 14;
+  const size_t es = dtype_size(s);
+  const long blocks = long(detail::ceil_div(n, kBlock));
+#pragma omp parallel for schedule(static)
+  for (long b = 0; b < blocks; ++b) {
+    const size_t i = size_t(b) * kBlock;
+    store_serial(t, s, static_cast<std::byte*>(out) + i * es, in + i, std::min(kBlock, n - i));
+  }
+}
+
+}  // namespace
+
 void to_compute(DType t, void* out, const float* in, size_t n) {
-  const DType s = compute_storage(t);
-  if (s == DType::kF32 && t != DType::kF32) return round_to(t, static_cast<float*>(out), in, n);
-  convert(out, s, in, DType::kF32, n);
+  store(t, compute_storage(t), out, in, n);
 }
 
 void from_compute(DType t, float* out, const void* in, size_t n) {
   convert(out, DType::kF32, in, compute_storage(t), n);
 }
 
-void round_to(DType t, float* out, const float* in, size_t n) {
-  const long nn = long(n);
-  if (t == DType::kBF16) {
-#pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < nn; ++i)
-      out[i] = std::bit_cast<float>(uint32_t(detail::bf16_bits(in[i])) << 16);
-  } else if (t == DType::kF16) {
-#pragma omp parallel for simd schedule(static)
-    for (long i = 0; i < nn; ++i) out[i] = static_cast<float>(static_cast<_Float16>(in[i]));
-  } else if (out != in) {
-    std::memcpy(out, in, n * sizeof(float));
-  }
-}
+void round_to(DType t, float* out, const float* in, size_t n) { store(t, DType::kF32, out, in, n); }
 
 void matmul_forward_typed(DType t, float* out, const void* inp, const void* weight,
                           const float* bias, int N, int C, int OC) {
@@ -49,28 +72,6 @@ void matmul_forward_typed(DType t, float* out, const void* inp, const void* weig
   const float beta = detail::bias_rows(out, bias, N, OC);
   gemm_typed(compute_storage(t), false, true, N, OC, C, 1.0f, inp, C, weight, C, beta, out, OC);
 }
-
-namespace {
-
-// One row's n values into the compute storage (serial: called per row from a parallel loop).
-void store_row(DType t, DType s, void* out, const float* in, int n) {
-  if (s == DType::kBF16) {
-    auto* o = static_cast<uint16_t*>(out);
-    for (int i = 0; i < n; ++i) o[i] = detail::bf16_bits(in[i]);
-  } else if (s == DType::kF16) {
-    auto* o = static_cast<_Float16*>(out);
-    for (int i = 0; i < n; ++i) o[i] = static_cast<_Float16>(in[i]);
-  } else if (t == DType::kBF16) {
-    auto* o = static_cast<float*>(out);
-    for (int i = 0; i < n; ++i)
-      o[i] = std::bit_cast<float>(uint32_t(detail::bf16_bits(in[i])) << 16);
-  } else {
-    auto* o = static_cast<float*>(out);
-    for (int i = 0; i < n; ++i) o[i] = static_cast<float>(static_cast<_Float16>(in[i]));
-  }
-}
-
-}  // namespace
 
 // The output gradient goes through the stage in blocks of whole columns (all N rows of
 // `w` output features): each block's weight gradient is one GEMM over every row (the
@@ -96,7 +97,7 @@ void matmul_backward_typed(DType t, float* dinp, float* dweight, float* dbias, c
     const int m = std::min(width, OC - o0);
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; ++n)
-      store_row(t, s, st + size_t(n) * m * es, dout + size_t(n) * OC + o0, m);
+      store_serial(t, s, st + size_t(n) * m * es, dout + size_t(n) * OC + o0, size_t(m));
     // dinp (N,C) (+)= dout[:, o0:o0+m] (N,m) @ weight[o0:o0+m, :] (m,C)
     if (dinp != nullptr)
       gemm_typed(s, false, false, N, C, m, 1.0f, st, m, w + size_t(o0) * C * es, C,

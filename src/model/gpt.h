@@ -194,6 +194,8 @@ class Gpt {
   void layernorm_rows(const TensorView& full, float* mean, float* rstd, const float* in,
                       const float* w, const float* b, int N);
   float* scr(act::Id id) const { return scratch_[size_t(id)].f32(); }
+  // The GELU of the block's fch into fch_gelu (n elements, in the compute precision).
+  void gelu_rows(const BlockViews& v, size_t n);
   // ---- compute precision ----
   // The compute copy of the master weights at `master` (the master itself in fp32).
   const void* cw(const float* master) const;

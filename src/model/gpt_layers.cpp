@@ -54,6 +54,12 @@ void Gpt::layernorm_rows(const TensorView& full, float* mean, float* rstd, const
   store_compute(full, rows, size_t(N) * cfg_.n_embd);
 }
 
+void Gpt::gelu_rows(const BlockViews& v, size_t n) {
+  float* out = staged(v.t(act::kFchGelu));
+  k::gelu_forward(out, v(act::kFch), n);
+  store_compute(v.t(act::kFchGelu), out, n);
+}
+
 float* Gpt::staged(const TensorView& dst) const {
   return precision_ == DType::kF32 ? dst.f32() : scr(act::kStage32);
 }
@@ -88,9 +94,7 @@ void Gpt::recompute_block(int l, int j, Slot& a, const float* residual) {
   layernorm_rows(v.t(kLn2), v(kLn2Mean), v(kLn2Rstd), v(kResidual2), p.ln2w, p.ln2b, N);
   if (attention_ == AttentionKernel::kMaterialized)
     k::attention_probs(v(act::kAtt), v(act::kQkv), a.B, a.T, Cl, NHl);
-  const size_t nf = size_t(N) * 4 * Cl;
-  k::gelu_forward(staged(v.t(kFchGelu)), v(act::kFch), nf);
-  store_compute(v.t(kFchGelu), staged(v.t(kFchGelu)), nf);
+  gelu_rows(v, size_t(N) * 4 * Cl);
 }
 
 float* Gpt::ln_grad(float* real) {
@@ -169,9 +173,7 @@ void Gpt::block_forward(int l, int j, Slot& a, const float* residual, bool recom
   k::residual_forward(v(kResidual2), residual, reduce_rows(proj, local, N), nlc);
   layernorm_rows(v.t(kLn2), v(kLn2Mean), v(kLn2Rstd), v(kResidual2), p.ln2w, p.ln2b, N);
   linear_forward(v(kFch), v.t(kLn2), p.fcw, p.fcb, N, C, 4 * Cl);
-  float* gelu = staged(v.t(kFchGelu));
-  k::gelu_forward(gelu, v(kFch), 4 * nc / tp);
-  store_compute(v.t(kFchGelu), gelu, 4 * nc / tp);
+  gelu_rows(v, 4 * nc / tp);
   if (recompute) return;  // backward needs nothing the last projection makes
   linear_forward(proj, v.t(kFchGelu), p.fcprojw, rowbias_mlp, N, 4 * Cl, C);
   k::residual_forward(v(kResidual3), v(kResidual2), reduce_rows(proj, local, N), nlc);

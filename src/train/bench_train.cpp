@@ -71,7 +71,7 @@ namespace {
 
 // One row of the table: an implementation in a precision, priced against that dtype's peak.
 struct Row {
-  std::string name;
+  std::string name, key;  // the table's and the JSON's
   const Side* side;
   double peak;
 };
@@ -122,7 +122,7 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
                dtype_name(kernels::compute_storage(precision)),
                kernels::compute_storage(precision) == DType::kF32
                    ? ": this oneDNN has no such matmul here, so sgemm on rounded values"
-                   : ", " + kernels::gemm_typed_impl(precision, false, true, 1024, 3072, 768));
+                   : ", " + gemm_peak_impl(precision));
   fmt::print("\n{}; {}\n", opt.cpu, opt.openblas);
   {
     Trainer tr(cfg32, grid);
@@ -154,9 +154,10 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
                         {"valid", valid}, {"cpu", opt.cpu}, {"openblas", opt.openblas},
                         {"gemm", cfg.run.gemm},
                         {"pytorch_openblas_core", torch_side.openblas_core}};
-  std::vector<Row> rows{{"loom", &loom32, peak32}};
-  if (lowp) rows.push_back({fmt::format("loom {}", dtype_name(precision)), &loom_lp, peak_lp});
-  rows.push_back({precision == DType::kBF16 ? "pytorch bf16" : "pytorch", &torch_side,
+  std::vector<Row> rows{{"loom", "loom", &loom32, peak32}};
+  if (lowp)
+    rows.push_back({fmt::format("loom {}", dtype_name(precision)), "loom_lowp", &loom_lp, peak_lp});
+  rows.push_back({precision == DType::kBF16 ? "pytorch bf16" : "pytorch", "pytorch", &torch_side,
                   precision == DType::kBF16 ? peak_lp : peak32});
   fmt::print("\n{:<14} {:>12} {:>12} {:>8} {:>10}\n", "impl", "ms/step", "tokens/s", "MFU",
              "vs torch");
@@ -165,9 +166,7 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
     const double sec = median(r.side->seconds), tps = tokens / sec;
     fmt::print("{:<14} {:>12.1f} {:>12.1f} {:>7.1f}% {:>9.2f}x\n", r.name, sec * 1e3, tps,
                100.0 * tps * flops / r.peak, tps / torch_tps);
-    const std::string key = r.name == "loom" ? "loom" : r.name.starts_with("loom") ? "loom_lowp"
-                                                                                  : "pytorch";
-    out[key] = {{"median_step_s", sec}, {"tokens_per_s", tps}, {"mfu", tps * flops / r.peak},
+    out[r.key] = {{"median_step_s", sec}, {"tokens_per_s", tps}, {"mfu", tps * flops / r.peak},
                 {"step_seconds", r.side->seconds}, {"losses", r.side->losses}};
   }
   out["ratio_loom_over_torch"] = out["loom"]["tokens_per_s"].get<double>() / torch_tps;

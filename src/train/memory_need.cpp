@@ -70,8 +70,8 @@ MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
   const double P = blocks * block + embed;
   MemoryNeed m;
   m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
-  // The compute-precision copy of every weight this rank holds (Gpt::set_precision).
   const DType precision = parse_dtype(cfg.train.precision);
+  // The compute-precision copy of every weight this rank holds (Gpt::set_precision);
   // ZeRO-3 casts each unit as it is gathered and gives its pages back with the masters'.
   if (precision != DType::kF32)
     m.weights += double(dtype_size(kernels::compute_storage(precision))) *

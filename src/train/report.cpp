@@ -131,15 +131,19 @@ void write_series(const fs::path& file, const std::map<int64_t, double>& series)
   write_file_atomic(file, std::string_view(text));
 }
 
-// Draws loss.png and tokens_per_s.png in `dir` from the .dat files beside the script.
-// The files are named relative to `dir` (gnuplot runs there), so no path needs quoting.
-std::string gnuplot_script(bool has_val) {
-  std::string s =
+// A 960x540 PNG terminal: pngcairo where gnuplot has it.
+constexpr const char* kPngTerminal =
       "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
       "  set terminal pngcairo size 960,540\n"
       "} else {\n"
       "  set terminal png size 960,540\n"
-      "}\n"
+      "}\n";
+
+// Draws loss.png and tokens_per_s.png in `dir` from the .dat files beside the script.
+// The files are named relative to `dir` (gnuplot runs there), so no path needs quoting.
+std::string gnuplot_script(bool has_val) {
+  std::string s =
+      std::string(kPngTerminal) +
       "set grid\nset key top right\nset xlabel 'step'\n"
       "set output 'loss.png'\nset ylabel 'loss'\nset title 'loss'\n"
       "plot 'loss.dat' using 1:2 with lines linewidth 2 title 'train'";
@@ -294,11 +298,7 @@ int compare_runs(const std::vector<fs::path>& run_dirs, const fs::path& out_png)
                         "dashtype 2 title {}", i, i + 1, gp_quote(title + " val"));
   }
   const std::string script =
-      "if (strstrt(GPVAL_TERMINALS, 'pngcairo') > 0) {\n"
-      "  set terminal pngcairo size 960,540\n"
-      "} else {\n"
-      "  set terminal png size 960,540\n"
-      "}\n"
+      std::string(kPngTerminal) +
       "set grid\nset key top right\nset xlabel 'step'\nset ylabel 'loss'\n"
       "set title 'loss by run'\nset output 'compare.png'\nplot " + plot + "\nunset output\n";
   write_file_atomic(tmp.path() / "plot.gp", std::string_view(script));

@@ -98,28 +98,24 @@ namespace {
 
 // Says once what the compute precision buys on this machine: its GEMM against fp32's.
 void note_precision(Progress& progress, DType precision, double peak) {
-  const double peak32 = measure_gemm_peak_gflops(DType::kF32) * 1e9;
-  const DType store = kernels::compute_storage(precision);
-  if (store == DType::kF32) {
-    progress.note(fmt::format(
-        "precision {}: this oneDNN has no {} matmul on this CPU, so the GEMM operands are "
-        "{}-rounded values in fp32 through sgemm: {}'s numerics, fp32's speed and memory",
-        dtype_name(precision), dtype_name(precision), dtype_name(precision),
-        dtype_name(precision)));
-  } else if (peak < peak32) {
-    progress.note(fmt::format(
-        "precision {}: the {} GEMM measured {:.0f} GFLOP/s here, slower than fp32's {:.0f} "
-        "({}); training goes on in {}, which still halves the saved GEMM inputs and the "
-        "weight copy's bytes",
-        dtype_name(precision), dtype_name(precision), peak / 1e9, peak32 / 1e9,
-        kernels::gemm_typed_impl(store, false, true, 1024, 3072, 768), dtype_name(precision)));
-  } else {
-    progress.note(fmt::format("precision {}: the {} GEMM measured {:.0f} GFLOP/s here, {:.2f}x "
-                              "fp32's {:.0f} ({})",
-                              dtype_name(precision), dtype_name(precision), peak / 1e9,
-                              peak / peak32, peak32 / 1e9,
-                              kernels::gemm_typed_impl(store, false, true, 1024, 3072, 768)));
+  const char* p = dtype_name(precision);
+  if (kernels::compute_storage(precision) == DType::kF32) {
+    progress.note(fmt::format("precision {0}: this oneDNN has no {0} matmul on this CPU, so the "
+                              "GEMM operands are {0}-rounded values in fp32 through sgemm: {0}'s "
+                              "numerics, fp32's speed and memory", p));
+    return;
   }
+  const double peak32 = measure_gemm_peak_gflops(DType::kF32) * 1e9;
+  const std::string impl = gemm_peak_impl(precision);
+  if (peak < peak32)
+    progress.note(fmt::format("precision {0}: the {0} GEMM measured {1:.0f} GFLOP/s here, slower "
+                              "than fp32's {2:.0f} ({3}); training goes on in {0}, which still "
+                              "halves the saved GEMM inputs and the weight copy's bytes",
+                              p, peak / 1e9, peak32 / 1e9, impl));
+  else
+    progress.note(fmt::format("precision {0}: the {0} GEMM measured {1:.0f} GFLOP/s here, "
+                              "{2:.2f}x fp32's {3:.0f} ({4})",
+                              p, peak / 1e9, peak / peak32, peak32 / 1e9, impl));
 }
 
 }  // namespace

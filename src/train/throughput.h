@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/dtype.h"
 #include "model/config.h"
@@ -18,5 +19,7 @@ constexpr const char* kFlopsFormula = "FLOPs/token = 6N + 12*L*C*T (N excludes w
 // precision `t` (kernels::compute_storage: fp16 without a typed GEMM is sgemm's) on the
 // current threads and default backend: the "peak" MFU is measured against. ~0.3 s.
 double measure_gemm_peak_gflops(DType t = DType::kF32);
+// oneDNN's implementation of that GEMM in compute_storage(t) ("dnnl_sgemm" for fp32 storage).
+std::string gemm_peak_impl(DType t);
 
 }  // namespace loom

@@ -39,7 +39,7 @@ void Trainer::resume(const fs::path& ckpt_dir) {
                "checkpoint {} is at step {}, past the configured steps={}", ckpt_dir.string(),
                st.step, cfg_.train.steps);
   step_ = int(st.step);
-  opt_steps_ = int(st.optimizer_step < 0 ? st.step : st.optimizer_step);
+  opt_steps_ = int(st.optimizer_step);  // the manifest's (the step when it has none)
   // fp16 resumes its scale; a checkpoint of another precision starts from the initial one.
   if (scaler_.enabled() && st.loss_scale > 0)
     scaler_.restore({st.loss_scale, st.loss_scale_growth_tracker});
