@@ -58,6 +58,10 @@ class Comm {
   virtual std::unique_ptr<CommHandle> allreduce_bf16_async(uint16_t* data, size_t count) = 0;
   virtual std::unique_ptr<CommHandle> reduce_bf16_async(uint16_t* data, size_t count,
                                                         int root) = 0;
+  // `count` 16-bit values (the bits of bf16 or fp16 weights) from root to every rank:
+  // ZeRO's low-precision weight gathers.
+  virtual std::unique_ptr<CommHandle> broadcast_u16_async(uint16_t* data, size_t count,
+                                                          int root) = 0;
   // Ends every process of the job (MPI_Abort for MPI); for one rank, exits.
   [[noreturn]] virtual void abort(int exit_code) = 0;
   // A sub-communicator of the ranks passing the same color, ordered by key (collective).

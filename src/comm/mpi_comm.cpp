@@ -249,6 +249,12 @@ class MpiComm final : public Comm {
                 "MPI_Reduce");
     });
   }
+  std::unique_ptr<CommHandle> broadcast_u16_async(uint16_t* data, size_t count,
+                                                  int root) override {
+    return submit("BROADCAST(16-bit)", count * 2, [=, this] {
+      mpi_check(MPI_Bcast(data, as_int(count), MPI_UINT16_T, root, comm_), "MPI_Bcast");
+    });
+  }
   std::unique_ptr<CommHandle> barrier_async() override {
     return submit("BARRIER", 0, [this] { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); });
   }

@@ -38,7 +38,7 @@ AttentionKernel parse_attention(const std::string& name) {
 }
 
 ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
-                        AttentionKernel attention, DType precision) {
+                        AttentionKernel attention, DType precision, int head_rows) {
   ActDims d;
   d.B = B;
   d.T = T;
@@ -50,6 +50,7 @@ ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
   d.Cl = d.C / tp;
   d.NHl = double(cfg.n_head / tp);
   d.Vl = double(cfg.padded_vocab(tp) / tp);
+  d.head_rows = std::min(d.N, double(std::max(1, head_rows)));
   // The widest compute-precision activation (an LN output or the GELU output) and the
   // widest block GEMM output gradient; the head's (N,Vl) goes through in column blocks.
   if (precision != DType::kF32) d.stage = d.N * std::max(d.C, 4 * d.Cl);
@@ -78,6 +79,7 @@ using D = const ActDims&;
 // compound), layernorm statistics, q/k/v (the scores feed a softmax, and attention runs in
 // fp32), attention probabilities and log-sum-exp (softmax), the GELU input (its derivative
 // is steep near 0), logits and losses (cross-entropy in fp32) and every gradient.
+// d loss/d lnf replaces the (N,Vp/tp) logits a head keeping them for backward would hold.
 constexpr ActEntry kTable[] = {
     {act::kInput, "input", S::kChunk, K::kAlways, R::kF32, [](D d) { return d.Nl * d.C; }},
     {act::kLn1, "ln1", S::kBlock, K::kUnlessSelective, R::kCompute,
@@ -99,27 +101,27 @@ constexpr ActEntry kTable[] = {
      [](D d) { return 4 * d.N * d.Cl; }},
     {act::kResidual3, "residual3", S::kBlock, K::kAlways, R::kF32,
      [](D d) { return d.Nl * d.C; }},
-    {act::kLnf, "lnf", S::kHead, K::kAlways, R::kCompute, [](D d) { return d.N * d.C; }},
+    {act::kLnf, "lnf", S::kScratch, K::kAlways, R::kCompute, [](D d) { return d.N * d.C; }},
     {act::kLnfMean, "lnf_mean", S::kHead, K::kAlways, R::kF32, [](D d) { return d.Nl; }},
     {act::kLnfRstd, "lnf_rstd", S::kHead, K::kAlways, R::kF32, [](D d) { return d.Nl; }},
-    {act::kLogits, "logits", S::kHead, K::kAlways, R::kF32, [](D d) { return d.N * d.Vl; }},
+    {act::kLogits, "logits", S::kScratch, K::kAlways, R::kF32,
+     [](D d) { return d.head_rows * d.Vl; }},
     {act::kLosses, "losses", S::kHead, K::kAlways, R::kF32, [](D d) { return d.N; }},
+    {act::kDlnf, "dlnf", S::kHead, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
     {act::kDresidual, "dresidual", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return d.Nl * d.C; }},
     {act::kDresFull, "dres_full", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return d.sp ? d.N * d.C : 0.0; }},
     {act::kDln, "dln", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
     {act::kDlnLocal, "dln_local", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return d.Nl * d.C; }},
-    {act::kDqkv, "dqkv", S::kScratch, K::kAlways, R::kF32, [](D d) { return 3 * d.N * d.Cl; }},
+     [](D d) { return d.tp > 1 ? d.Nl * d.C : 0.0; }},
     {act::kDatty, "datty", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.N * d.Cl; }},
     {act::kDfch, "dfch", S::kScratch, K::kAlways, R::kF32, [](D d) { return 4 * d.N * d.Cl; }},
-    {act::kDfchGelu, "dfch_gelu", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return 4 * d.N * d.Cl; }},
     {act::kAttScratch, "att_scratch", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return d.att_scratch; }},
     {act::kProj, "proj", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
-    {act::kLocal, "local", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.Nl * d.C; }},
+    {act::kLocal, "local", S::kScratch, K::kAlways, R::kF32,
+     [](D d) { return d.tp > 1 ? d.Nl * d.C : 0.0; }},
     {act::kCeStats, "ce_stats", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return (d.tp + 1) * d.N * 3; }},
     {act::kSpGrads, "sp_grads", S::kScratch, K::kAlways, R::kF32,

@@ -54,24 +54,25 @@ enum Id : int {
   kFch,        // (N,4C/tp) GELU input
   kFchGelu,    // (N,4C/tp) GELU output
   kResidual3,  // (Nl,C) the block's output = the next block's input
-  // head scope: per slot of the head chunk
-  kLnf,        // (N,C)
+  // head scope: per slot of the head chunk. The head runs its backward GEMMs in forward,
+  // one block of head_rows rows at a time (logits, cross-entropy, d loss/d logits, d lnf
+  // and wte's gradient), so only d loss/d lnf waits for backward, never (N,Vp/tp) logits.
+  kLnf,        // scratch (N,C): ln_f's output, used within the head's forward
   kLnfMean,    // (Nl)
   kLnfRstd,    // (Nl)
-  kLogits,     // (N,Vp/tp); d loss/d logits after the fused cross-entropy
+  kLogits,     // scratch (head_rows,Vp/tp): one row block; d loss/d logits after the loss
   kLosses,     // (N)
+  kDlnf,       // (N,C) d loss/d lnf (partial over vocab shards under tp)
   // scratch: one copy shared by every chunk and slot (one micro-batch computes at a time)
   kDresidual,  // (Nl,C)
   kDresFull,   // (N,C) sequence parallel: gathered dresidual
   kDln,        // (N,C)
-  kDlnLocal,   // (Nl,C)
-  kDqkv,       // (N,3C/tp)
+  kDlnLocal,   // (Nl,C) tp > 1
   kDatty,      // (N,C/tp)
-  kDfch,       // (N,4C/tp)
-  kDfchGelu,   // (N,4C/tp)
+  kDfch,       // (N,4C/tp) d fch_gelu, then d fch (in place), then d qkv (N,3C/tp)
   kAttScratch, // attention backward
   kProj,       // (N,C) row-parallel partial sums
-  kLocal,      // (Nl,C) sequence parallel: local LN output / reduced projection
+  kLocal,      // (Nl,C) tp > 1: local LN output / reduced projection
   kCeStats,    // (tp+1,N,3) vocab-parallel cross-entropy statistics
   kSpGrads,    // sequence parallel: per-chunk partial LN / wpe gradients
   kStage32,    // (N,max(C,4C/tp)) low precision: a compute-precision entry's fp32 values
@@ -97,14 +98,20 @@ struct ActDims {
   bool sp = false;
   double att = 0, lse = 0, att_scratch = 0, sp_grads = 0;
   double stage = 0;  // elements of each conversion stage: 0 in fp32
+  double head_rows = 0;  // rows of logits the head computes at once: min(N, head_rows)
 };
+
+// The head's default row block: 128 rows keep GPT-2's (rows, 50304) fp32 logits at 26 MB
+// while each block's GEMMs still reuse every wte element read 128 times.
+constexpr int kHeadRows = 128;
 
 struct GptConfig;
 // The dims of micro-batches of B rows of T tokens for `cfg` at tensor-parallel size tp
 // (sp: sequence parallel), with the attention kernel's buffers and the conversion stages
-// of compute precision `precision`; sp_grads is left 0.
+// of compute precision `precision`, and the head's row block; sp_grads is left 0.
 ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
-                        AttentionKernel attention, DType precision = DType::kF32);
+                        AttentionKernel attention, DType precision = DType::kF32,
+                        int head_rows = kHeadRows);
 
 struct ActEntry {
   act::Id id;

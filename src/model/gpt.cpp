@@ -133,6 +133,15 @@ void Gpt::cast_unit(int unit) {
                     weights_.data() + p.offset, p.numel);
 }
 
+std::vector<std::pair<size_t, size_t>> Gpt::compute_only_ranges() const {
+  std::vector<std::pair<size_t, size_t>> out;
+  if (precision_ == DType::kF32) return out;
+  for (const ParamSpec& p : specs_)
+    if (p.layer >= 0 && p.layer < cfg_.n_layer && p.local_shape.size() == 2)
+      out.push_back({p.offset, p.offset + p.numel});
+  return out;
+}
+
 void Gpt::discard_unit(int unit) {
   const size_t es = dtype_size(k::compute_storage(precision_));
   for (const ParamSpec& p : specs_)
@@ -147,7 +156,7 @@ void Gpt::set_attention(AttentionKernel kernel) {
 }
 
 ActDims Gpt::dims(int B, int T) const {
-  ActDims d = activation_dims(cfg_, B, T, tp_size_, sp_, attention_, precision_);
+  ActDims d = activation_dims(cfg_, B, T, tp_size_, sp_, attention_, precision_, head_rows_);
   d.sp_grads = double(sp_grads_size_);
   return d;
 }
@@ -306,7 +315,17 @@ void Gpt::backward() { backward_chunk(0, 0, nullptr, nullptr); }
 
 void Gpt::zero_grads() { std::fill(grads_.begin(), grads_.end(), 0.0f); }
 
-const float* Gpt::logits() const { return slots_.at(0).at(0).f(act::kLogits); }
+const float* Gpt::logits() const {
+  LOOM_CHECK(!logits_.empty(), "logits() before a forward without targets");
+  return logits_.data();
+}
+
+void Gpt::set_head_rows(int rows) {
+  LOOM_REQUIRE(rows >= 1, "head rows {} must be >= 1", rows);
+  head_rows_ = rows;
+  B_ = T_ = nslots_ = 0;  // the arena's logits block depends on it: reserve again
+  slots_.clear();
+}
 const float* Gpt::losses() const { return slots_.at(0).at(0).f(act::kLosses); }
 
 std::vector<std::pair<size_t, size_t>> Gpt::norm_duplicate_ranges() const {

@@ -133,10 +133,20 @@ class Gpt {
   // global norm (tp-replicated parameters on tp ranks > 0; the head's copy of wte when
   // the embeddings live on another pipeline stage).
   std::vector<std::pair<size_t, size_t>> norm_duplicate_ranges() const;
+  // At a low precision, the flat ranges of the parameters forward and backward read only
+  // through their compute copy: the blocks' linear weights (ZeRO may gather them as
+  // low-precision words). The embeddings (fp32 lookup, as autocast), layernorms and biases
+  // are read in fp32. Empty in fp32.
+  std::vector<std::pair<size_t, size_t>> compute_only_ranges() const;
   // The flat range of the tied wte on this rank (empty if it holds none).
   std::pair<size_t, size_t> wte_range() const;
 
-  const float* logits() const;  // (B,T,Vp/tp) of chunk 0's head, slot 0
+  // (B,T,Vp/tp) of the last forward without targets (a forward with targets computes the
+  // logits a block of rows at a time and keeps none).
+  const float* logits() const;
+  // Rows of logits the head computes at once (activations.h kHeadRows by default): memory
+  // rows x Vp/tp floats against re-reading wte once per block. Reserve again after.
+  void set_head_rows(int rows);
   const float* losses() const;  // (B,T)
 
  private:
@@ -175,6 +185,10 @@ class Gpt {
   void embed_forward(Slot& a, const int32_t* tokens);
   void embed_backward(Slot& a);
   float head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale);
+  // Rows [r0, r0 + n) of the head: logits, loss and, training (dscale > 0: the loss
+  // gradient's scale), d loss/d logits, then wte's gradient and d lnf from them.
+  void head_rows_forward(Slot& a, const TensorView& in, const int32_t* targets, int r0, int n,
+                         float dscale);
   void head_backward(Slot& a, const float* x);
   void finish_sp_grads(const ModelChunk& ch);
   // The tensor-parallel maps (identity at tp = 1). Partial sums (N,C) of a row-parallel
@@ -234,6 +248,8 @@ class Gpt {
   Buffer wc_;              // compute copy of weights_ (same flat layout); empty in fp32
   bool wc_stale_ = true;
   Recompute recompute_ = Recompute::kNone;
+  int head_rows_ = kHeadRows;
+  std::vector<float> logits_;  // the last forward without targets
   AttentionKernel attention_ = AttentionKernel::kFlash;
   Buffer arena_;
   std::vector<std::vector<Slot>> slots_;  // [chunk][slot]

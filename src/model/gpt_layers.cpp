@@ -189,12 +189,11 @@ void Gpt::block_backward(int l, int j, Slot& a, const float* residual) {
   const BlockViews v = block_views(a, j);
   float* dres = scr(kDresidual);  // in: d residual3 (Nl rows); out: d residual
   float *dres_full = scr(kDresFull), *dln = scr(kDln), *dln_local = scr(kDlnLocal);
-  float *dfch = scr(kDfch), *dfch_gelu = scr(kDfchGelu), *datty = scr(kDatty);
-  float* dqkv = scr(kDqkv);
+  // One wide buffer holds d fch_gelu, then d fch (in place), then d qkv.
+  float *dfch = scr(kDfch), *datty = scr(kDatty), *dqkv = dfch;
   const float* d3 = gather_rows(dres, dres_full, N);  // all N rows for the row-parallel
-  linear_backward(dfch_gelu, dp.fcprojw, dp.fcprojb, d3, v.t(kFchGelu), p.fcprojw, N, 4 * Cl,
-                  C);
-  k::gelu_backward(dfch, v(kFch), dfch_gelu, 4 * nc / tp);
+  linear_backward(dfch, dp.fcprojw, dp.fcprojb, d3, v.t(kFchGelu), p.fcprojw, N, 4 * Cl, C);
+  k::gelu_backward(dfch, v(kFch), dfch, 4 * nc / tp);
   linear_backward(dln, dp.fcw, dp.fcb, dfch, v.t(kLn2), p.fcw, N, C, 4 * Cl);
   // residual3 = residual2 + mlp(ln2(residual2)): the LN path accumulates into dres.
   k::layernorm_backward(dres, ln_grad(dp.ln2w), ln_grad(dp.ln2b),
@@ -236,39 +235,56 @@ void check_targets(const int32_t* targets, int N, int V) {
 
 float Gpt::head_forward(Slot& a, const float* x, const int32_t* targets, float dloss_scale) {
   using namespace act;
-  const int C = cfg_.n_embd, N = a.B * a.T, V = cfg_.vocab_size;
-  const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
-  float *logits = a.f(kLogits), *losses = a.f(kLosses);
-  layernorm_rows(a.t(kLnf), a.f(kLnfMean), a.f(kLnfRstd), x, w_.lnfw, w_.lnfb, N);
-  linear_forward(logits, a.t(kLnf), w_.wte, nullptr, N, C, Vl);
-  if (!targets) return 0.0f;
-  check_targets(targets, N, V);
+  const int C = cfg_.n_embd, N = a.B * a.T, Vl = Vp_ / tp_size_;
+  const TensorView& lnf = scratch_[size_t(kLnf)];
+  layernorm_rows(lnf, a.f(kLnfMean), a.f(kLnfRstd), x, w_.lnfw, w_.lnfb, N);
+  if (!targets) {  // logits wanted: all of them, outside the arena
+    logits_.resize(size_t(N) * size_t(Vl));
+    linear_forward(logits_.data(), lnf, w_.wte, nullptr, N, C, Vl);
+    return 0.0f;
+  }
+  check_targets(targets, N, cfg_.vocab_size);
   const bool train = dloss_scale > 0;
+  const int rows = std::min(N, head_rows_);
+  for (int r0 = 0; r0 < N; r0 += rows) {
+    const int n = std::min(rows, N - r0);
+    const TensorView in = lnf.slice(size_t(r0) * C, size_t(n) * C);
+    head_rows_forward(a, in, targets, r0, n, train ? dloss_scale / float(N) : 0.0f);
+  }
+  a.have_dlogits = train;
+  return mean_loss(a.f(kLosses), N);
+}
+
+void Gpt::head_rows_forward(Slot& a, const TensorView& in, const int32_t* targets, int r0,
+                            int n, float dscale) {
+  using namespace act;
+  const int C = cfg_.n_embd, V = cfg_.vocab_size;
+  const int Vl = Vp_ / tp_size_, v0 = tp_rank_ * Vl;
+  float *logits = scr(kLogits), *losses = a.f(kLosses) + r0;
+  const int32_t* tg = targets + r0;
+  linear_forward(logits, in, w_.wte, nullptr, n, C, Vl);
   if (tp_size_ == 1) {
-    if (train)
-      k::crossentropy_fused(losses, logits, targets, N, V, Vp_, dloss_scale / float(N));
-    else
-      k::crossentropy_forward(losses, logits, targets, N, V, Vp_);
+    if (dscale > 0) k::crossentropy_fused(losses, logits, tg, n, V, Vp_, dscale);
+    else k::crossentropy_forward(losses, logits, tg, n, V, Vp_);
   } else {
     // Vocab-parallel: (max, sum exp, target logit) per token from every rank.
     float* stats = scr(kCeStats);
-    float* mine = stats + size_t(tp_size_) * N * 3;
-    vocab_ce_local_stats(mine, logits, targets, N, Vl, v0, V);
-    grid_->tp_comm().allgather(mine, stats, size_t(N) * 3);
-    vocab_ce_finish(losses, logits, stats, tp_size_, targets, N, Vl, v0, V,
-                    train ? dloss_scale / float(N) : 0.0f);
+    float* mine = stats + size_t(tp_size_) * n * 3;
+    vocab_ce_local_stats(mine, logits, tg, n, Vl, v0, V);
+    grid_->tp_comm().allgather(mine, stats, size_t(n) * 3);
+    vocab_ce_finish(losses, logits, stats, tp_size_, tg, n, Vl, v0, V, dscale);
   }
-  a.have_dlogits = train;
-  return mean_loss(losses, N);
+  // logits now hold d loss/d logits: this block's part of wte's gradient and of d lnf.
+  if (dscale > 0)
+    linear_backward(a.f(kDlnf) + size_t(r0) * C, g_.wte, nullptr, logits, in, w_.wte, n, C, Vl);
 }
 
 void Gpt::head_backward(Slot& a, const float* x) {
   using namespace act;
-  const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N), Vl = Vp_ / tp_size_;
+  const int C = cfg_.n_embd, N = a.B * a.T, nl = Nl(N);
   float* dres = scr(kDresidual);
-  // logits now hold d loss / d logits (written by the fused cross-entropy).
-  linear_backward(scr(kDln), g_.wte, nullptr, a.f(kLogits), a.t(kLnf), w_.wte, N, C, Vl);
-  const float* dln = reduce_rows(scr(kDln), scr(kDlnLocal), N);
+  // d lnf was written by the forward (head_rows_forward).
+  const float* dln = reduce_rows(a.f(kDlnf), scr(kDlnLocal), N);
   std::fill_n(dres, size_t(nl) * C, 0.0f);
   k::layernorm_backward(dres, ln_grad(g_.lnfw), ln_grad(g_.lnfb), dln, x, w_.lnfw,
                         a.f(kLnfMean), a.f(kLnfRstd), nl, C);

@@ -30,16 +30,36 @@ DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_m
     shard_end_ = n;
   }
   build_buckets(bucket_mb);
-  if (zero_ == 3) {
-    const int L = model.config().n_layer;
-    units_.assign(size_t(L) + 2, {SIZE_MAX, 0});
-    for (const ParamSpec& p : model.params()) {
-      auto& u = units_[size_t(p.layer + 1)];
-      u.first = std::min(u.first, p.offset);
-      u.second = std::max(u.second, p.offset + p.numel);
-    }
-    model.set_unit_hooks([this](int u) { gather_unit(u); }, [this](int u) { release_unit(u); });
+  const int L = model.config().n_layer;
+  units_.assign(size_t(L) + 2, {SIZE_MAX, 0});
+  for (const ParamSpec& p : model.params()) {
+    auto& u = units_[size_t(p.layer + 1)];
+    u.first = std::min(u.first, p.offset);
+    u.second = std::max(u.second, p.offset + p.numel);
   }
+  if (zero_ == 3)
+    model.set_unit_hooks([this](int u) { gather_unit(u); }, [this](int u) { release_unit(u); });
+}
+
+void DataParallel::set_weight_gather(DType t) {
+  LOOM_REQUIRE(t == DType::kF32 || t == model_.precision(),
+               "weights can be gathered in fp32 or the model's precision ({}), not {}",
+               dtype_name(model_.precision()), dtype_name(t));
+  wire_dtype_ = t;
+  segments_.clear();
+  wire_.clear();
+  if (t == DType::kF32 || zero_ == 0 || dp_.size() == 1) return;
+  size_t at = 0, widest = 0;
+  for (auto [a, b] : model_.compute_only_ranges()) {
+    if (a > at) segments_.push_back({at, a, false});
+    segments_.push_back({a, b, true});
+    at = b;
+  }
+  segments_.push_back({at, model_.weights().size(), false});
+  for (auto [a, b] : model_.compute_only_ranges())  // the widest unit holding words
+    for (auto [ua, ub] : units_)
+      if (ua <= a && b <= ub) widest = std::max(widest, ub - ua);
+  wire_.assign(widest, 0);
 }
 
 namespace {
@@ -67,14 +87,36 @@ bool bucket_done(const GradBucket& b) {
 void DataParallel::gather_unit(int unit) {
   if (dp_.size() == 1) return;
   const auto [begin, end] = units_[size_t(unit + 1)];
+  gather_range(begin, end);
+}
+
+void DataParallel::gather_range(size_t lo, size_t hi) {
   const size_t shard = shard_end_ - shard_begin_;
+  const int me = dp_.rank();
   float* w = model_.weights().data();
-  // Each owner broadcasts its part of the unit.
+  const Segment whole{lo, hi, false};
+  const std::vector<Segment> fp32_only{whole};
+  // Each owner broadcasts its part of each segment.
   std::vector<std::unique_ptr<CommHandle>> parts;
-  for_each_owner(begin, end, shard, [&](size_t lo, size_t hi, int owner) {
-    parts.push_back(dp_.broadcast_async(w + lo, hi - lo, owner));
-  });
+  std::vector<std::pair<size_t, size_t>> words;  // received as words: expand after
+  for (const Segment& s : segments_.empty() ? fp32_only : segments_) {
+    const size_t a = std::max(lo, s.begin), b = std::min(hi, s.end);
+    if (a >= b) continue;
+    for_each_owner(a, b, shard, [&](size_t x, size_t y, int owner) {
+      if (owner != me) gathered_bytes_ += (y - x) * (s.low ? 2 : 4);
+      if (!s.low) {
+        parts.push_back(dp_.broadcast_async(w + x, y - x, owner));
+        return;
+      }
+      uint16_t* u = wire_.data() + (x - lo);
+      if (owner == me) kernels::convert(u, wire_dtype_, w + x, DType::kF32, y - x);
+      else words.push_back({x, y});
+      parts.push_back(dp_.broadcast_u16_async(u, y - x, owner));
+    });
+  }
   for (auto& p : parts) p->wait();
+  for (auto [x, y] : words)
+    kernels::convert(w + x, DType::kF32, wire_.data() + (x - lo), wire_dtype_, y - x);
 }
 
 void DataParallel::release_unit(int unit) {
@@ -136,6 +178,7 @@ size_t DataParallel::resident_grad_bytes() const {
 }
 
 void DataParallel::zero_grads() {
+  gathered_bytes_ = 0;
   if (zero_ < 2 || dp_.size() == 1) {
     model_.zero_grads();
     return;
@@ -156,7 +199,7 @@ void DataParallel::release_finished_buckets() {
 }
 
 void DataParallel::materialize_all() {
-  if (zero_ != 3 || dp_.size() == 1) return;
+  if (dp_.size() == 1 || zero_ == 0 || (zero_ < 3 && segments_.empty())) return;
   float* w = model_.weights().data();
   dp_.allgather(w + shard_begin_, w, shard_end_ - shard_begin_);
 }
@@ -347,8 +390,15 @@ double DataParallel::grad_sum_squares() {
 
 void DataParallel::gather_weights() {
   if (zero_ == 0 || zero_ == 3 || dp_.size() == 1) return;
+  if (!segments_.empty()) {  // low precision: unit by unit, through the words buffer
+    for (auto [a, b] : units_)
+      if (a < b) gather_range(a, b);
+    return;
+  }
   float* w = model_.weights().data();
-  dp_.allgather(w + shard_begin_, w, shard_end_ - shard_begin_);
+  const size_t shard = shard_end_ - shard_begin_;
+  dp_.allgather(w + shard_begin_, w, shard);
+  gathered_bytes_ += 4 * (model_.weights().size() - shard);
 }
 
 }  // namespace loom

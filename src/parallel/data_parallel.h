@@ -21,6 +21,13 @@
 //           pages back to the OS (madvise) right after, so the weights outside the shard
 //           occupy one block (plus the embeddings, held from the start of forward to the
 //           end of backward) at a time.
+// At a low precision (set_weight_gather), the gathers of stages 1-3 move the blocks' linear
+// weights, which forward and backward read only through their compute copy, as 16-bit
+// words: the owner rounds its fp32 masters, the others expand the words into their fp32
+// buffer, whose values the compute copy then reproduces exactly (rounding is idempotent).
+// Outside its shard a rank's fp32 masters of those weights are thus rounded;
+// materialize_all() gathers the exact ones (checkpoints). The rest (embeddings, read in
+// fp32 by the lookup; layernorms, biases) travels in fp32.
 // Gradients are averaged over the global batch: each rank scales its loss by 1/dp.
 #pragma once
 
@@ -51,6 +58,14 @@ class DataParallel {
   // gradients; accumulation over micro-batches stays fp32).
   void set_grad_reduce(DType t);
   DType grad_reduce() const { return reduce_dtype_; }
+  // The dtype ZeRO's weight gathers move the compute-only weights in: fp32, or the
+  // model's low precision (the trainer's choice whenever it trains in one).
+  void set_weight_gather(DType t);
+  DType weight_gather() const { return wire_dtype_; }
+  // Bytes of weights this rank received from other shards' owners since zero_grads()
+  // (one step: the ZeRO-3 unit gathers of forward and backward, the ZeRO-1/2 gather
+  // after the update).
+  size_t gathered_bytes() const { return gathered_bytes_; }
   int dp_size() const { return dp_.size(); }
   // The range of the flat buffer whose optimizer state this rank owns.
   size_t shard_begin() const { return shard_begin_; }
@@ -74,8 +89,9 @@ class DataParallel {
   // After the shard's update: every rank gets every weight (ZeRO 1/2); no-op at stage 0
   // and stage 3 (which gathers on demand).
   void gather_weights();
-  // ZeRO-3: materialise every weight (for checkpoints and tests) / give back everything
-  // outside the shard. No-ops at other stages.
+  // Every weight exact on every rank (for checkpoints and tests): ZeRO-3, and ZeRO-1/2
+  // gathering in low precision / ZeRO-3: give back everything outside the shard. No-ops
+  // where there is nothing to do.
   void materialize_all();
   void release_all();
   // Per-rank bytes of weights, gradients and optimizer state, measured from the buffers,
@@ -102,6 +118,9 @@ class DataParallel {
   void launch(GradBucket& b);
   // ZeRO-3 unit handling (unit -1 = embeddings, l = block l, n_layer = ln_f).
   void gather_unit(int unit);
+  // Gathers [lo, hi) from the shard owners (compute-only parts as 16-bit words at a low
+  // weight_gather; `wire_` holds hi - lo words).
+  void gather_range(size_t lo, size_t hi);
   void release_unit(int unit);
   void release_range(size_t lo, size_t hi);  // weights outside the shard in [lo, hi)
   // Zeroes grads in [lo, hi) outside the shard, giving whole pages back to the OS.
@@ -119,8 +138,16 @@ class DataParallel {
   double last_wait_s_ = 0;
   size_t early_ = 0;
   size_t early_floats_ = 0;
-  std::vector<std::pair<size_t, size_t>> units_;
-  std::vector<std::pair<size_t, size_t>> norm_excluded_;  // sorted  // ZeRO-3: flat range of unit u at [u + 1]
+  std::vector<std::pair<size_t, size_t>> units_;  // flat range of unit u at [u + 1]
+  std::vector<std::pair<size_t, size_t>> norm_excluded_;  // sorted
+  DType wire_dtype_ = DType::kF32;
+  struct Segment {
+    size_t begin, end;
+    bool low;  // moved as 16-bit words
+  };
+  std::vector<Segment> segments_;  // low-precision gathers: the flat buffer, in order
+  std::vector<uint16_t> wire_;     // the words of one unit
+  size_t gathered_bytes_ = 0;
 };
 
 }  // namespace loom

@@ -76,9 +76,11 @@ MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
   if (precision != DType::kF32)
     m.weights += double(dtype_size(kernels::compute_storage(precision))) *
                  (s.zero == 3 ? embed + block : P);
+  // ZeRO gathering in the low precision: one block's 16-bit words.
+  if (precision != DType::kF32 && s.zero >= 1 && s.dp > 1) m.weights += 2 * block;
+  m.grads = 4 * (s.zero >= 2 ? P / s.dp : P);
   // bf16 gradient reduction: the buckets' bf16 copies.
   if (cfg.parallel.grad_reduce == "bf16" && s.dp > 1) m.grads += 2 * P;
-  m.grads = 4 * (s.zero >= 2 ? P / s.dp : P);
   m.optimizer = 8 * (s.zero >= 1 ? P / s.dp : P);
   m.activations = activation_bytes(cfg, s, blocks);
   if (cfg.checkpoint.async) m.snapshot = 4 * P + m.optimizer;  // the host copy being written

@@ -3,6 +3,7 @@
 // completed out of order; sub-communicators of the process grid.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "comm/process_grid.h"
@@ -90,6 +91,11 @@ TEST(Collectives, BroadcastSendRecvBarrier) {
   h1->wait();
   for (float v : b1) ASSERT_EQ(v, 0.0f);
   for (float v : b2) ASSERT_EQ(v, float(n - 1) * 2);
+  // 16-bit words (low-precision weight gathers): every bit pattern arrives unchanged.
+  std::vector<uint16_t> words(70000);
+  for (size_t i = 0; i < words.size(); ++i) words[i] = uint16_t(r == 1 ? i : 0);
+  world->broadcast_u16_async(words.data(), words.size(), n > 1 ? 1 : 0)->wait();
+  for (size_t i = 0; i < words.size(); ++i) ASSERT_EQ(words[i], uint16_t(n > 1 ? i : 0));
   if (n >= 2 && r < 2) {
     std::vector<float> msg(3, 7.0f);
     auto h = r == 0 ? world->send_async(msg.data(), msg.size(), 1)

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "core/check.h"
@@ -74,6 +75,41 @@ TEST(Recompute, SelectiveAndFullAreBitwiseNone) {
       expect_bitwise(got, none, fmt::format("{} {} {} T={}", precision, policy, attention, T));
       EXPECT_LT(got.arena, none.arena) << policy << " keeps no less than none";
     }
+  }
+}
+
+// The head computes logits, loss and their gradients a block of rows at a time, so no
+// (N, Vp) logits wait for backward: any row block gives the losses and gradients of one
+// block of all N rows within fp32 round-off (wte's gradient sums the blocks in order).
+TEST(HeadRowBlocks, AnyBlockMatchesAllRowsAtOnce) {
+  RunConfig cfg = test::tiny_config(test::scratch_dir("head_rows"));
+  cfg.model.block_size = 160;
+  cfg.train.seq_len = 150;
+  cfg.train.micro_batch = 2;  // N = 300 rows
+  cfg.train.grad_accum = 1;
+  auto run_with = [&](int rows) {
+    const ProcessGrid grid = ProcessGrid::single();
+    Trainer tr(cfg, grid);
+    tr.model().set_head_rows(rows);
+    tr.model().reserve(cfg.train.micro_batch, cfg.train.seq_len, 1);
+    Trained r;
+    for (int s = 0; s < 3; ++s) {
+      r.losses.push_back(tr.train_step().loss);
+      if (s == 0) r.grads0 = copy(tr.model().grads());
+    }
+    return r;
+  };
+  const Trained whole = run_with(1 << 20);
+  for (int rows : {1, 7, 128, 299}) {
+    const Trained got = run_with(rows);
+    for (size_t s = 0; s < whole.losses.size(); ++s)
+      EXPECT_NEAR(got.losses[s], whole.losses[s], 1e-6 * whole.losses[s]) << rows << " rows";
+    double worst = 0, top = 0;
+    for (size_t i = 0; i < whole.grads0.size(); ++i) {
+      worst = std::max(worst, double(std::abs(got.grads0[i] - whole.grads0[i])));
+      top = std::max(top, double(std::abs(whole.grads0[i])));
+    }
+    EXPECT_LE(worst, 1e-5 * top) << rows << " rows: first-step gradients";
   }
 }
 
