@@ -93,6 +93,8 @@ class Gpt {
   // is gathered under ZeRO-3). Takes effect at the next reserve().
   void set_precision(DType precision);
   DType precision() const { return precision_; }
+  // Bytes of the compute-precision weight copy (0 in fp32).
+  size_t compute_copy_bytes() const { return wc_.bytes(); }
 
   // ---- pipeline API -----------------------------------------------------------------
   // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`

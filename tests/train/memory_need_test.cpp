@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "comm/process_grid.h"
 #include "core/check.h"
+#include "core/dtype.h"
 #include "model/gpt.h"
 
 namespace loom {
@@ -24,22 +26,29 @@ RunConfig small_run() {
   return c;
 }
 
-// Within 2% (padding to 16 floats, the tokens' ints) of what a single-process model holds.
+// Within 2% (padding to 16 floats, the tokens' ints) of what a single-process model holds,
+// in every precision (the weights then include the compute-precision copy).
 TEST(MemoryNeed, MatchesWhatTheModelAllocates) {
+  for (const char* precision : {"fp32", "bf16", "fp16"})
   for (int L : {1, 3}) {
     for (int B : {1, 3}) {
       RunConfig c = small_run();
       c.model.n_layer = L;
       c.train.micro_batch = B;
+      c.train.precision = precision;
       const ProcessGrid grid = ProcessGrid::single();
       Gpt model(c.model, grid);
+      model.set_precision(parse_dtype(precision));
       model.reserve(B, c.train.seq_len);
       const MemoryNeed need = estimate_rank_memory(c);
-      const double weights = 4.0 * double(model.weights().size());
+      const double masters = 4.0 * double(model.weights().size());
+      const double weights = masters + double(model.compute_copy_bytes());
+      EXPECT_EQ(model.compute_copy_bytes() == 0, std::string(precision) == "fp32");
       const double acts = double(model.arena_bytes());
-      EXPECT_NEAR(need.weights, weights, 0.02 * weights) << "L=" << L << " B=" << B;
-      EXPECT_NEAR(need.grads, weights, 0.02 * weights);
-      EXPECT_NEAR(need.optimizer, 2 * weights, 0.04 * weights);
+      EXPECT_NEAR(need.weights, weights, 0.02 * weights)
+          << precision << " L=" << L << " B=" << B;
+      EXPECT_NEAR(need.grads, masters, 0.02 * masters);
+      EXPECT_NEAR(need.optimizer, 2 * masters, 0.04 * masters);
       EXPECT_NEAR(need.activations, acts, 0.02 * acts) << "L=" << L << " B=" << B;
     }
   }
