@@ -39,6 +39,7 @@ DataParallel::DataParallel(Gpt& model, Comm& dp, int zero_stage, double bucket_m
   }
   if (zero_ == 3)
     model.set_unit_hooks([this](int u) { gather_unit(u); }, [this](int u) { release_unit(u); });
+  set_weight_gather(DType::kF32);
 }
 
 void DataParallel::set_weight_gather(DType t) {
@@ -47,19 +48,22 @@ void DataParallel::set_weight_gather(DType t) {
                dtype_name(model_.precision()), dtype_name(t));
   wire_dtype_ = t;
   segments_.clear();
-  wire_.clear();
-  if (t == DType::kF32 || zero_ == 0 || dp_.size() == 1) return;
+  const auto low = t == DType::kF32 ? std::vector<std::pair<size_t, size_t>>{}
+                                    : model_.compute_only_ranges();
   size_t at = 0, widest = 0;
-  for (auto [a, b] : model_.compute_only_ranges()) {
+  for (auto [a, b] : low) {
     if (a > at) segments_.push_back({at, a, false});
     segments_.push_back({a, b, true});
     at = b;
+    for (auto [ua, ub] : units_)  // the widest unit holding words
+      if (ua <= a && b <= ub) widest = std::max(widest, ub - ua);
   }
   segments_.push_back({at, model_.weights().size(), false});
-  for (auto [a, b] : model_.compute_only_ranges())  // the widest unit holding words
-    for (auto [ua, ub] : units_)
-      if (ua <= a && b <= ub) widest = std::max(widest, ub - ua);
-  wire_.assign(widest, 0);
+  wire_.assign(low_gathers() ? widest : 0, 0);
+}
+
+bool DataParallel::low_gathers() const {
+  return wire_dtype_ != DType::kF32 && zero_ >= 1 && dp_.size() > 1;
 }
 
 namespace {
@@ -94,12 +98,10 @@ void DataParallel::gather_range(size_t lo, size_t hi) {
   const size_t shard = shard_end_ - shard_begin_;
   const int me = dp_.rank();
   float* w = model_.weights().data();
-  const Segment whole{lo, hi, false};
-  const std::vector<Segment> fp32_only{whole};
   // Each owner broadcasts its part of each segment.
   std::vector<std::unique_ptr<CommHandle>> parts;
   std::vector<std::pair<size_t, size_t>> words;  // received as words: expand after
-  for (const Segment& s : segments_.empty() ? fp32_only : segments_) {
+  for (const Segment& s : segments_) {
     const size_t a = std::max(lo, s.begin), b = std::min(hi, s.end);
     if (a >= b) continue;
     for_each_owner(a, b, shard, [&](size_t x, size_t y, int owner) {
@@ -199,7 +201,7 @@ void DataParallel::release_finished_buckets() {
 }
 
 void DataParallel::materialize_all() {
-  if (dp_.size() == 1 || zero_ == 0 || (zero_ < 3 && segments_.empty())) return;
+  if (dp_.size() == 1 || (zero_ != 3 && !low_gathers())) return;
   float* w = model_.weights().data();
   dp_.allgather(w + shard_begin_, w, shard_end_ - shard_begin_);
 }
@@ -390,7 +392,7 @@ double DataParallel::grad_sum_squares() {
 
 void DataParallel::gather_weights() {
   if (zero_ == 0 || zero_ == 3 || dp_.size() == 1) return;
-  if (!segments_.empty()) {  // low precision: unit by unit, through the words buffer
+  if (low_gathers()) {  // unit by unit, through the words buffer
     for (auto [a, b] : units_)
       if (a < b) gather_range(a, b);
     return;

@@ -121,6 +121,8 @@ class DataParallel {
   // Gathers [lo, hi) from the shard owners (compute-only parts as 16-bit words at a low
   // weight_gather; `wire_` holds hi - lo words).
   void gather_range(size_t lo, size_t hi);
+  // Whether the gathers of this stage and dp move words (a low weight_gather, ZeRO >= 1).
+  bool low_gathers() const;
   void release_unit(int unit);
   void release_range(size_t lo, size_t hi);  // weights outside the shard in [lo, hi)
   // Zeroes grads in [lo, hi) outside the shard, giving whole pages back to the OS.
@@ -145,7 +147,7 @@ class DataParallel {
     size_t begin, end;
     bool low;  // moved as 16-bit words
   };
-  std::vector<Segment> segments_;  // low-precision gathers: the flat buffer, in order
+  std::vector<Segment> segments_;  // the flat buffer, in order (one fp32 segment in fp32)
   std::vector<uint16_t> wire_;     // the words of one unit
   size_t gathered_bytes_ = 0;
 };
