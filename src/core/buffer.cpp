@@ -14,18 +14,29 @@ namespace loom {
 namespace {
 
 constexpr std::align_val_t kAlign{64};
+// From this size on, buffers are anonymous mappings: zero pages that become resident only
+// when first written, so a buffer of which a rank uses a part at a time (the ZeRO-3 compute
+// copy, cast one unit at a time) never holds the rest.
+constexpr size_t kMapBytes = size_t(1) << 20;
 
 class CpuAllocator final : public Allocator {
  public:
   Device device() const override { return Device::kCpu; }
   std::byte* allocate(size_t bytes) override {
     if (bytes == 0) return nullptr;
+    if (bytes >= kMapBytes) {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      return static_cast<std::byte*>(p);  // page-aligned
+    }
     auto* p = static_cast<std::byte*>(::operator new(bytes, kAlign));
     std::memset(p, 0, bytes);
     return p;
   }
-  void deallocate(std::byte* p, size_t) override {
-    if (p) ::operator delete(p, kAlign);
+  void deallocate(std::byte* p, size_t bytes) override {
+    if (!p) return;
+    if (bytes >= kMapBytes) munmap(p, bytes);
+    else ::operator delete(p, kAlign);
   }
   void discard(std::byte* p, size_t bytes) override {
     const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));

@@ -1,7 +1,9 @@
 #include "core/memory.h"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -161,6 +163,17 @@ bool reset_peak_rss() {
   out << "5";
   out.flush();
   return bool(out);
+}
+
+size_t resident_bytes(const void* p, size_t bytes) {
+  if (bytes == 0) return 0;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = uintptr_t(p) / page * page, b = uintptr_t(p) + bytes;
+  std::vector<unsigned char> vec((b - a + page - 1) / page);
+  if (mincore(reinterpret_cast<void*>(a), b - a, vec.data()) != 0) return vec.size() * page;
+  size_t pages = 0;
+  for (unsigned char v : vec) pages += v & 1;
+  return pages * page;
 }
 
 }  // namespace loom

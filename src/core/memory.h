@@ -3,6 +3,7 @@
 // or ends in std::bad_alloc).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -45,6 +46,10 @@ struct ProcessMemory {
 };
 ProcessMemory read_process_memory();
 bool reset_peak_rss();
+
+// Bytes of the whole pages touching [p, p + bytes) that are resident in memory now
+// (mincore); `bytes` rounded up to pages where the kernel cannot say.
+size_t resident_bytes(const void* p, size_t bytes);
 
 // "1.5 GiB", "512.0 MiB", "3.2 TiB": sizes in messages.
 std::string format_bytes(double bytes);

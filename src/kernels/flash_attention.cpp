@@ -92,6 +92,19 @@ void query_block_forward(float* out, float* lse, float* tile, int r0, int r1,
   }
 }
 
+// Elements [o, o + n) of `data` (of type t) as fp32: the data itself, or converted into buf.
+const float* row_f32(const void* data, DType t, size_t o, int n, float* buf) {
+  if (t == DType::kF32) return static_cast<const float*>(data) + o;
+  if (t == DType::kBF16) {
+    const uint16_t* r = static_cast<const uint16_t*>(data) + o;
+    for (int i = 0; i < n; ++i) buf[i] = bf16_to_float(r[i]);
+  } else {
+    const _Float16* r = static_cast<const _Float16*>(data) + o;
+    for (int i = 0; i < n; ++i) buf[i] = static_cast<float>(r[i]);
+  }
+  return buf;
+}
+
 // Per-pair scratch of the backward: two (kBwdBlockQ, kBwdBlockK) tiles and D (T), rounded
 // up to 16 floats so that every pair's tiles start 64-byte aligned relative to scratch.
 size_t backward_pair_floats(int T) {
@@ -188,9 +201,18 @@ size_t flash_attention_backward_scratch(int B, int T, int C, int NH) {
 
 void flash_attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                               const float* out, const float* lse, int B, int T, int C, int NH) {
+  flash_attention_backward(dqkv, scratch, dout, qkv, out, DType::kF32, lse, B, T, C, NH);
+}
+
+void flash_attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                              const void* out, DType out_type, const float* lse, int B, int T,
+                              int C, int NH) {
   detail::check_attention_sizes("flash_attention_backward", B, T, C, NH);
   const int HS = C / NH;
   const size_t tile = size_t{kBwdBlockQ} * kBwdBlockK;
+  LOOM_CHECK(out_type == DType::kF32 || size_t(HS) <= tile,
+             "flash_attention_backward: head size {} over the {} floats of a scratch tile", HS,
+             tile);
 #pragma omp parallel for schedule(static)
   for (int bh = 0; bh < B * NH; ++bh) {
     const int b = bh / NH, h = bh % NH;
@@ -201,7 +223,8 @@ void flash_attention_backward(float* dqkv, float* scratch, const float* dout, co
     float* d = mine + 2 * tile;
     for (int t = 0; t < T; ++t) {
       const size_t o = row_off + static_cast<size_t>(t) * C;
-      d[t] = detail::dot_lanes(dout + o, out + o, HS);
+      // mine (the p tile) is free until head_backward: a row of out in fp32 if it is not.
+      d[t] = detail::dot_lanes(dout + o, row_f32(out, out_type, o, HS, mine), HS);
     }
     const float* lse_bh = lse + static_cast<size_t>(bh) * T;
     const HeadGrads g{dq, dq + C, dq + 2 * C, dout + row_off, lse_bh, d, mine, mine + tile};

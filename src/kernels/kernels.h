@@ -132,6 +132,11 @@ size_t flash_attention_backward_scratch(int B, int T, int C, int NH);
 // dqkv (B,T,3C) overwritten. out and lse are the forward's.
 void flash_attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                               const float* out, const float* lse, int B, int T, int C, int NH);
+// The same with `out` held in `out_type` (fp32, bf16 or fp16; autocast keeps the attention
+// output rounded to the compute precision): exactly the fp32 version on its fp32 values.
+void flash_attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
+                              const void* out, DType out_type, const float* lse, int B, int T,
+                              int C, int NH);
 
 // ---- softmax cross-entropy over the real vocab V of padded logits (N,Vp) -----------------
 // losses (N) = -log softmax(logits[i, :V])[targets[i]]. Columns >= V are ignored.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 
 #include "core/check.h"
 #include "kernels/kernels.h"
@@ -51,9 +52,11 @@ ActDims activation_dims(const GptConfig& cfg, int B, int T, int tp, bool sp,
   d.NHl = double(cfg.n_head / tp);
   d.Vl = double(cfg.padded_vocab(tp) / tp);
   d.head_rows = std::min(d.N, double(std::max(1, head_rows)));
-  // The widest compute-precision activation (an LN output or the GELU output) and the
-  // widest block GEMM output gradient; the head's (N,Vl) goes through in column blocks.
-  if (precision != DType::kF32) d.stage = d.N * std::max(d.C, 4 * d.Cl);
+  // The widest block GEMM output gradient (fc's), and one row block of the head's.
+  if (precision != DType::kF32) {
+    d.stage = d.N * std::max(d.C, 4 * d.Cl);
+    d.head_stage = d.head_rows * d.Vl;
+  }
   const double pairs = d.B * d.NHl;
   if (attention == AttentionKernel::kFlash) {
     d.lse = pairs * d.T;
@@ -101,33 +104,34 @@ constexpr ActEntry kTable[] = {
      [](D d) { return 4 * d.N * d.Cl; }},
     {act::kResidual3, "residual3", S::kBlock, K::kAlways, R::kF32,
      [](D d) { return d.Nl * d.C; }},
-    {act::kLnf, "lnf", S::kScratch, K::kAlways, R::kCompute, [](D d) { return d.N * d.C; }},
     {act::kLnfMean, "lnf_mean", S::kHead, K::kAlways, R::kF32, [](D d) { return d.Nl; }},
     {act::kLnfRstd, "lnf_rstd", S::kHead, K::kAlways, R::kF32, [](D d) { return d.Nl; }},
-    {act::kLogits, "logits", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return d.head_rows * d.Vl; }},
     {act::kLosses, "losses", S::kHead, K::kAlways, R::kF32, [](D d) { return d.N; }},
     {act::kDlnf, "dlnf", S::kHead, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
     {act::kDresidual, "dresidual", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return d.Nl * d.C; }},
-    {act::kDresFull, "dres_full", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return d.sp ? d.N * d.C : 0.0; }},
-    {act::kDln, "dln", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
-    {act::kDlnLocal, "dln_local", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return d.tp > 1 ? d.Nl * d.C : 0.0; }},
-    {act::kDatty, "datty", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.N * d.Cl; }},
-    {act::kDfch, "dfch", S::kScratch, K::kAlways, R::kF32, [](D d) { return 4 * d.N * d.Cl; }},
-    {act::kAttScratch, "att_scratch", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return d.att_scratch; }},
-    {act::kProj, "proj", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
-    {act::kLocal, "local", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return d.tp > 1 ? d.Nl * d.C : 0.0; }},
-    {act::kCeStats, "ce_stats", S::kScratch, K::kAlways, R::kF32,
-     [](D d) { return (d.tp + 1) * d.N * 3; }},
     {act::kSpGrads, "sp_grads", S::kScratch, K::kAlways, R::kF32,
      [](D d) { return d.sp_grads; }},
-    {act::kStage32, "stage32", S::kScratch, K::kAlways, R::kF32, [](D d) { return d.stage; }},
-    {act::kStageLow, "stage_low", S::kScratch, K::kAlways, R::kCompute,
+    {act::kLnf, "lnf", S::kForward, K::kAlways, R::kCompute, [](D d) { return d.N * d.C; }},
+    {act::kLogits, "logits", S::kForward, K::kAlways, R::kF32,
+     [](D d) { return d.head_rows * d.Vl; }},
+    {act::kHeadStage, "head_stage", S::kForward, K::kAlways, R::kCompute,
+     [](D d) { return d.head_stage; }},
+    {act::kCeStats, "ce_stats", S::kForward, K::kAlways, R::kF32,
+     [](D d) { return (d.tp + 1) * d.N * 3; }},
+    {act::kProj, "proj", S::kForward, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
+    {act::kLocal, "local", S::kForward, K::kAlways, R::kF32,
+     [](D d) { return d.tp > 1 ? d.Nl * d.C : 0.0; }},
+    {act::kDresFull, "dres_full", S::kBackward, K::kAlways, R::kF32,
+     [](D d) { return d.sp ? d.N * d.C : 0.0; }},
+    {act::kDln, "dln", S::kBackward, K::kAlways, R::kF32, [](D d) { return d.N * d.C; }},
+    {act::kDlnLocal, "dln_local", S::kBackward, K::kAlways, R::kF32,
+     [](D d) { return d.tp > 1 ? d.Nl * d.C : 0.0; }},
+    {act::kDatty, "datty", S::kBackward, K::kAlways, R::kF32, [](D d) { return d.N * d.Cl; }},
+    {act::kDfch, "dfch", S::kBackward, K::kAlways, R::kF32, [](D d) { return 4 * d.N * d.Cl; }},
+    {act::kAttScratch, "att_scratch", S::kBackward, K::kAlways, R::kF32,
+     [](D d) { return d.att_scratch; }},
+    {act::kStageLow, "stage_low", S::kBackward, K::kAlways, R::kCompute,
      [](D d) { return d.stage; }},
 };
 
@@ -156,33 +160,42 @@ DType entry_dtype(const ActEntry& e, DType compute) {
   return e.role == ActRole::kCompute ? compute : DType::kF32;
 }
 
-void for_each_region(const ActDims& d, std::span<const ChunkShape> chunks, int slots,
-                     Recompute policy, DType compute,
-                     const std::function<void(const ArenaRegion&)>& visit) {
+ArenaLayout arena_layout(const ActDims& d, std::span<const ChunkShape> chunks, int slots,
+                         Recompute policy, DType compute) {
+  ArenaLayout out;
+  double end = 0;
+  auto place = [&](const ActEntry& e, int chunk, int slot, double numel, double& at) {
+    const DType dt = entry_dtype(e, compute);
+    out.regions.push_back({&e, chunk, slot, numel, dt, at});
+    at += std::ceil(numel * double(dtype_size(dt)) / 64) * 64;
+  };
   for (size_t c = 0; c < chunks.size(); ++c)
     for (int s = 0; s < slots; ++s)
       for (const ActEntry& e : kTable) {
+        if (e.scope == S::kBlock && !kept(e, policy)) continue;
         double copies = 0;
         if (e.scope == S::kChunk) copies = 1;
-        if (e.scope == S::kBlock && kept(e, policy)) copies = chunks[c].blocks;
-        if (e.scope == S::kHead && chunks[c].head) copies = 1;
-        if (e.scope == S::kScratch || (e.scope == S::kBlock && !kept(e, policy))) continue;
-        visit({&e, int(c), s, copies * e.numel(d), entry_dtype(e, compute)});
+        else if (e.scope == S::kBlock) copies = chunks[c].blocks;
+        else if (e.scope == S::kHead) copies = chunks[c].head ? 1 : 0;
+        else continue;  // scratch
+        place(e, int(c), s, copies * e.numel(d), end);
       }
   for (const ActEntry& e : kTable)
-    if (e.scope == S::kBlock && !kept(e, policy))
-      visit({&e, -1, -1, e.numel(d), entry_dtype(e, compute)});
+    if (e.scope == S::kBlock && !kept(e, policy)) place(e, -1, -1, e.numel(d), end);
   for (const ActEntry& e : kTable)
-    if (e.scope == S::kScratch) visit({&e, -1, -1, e.numel(d), entry_dtype(e, compute)});
+    if (e.scope == S::kScratch) place(e, -1, -1, e.numel(d), end);
+  double fwd = end, bwd = end;
+  for (const ActEntry& e : kTable) {
+    if (e.scope == S::kForward) place(e, -1, -1, e.numel(d), fwd);
+    if (e.scope == S::kBackward) place(e, -1, -1, e.numel(d), bwd);
+  }
+  out.bytes = std::max(fwd, bwd);
+  return out;
 }
 
 double activation_bytes(const ActDims& d, std::span<const ChunkShape> chunks, int slots,
                         Recompute policy, DType compute) {
-  double bytes = 0;
-  for_each_region(d, chunks, slots, policy, compute, [&](const ArenaRegion& r) {
-    bytes += r.numel * double(dtype_size(r.dtype));
-  });
-  return bytes;
+  return arena_layout(d, chunks, slots, policy, compute).bytes;
 }
 
 }  // namespace loom

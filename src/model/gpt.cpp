@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/memory.h"
 #include "kernels/kernels.h"
 
 namespace loom {
@@ -120,6 +121,8 @@ const void* Gpt::cw(const float* master) const {
   return wc_.data() + at * dtype_size(k::compute_storage(precision_));
 }
 
+size_t Gpt::resident_compute_copy_bytes() const { return resident_bytes(wc_.data(), wc_.bytes()); }
+
 void Gpt::refresh_compute_weights() {
   if (precision_ == DType::kF32 || !wc_stale_) return;
   k::to_compute(precision_, wc_.data(), weights_.data(), weights_.size());
@@ -175,30 +178,21 @@ void Gpt::reserve(int B, int T, int slots) {
                "sequence parallelism splits the B*T={} token rows over tp={}: they must divide",
                B * T, tp_size_);
   if (B == B_ && T == T_ && slots == nslots_) return;
-  // First pass places the table's regions (64-byte aligned), second makes the views.
-  struct Placed {
-    ArenaRegion r;
-    size_t offset;
-  };
-  std::vector<Placed> placed;
-  size_t total = 0;
-  const std::vector<ChunkShape> shapes = chunk_shapes();
   const DType store = k::compute_storage(precision_);
-  for_each_region(dims(B, T), shapes, slots, recompute_, store, [&](const ArenaRegion& r) {
+  const ArenaLayout layout = arena_layout(dims(B, T), chunk_shapes(), slots, recompute_, store);
+  for (const ArenaRegion& r : layout.regions)
     LOOM_REQUIRE(r.numel < 0x1p53, "activation '{}' of {} elements is too large", r.entry->name,
                  r.numel);
-    placed.push_back({r, total});
-    total += (size_t(r.numel) * dtype_size(r.dtype) + 63) / 64 * 64;
-  });
-  arena_ = Buffer(cpu_allocator(), total);
+  LOOM_REQUIRE(layout.bytes < 0x1p62, "activations of {} bytes are too large", layout.bytes);
+  arena_ = Buffer(cpu_allocator(), size_t(layout.bytes));
   slots_.assign(layout_.chunks.size(), std::vector<Slot>(size_t(slots)));
   std::array<TensorView, act::kCount> shared{};
-  for (const Placed& p : placed) {
-    const TensorView v{arena_.data() + p.offset, p.r.dtype, size_t(p.r.numel)};
-    const size_t id = size_t(p.r.entry->id);
-    if (p.r.chunk >= 0) slots_[size_t(p.r.chunk)][size_t(p.r.slot)].at[id] = v;
-    else if (p.r.entry->scope == ActScope::kScratch) scratch_[id] = v;
-    else shared[id] = v;  // a recomputed block entry: one copy for every slot
+  for (const ArenaRegion& r : layout.regions) {
+    const TensorView v{arena_.data() + size_t(r.offset), r.dtype, size_t(r.numel)};
+    const size_t id = size_t(r.entry->id);
+    if (r.chunk >= 0) slots_[size_t(r.chunk)][size_t(r.slot)].at[id] = v;
+    else if (r.entry->scope == ActScope::kBlock) shared[id] = v;  // recomputed: one copy
+    else scratch_[id] = v;
   }
   for (size_t c = 0; c < slots_.size(); ++c)
     for (Slot& a : slots_[c]) {

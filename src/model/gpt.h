@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "comm/process_grid.h"
@@ -93,8 +94,10 @@ class Gpt {
   // is gathered under ZeRO-3). Takes effect at the next reserve().
   void set_precision(DType precision);
   DType precision() const { return precision_; }
-  // Bytes of the compute-precision weight copy (0 in fp32).
+  // Bytes of the compute-precision weight copy (0 in fp32), and those resident now (ZeRO-3
+  // gives a released unit's pages back).
   size_t compute_copy_bytes() const { return wc_.bytes(); }
+  size_t resident_compute_copy_bytes() const;
 
   // ---- pipeline API -----------------------------------------------------------------
   // Forward of chunk `chunk` for the micro-batch in `slot`. The embed chunk reads `tokens`
@@ -128,6 +131,10 @@ class Gpt {
   void set_unit_hooks(std::function<void(int)> acquire, std::function<void(int)> release) {
     acquire_ = std::move(acquire);
     release_ = std::move(release);
+  }
+  // The hooks set now (to wrap them: a memory probe, a profiler).
+  std::pair<std::function<void(int)>, std::function<void(int)>> unit_hooks() const {
+    return {acquire_, release_};
   }
   void zero_grads();
 
@@ -223,13 +230,17 @@ class Gpt {
   void discard_unit(int unit);
   // fp32 values -> a compute-precision entry (a copy in fp32).
   void store_compute(const TensorView& dst, const float* src, size_t n);
-  // Where an fp32 kernel writes what goes to `dst`: dst itself in fp32, else the stage.
+  // Where an fp32 kernel writes what goes to `dst`: dst itself in fp32, else the (N,C)
+  // forward stage (kProj).
   float* staged(const TensorView& dst) const;
   // The linear layer with inp (a compute-precision entry) and the compute copy of w.
   void linear_forward(float* out, const TensorView& inp, const float* w, const float* b, int N,
                       int C, int OC);
+  // `stage`: the scratch entry the output gradient is rounded into (kStageLow for the
+  // blocks, kHeadStage for the head).
   void linear_backward(float* dinp, float* dw, float* db, const float* dout,
-                       const TensorView& inp, const float* w, int N, int C, int OC);
+                       const TensorView& inp, const float* w, int N, int C, int OC,
+                       act::Id stage = act::kStageLow);
   ActDims dims(int B, int T) const;
   std::vector<ChunkShape> chunk_shapes() const;
   // LN parameter gradients: to the real grads, or under sequence parallelism to the

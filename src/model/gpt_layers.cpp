@@ -55,13 +55,19 @@ void Gpt::layernorm_rows(const TensorView& full, float* mean, float* rstd, const
 }
 
 void Gpt::gelu_rows(const BlockViews& v, size_t n) {
-  float* out = staged(v.t(act::kFchGelu));
-  k::gelu_forward(out, v(act::kFch), n);
-  store_compute(v.t(act::kFchGelu), out, n);
+  const TensorView& dst = v.t(act::kFchGelu);
+  if (precision_ == DType::kF32) return k::gelu_forward(dst.f32(), v(act::kFch), n);
+  // Through the (N,C) stage, a stage-full at a time (elementwise, so the blocks are exact).
+  const size_t step = scratch_[size_t(act::kProj)].numel;
+  for (size_t i = 0; i < n; i += step) {
+    const size_t m = std::min(step, n - i);
+    k::gelu_forward(staged(dst), v(act::kFch) + i, m);
+    store_compute(dst.slice(i, m), staged(dst), m);
+  }
 }
 
 float* Gpt::staged(const TensorView& dst) const {
-  return precision_ == DType::kF32 ? dst.f32() : scr(act::kStage32);
+  return precision_ == DType::kF32 ? dst.f32() : scr(act::kProj);
 }
 
 void Gpt::store_compute(const TensorView& dst, const float* src, size_t n) {
@@ -76,8 +82,9 @@ void Gpt::linear_forward(float* out, const TensorView& inp, const float* w, cons
 }
 
 void Gpt::linear_backward(float* dinp, float* dw, float* db, const float* dout,
-                          const TensorView& inp, const float* w, int N, int C, int OC) {
-  const TensorView& stage = scratch_[size_t(act::kStageLow)];
+                          const TensorView& inp, const float* w, int N, int C, int OC,
+                          act::Id stage_id) {
+  const TensorView& stage = scratch_[size_t(stage_id)];
   k::matmul_backward_typed(precision_, dinp, dw, db, dout, inp.data, cw(w), stage.data,
                            stage.numel, N, C, OC);
 }
@@ -203,10 +210,9 @@ void Gpt::block_backward(int l, int j, Slot& a, const float* residual) {
   linear_backward(datty, dp.attprojw, dp.attprojb, d2, v.t(kAtty), p.attprojw, N, Cl, C);
   if (attention_ == AttentionKernel::kFlash) {
     // The attention output as the projection saw it (rounded to the compute precision).
-    float* out = staged(v.t(kAtty));
-    if (precision_ != DType::kF32) k::from_compute(precision_, out, v.t(kAtty).data, nc / tp);
-    k::flash_attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), out, v(kLse), B, T, Cl,
-                                NHl);
+    const TensorView& out = v.t(kAtty);
+    k::flash_attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), out.data, out.dtype,
+                                v(kLse), B, T, Cl, NHl);
   } else {
     k::attention_backward(dqkv, scr(kAttScratch), datty, v(kQkv), v(kAtt), B, T, Cl, NHl);
   }
@@ -276,7 +282,8 @@ void Gpt::head_rows_forward(Slot& a, const TensorView& in, const int32_t* target
   }
   // logits now hold d loss/d logits: this block's part of wte's gradient and of d lnf.
   if (dscale > 0)
-    linear_backward(a.f(kDlnf) + size_t(r0) * C, g_.wte, nullptr, logits, in, w_.wte, n, C, Vl);
+    linear_backward(a.f(kDlnf) + size_t(r0) * C, g_.wte, nullptr, logits, in, w_.wte, n, C, Vl,
+                    kHeadStage);
 }
 
 void Gpt::head_backward(Slot& a, const float* x) {

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "core/check.h"
+#include "core/memory.h"
 #include "core/timer.h"
 #include "kernels/kernels.h"
 
@@ -147,16 +148,6 @@ void give_back(float* base, size_t lo, size_t hi, bool zero_edges) {
   }
 }
 
-size_t resident_bytes(const float* base, size_t n) {
-  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  const uintptr_t a = uintptr_t(base) / page * page, b = uintptr_t(base + n);
-  std::vector<unsigned char> vec((b - a + page - 1) / page);
-  if (mincore(reinterpret_cast<void*>(a), b - a, vec.data()) != 0) return n * sizeof(float);
-  size_t pages = 0;
-  for (unsigned char v : vec) pages += v & 1;
-  return pages * page;
-}
-
 }  // namespace
 
 void DataParallel::release_range(size_t lo, size_t hi) {
@@ -173,10 +164,10 @@ void DataParallel::release_grads(size_t lo, size_t hi) {
 }
 
 size_t DataParallel::resident_weight_bytes() const {
-  return resident_bytes(model_.weights().data(), model_.weights().size());
+  return resident_bytes(model_.weights().data(), model_.weights().size_bytes());
 }
 size_t DataParallel::resident_grad_bytes() const {
-  return resident_bytes(model_.grads().data(), model_.grads().size());
+  return resident_bytes(model_.grads().data(), model_.grads().size_bytes());
 }
 
 void DataParallel::zero_grads() {

@@ -75,7 +75,11 @@ int bench_memory(RunConfig cfg, const MemoryBenchOptions& opt) {
   kernels::set_compute_threads(opt.threads);
   // Large blocks straight from mmap and back on free, so each row's peak RSS growth is its
   // own (glibc's adaptive threshold would otherwise keep a freed trainer's pages resident).
+  // Setting it fixes the trim threshold at 128 KiB, and then the GEMMs' packing buffers,
+  // taken and freed on every call, move the heap's top up and down with a system call each
+  // time (brk, madvise): keep 64 MiB of top, as measure() trims before each baseline.
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
   cfg.train.steps = opt.warmup + opt.steps;
   cfg.train.warmup_steps = 0;
   cfg.run.dir = (dir / "run").string();

@@ -195,6 +195,26 @@ TEST(FlashAttention, RepeatedCallIsBitwiseIdentical) {
   EXPECT_TRUE(bitwise_equal(d[0], d[1]));
 }
 
+// The output held in bf16 or fp16 (autocast's rounded attention output) gives bitwise the
+// gradients of the same rounded values held in fp32.
+TEST(FlashAttention, BackwardReadsALowPrecisionOutputAsItsFp32Values) {
+  for (const AttSizes& s : kSizes)
+    for (DType t : {DType::kBF16, DType::kF16}) {
+      auto qkv = random_vec(qkv_size(s), 30), dout = random_vec(out_size(s), 31);
+      FlashForward fwd = run_forward(s, qkv);
+      std::vector<uint16_t> low(out_size(s));
+      convert(low.data(), t, fwd.out.data(), DType::kF32, low.size());
+      convert(fwd.out.data(), DType::kF32, low.data(), t, low.size());  // the rounded values
+      const std::vector<float> want = run_backward(s, qkv, dout, fwd);
+      Guarded dqkv(qkv_size(s), std::nanf(""));
+      std::vector<float> scratch(flash_attention_backward_scratch(s.B, s.T, s.C, s.NH));
+      flash_attention_backward(dqkv.data(), scratch.data(), dout.data(), qkv.data(), low.data(),
+                               t, fwd.lse.data(), s.B, s.T, s.C, s.NH);
+      EXPECT_TRUE(dqkv.guards_intact());
+      EXPECT_TRUE(bitwise_equal(dqkv.values(), want)) << dtype_name(t) << " T=" << s.T;
+    }
+}
+
 // The point of the kernel: scratch grows linearly in T (the (T,T) kernel's is B*NH*T^2).
 TEST(FlashAttention, ScratchIsLinearInT) {
   const int B = 4, C = 768, NH = 12;

@@ -11,6 +11,7 @@
 #include "comm/process_grid.h"
 #include "mpi_test_main.h"
 #include "ckpt/checkpoint.h"
+#include "train/memory_need.h"
 #include "train/trainer.h"
 
 #include <unistd.h>
@@ -202,6 +203,42 @@ TEST(DataParallel, ZeroThreeKeepsOnlyTheShardResident) {
 
 namespace loom {
 namespace {
+
+// What the memory guard and the start-up line price for a ZeRO-3 rank's weights (its shard,
+// the embeddings and one gathered block, their compute-precision copies) bounds what is
+// resident: sampled at every unit's release, when that unit is gathered (and cast), over
+// two steps, the first included; and the bound is not loose. Residency is counted in whole
+// pages: each held range (the shard, the embeddings, ln_f, a block) may add a partial page
+// at each end, in the masters and in the compute copy.
+TEST(DataParallel, ZeroThreeResidentWeightsStayWithinTheEstimate) {
+  const int dp = test::mpi().world_size();
+  const ProcessGrid grid =
+      ProcessGrid::create(test::mpi().world(), GridShape{.pp = 1, .dp = dp, .tp = 1});
+  for (const char* precision : {"fp32", "bf16"}) {
+    RunConfig cfg = config(dp, 3, 1);
+    cfg.model.n_layer = 4;  // blocks of 198k floats
+    cfg.model.n_embd = 128;
+    cfg.model.n_head = 4;
+    cfg.train.precision = precision;
+    Trainer tr(cfg, grid);
+    Gpt& model = tr.model();
+    const DataParallel& d = tr.data_parallel();
+    size_t peak = 0;
+    auto [acquire, release] = model.unit_hooks();
+    model.set_unit_hooks(acquire, [&, release = release](int unit) {
+      peak = std::max(peak, d.resident_weight_bytes() + model.resident_compute_copy_bytes());
+      release(unit);
+    });
+    for (int s = 0; s < 2; ++s) tr.train_step();
+    const double predicted = estimate_rank_memory(cfg).weights;
+    if (grid.rank() == 0)
+      std::printf("zero 3, dp %d, %s: resident weights at most %zu B, predicted %.0f B\n", dp,
+                  precision, peak, predicted);
+    const double edges = 4 * 2 * 2 * 4096.0;
+    EXPECT_LE(double(peak), predicted + edges) << precision;
+    EXPECT_GE(double(peak), 0.7 * predicted) << precision;
+  }
+}
 
 TEST(DataParallel, ZeroTwoAndThreeKeepOnlyShardGradientsResident) {
   const int dp = test::mpi().world_size();

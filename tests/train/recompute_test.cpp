@@ -80,9 +80,11 @@ TEST(Recompute, SelectiveAndFullAreBitwiseNone) {
 
 // The head computes logits, loss and their gradients a block of rows at a time, so no
 // (N, Vp) logits wait for backward: any row block gives the losses and gradients of one
-// block of all N rows within fp32 round-off (wte's gradient sums the blocks in order).
-TEST(HeadRowBlocks, AnyBlockMatchesAllRowsAtOnce) {
+// block of all N rows within fp32 round-off (wte's gradient sums the blocks in order); in
+// bf16 too, where d loss/d logits goes through the head's own stage.
+void expect_head_blocks_match_all_rows(const char* precision) {
   RunConfig cfg = test::tiny_config(test::scratch_dir("head_rows"));
+  cfg.train.precision = precision;
   cfg.model.block_size = 160;
   cfg.train.seq_len = 150;
   cfg.train.micro_batch = 2;  // N = 300 rows
@@ -103,14 +105,20 @@ TEST(HeadRowBlocks, AnyBlockMatchesAllRowsAtOnce) {
   for (int rows : {1, 7, 128, 299}) {
     const Trained got = run_with(rows);
     for (size_t s = 0; s < whole.losses.size(); ++s)
-      EXPECT_NEAR(got.losses[s], whole.losses[s], 1e-6 * whole.losses[s]) << rows << " rows";
+      EXPECT_NEAR(got.losses[s], whole.losses[s], 1e-6 * whole.losses[s])
+          << precision << ' ' << rows << " rows";
     double worst = 0, top = 0;
     for (size_t i = 0; i < whole.grads0.size(); ++i) {
       worst = std::max(worst, double(std::abs(got.grads0[i] - whole.grads0[i])));
       top = std::max(top, double(std::abs(whole.grads0[i])));
     }
-    EXPECT_LE(worst, 1e-5 * top) << rows << " rows: first-step gradients";
+    EXPECT_LE(worst, 1e-5 * top) << precision << ' ' << rows << " rows: first-step gradients";
   }
+}
+
+TEST(HeadRowBlocks, AnyBlockMatchesAllRowsAtOnce) { expect_head_blocks_match_all_rows("fp32"); }
+TEST(HeadRowBlocks, AnyBlockMatchesAllRowsAtOnceInBf16) {
+  expect_head_blocks_match_all_rows("bf16");
 }
 
 // What the start-up line and the memory guard predict is what the model allocates.
