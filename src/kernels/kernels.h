@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "core/dtype.h"
@@ -137,6 +138,24 @@ void flash_attention_backward(float* dqkv, float* scratch, const float* dout, co
 void flash_attention_backward(float* dqkv, float* scratch, const float* dout, const float* qkv,
                               const void* out, DType out_type, const float* lse, int B, int T,
                               int C, int NH);
+
+// ---- causal attention over cached keys and values (decoding) ----------------------------
+// One run: n query rows of one sequence at positions pos0 .. pos0+n-1, row i attending to
+// positions 0 .. pos0+i, whose keys and values (this run's rows' included) are already in
+// k and v: head h's (positions, HS) rows start at k + h*head_stride (v alike). q's rows
+// have stride ldq and out's ldo, head h at columns [h*HS, (h+1)*HS). Scale 1/sqrt(HS), the
+// softmax in fp32, as attention_forward.
+struct CachedAttentionRun {
+  const float* q;
+  float* out;
+  const float* k;
+  const float* v;
+  int n = 1, pos0 = 0;
+};
+// Every run's out; runs are independent (each row's result is the same whatever else the
+// call holds). head_stride >= (pos0 + n) * HS for every run.
+void cached_attention(std::span<const CachedAttentionRun> runs, int NH, int HS, int ldq, int ldo,
+                      size_t head_stride);
 
 // ---- softmax cross-entropy over the real vocab V of padded logits (N,Vp) -----------------
 // losses (N) = -log softmax(logits[i, :V])[targets[i]]. Columns >= V are ignored.
