@@ -47,26 +47,28 @@ Decoder::Decoder(const Gpt& model, const ProcessGrid& grid, DType precision, int
   Vl_ = model.padded_vocab() / tp_;
   const std::vector<ParamSpec>& specs = model.params();
   auto at = [&](const std::string& name) { return find_param(specs, name).offset; };
+  // The GEMM weights rounded to the precision once and laid out for the matmul.
+  auto pack = [&](const std::string& name) {
+    const ParamSpec& p = find_param(specs, name);
+    return k::PackedLinear(precision, w(p.offset), int(p.local_shape[1]), int(p.local_shape[0]));
+  };
   wte_ = at("wte.weight");
   wpe_ = at("wpe.weight");
   lnfw_ = at("ln_f.weight");
   lnfb_ = at("ln_f.bias");
+  head_ = pack("wte.weight");
   for (int l = 0; l < cfg.n_layer; ++l) {
     const std::string h = "h." + std::to_string(l) + ".";
-    blocks_.push_back({at(h + "ln_1.weight"), at(h + "ln_1.bias"), at(h + "attn.c_attn.weight"),
-                       at(h + "attn.c_attn.bias"), at(h + "attn.c_proj.weight"),
+    blocks_.push_back({at(h + "ln_1.weight"), at(h + "ln_1.bias"), at(h + "attn.c_attn.bias"),
                        at(h + "attn.c_proj.bias"), at(h + "ln_2.weight"), at(h + "ln_2.bias"),
-                       at(h + "mlp.c_fc.weight"), at(h + "mlp.c_fc.bias"),
-                       at(h + "mlp.c_proj.weight"), at(h + "mlp.c_proj.bias")});
+                       at(h + "mlp.c_fc.bias"), at(h + "mlp.c_proj.bias"),
+                       pack(h + "attn.c_attn.weight"), pack(h + "attn.c_proj.weight"),
+                       pack(h + "mlp.c_fc.weight"), pack(h + "mlp.c_proj.weight")});
   }
-  const size_t n = model.weights().size();
   const size_t rows = size_t(max_rows);
-  if (precision != DType::kF32) {
-    const DType store = k::compute_storage(precision);
-    wc_ = Buffer(cpu_allocator(), n * dtype_size(store));
-    k::to_compute(precision, wc_.data(), model.weights().data(), n);
-    stage_ = Buffer(cpu_allocator(), rows * size_t(std::max(C_, 4 * Cl_)) * dtype_size(store));
-  }
+  if (precision != DType::kF32)
+    stage_ = Buffer(cpu_allocator(),
+                    rows * size_t(std::max(C_, 4 * Cl_)) * dtype_size(k::compute_storage(precision)));
   cache_ = KvCache(cfg.n_layer, slots, capacity, NHl_, HS_);
   x_.resize(rows * C_);
   ln_.resize(rows * C_);
@@ -77,11 +79,6 @@ Decoder::Decoder(const Gpt& model, const ProcessGrid& grid, DType precision, int
   proj_.resize(rows * C_);
   fch_.resize(rows * 4 * Cl_);
   gelu_.resize(rows * 4 * Cl_);
-}
-
-const void* Decoder::cw(size_t offset) const {
-  if (precision_ == DType::kF32) return w(offset);
-  return wc_.data() + offset * dtype_size(k::compute_storage(precision_));
 }
 
 size_t Decoder::weight_bytes_per_step() const {
@@ -125,11 +122,11 @@ void Decoder::reduce(float* partial, size_t count) {
   if (tp_ > 1) grid_.tp_comm().allreduce(partial, count, ReduceOp::kSum);
 }
 
-void Decoder::linear(float* out, const float* in, size_t weight, const float* bias, int n, int C,
-                     int OC) {
-  if (precision_ == DType::kF32) return k::matmul_forward(out, in, w(weight), bias, n, C, OC);
+void Decoder::linear(float* out, const float* in, const k::PackedLinear& weight,
+                     const float* bias, int n, int C) {
+  if (precision_ == DType::kF32) return weight.forward(out, in, bias, n);
   k::to_compute(precision_, stage_.data(), in, size_t(n) * C);
-  k::matmul_forward_typed(precision_, out, stage_.data(), cw(weight), bias, n, C, OC);
+  weight.forward(out, stage_.data(), bias, n);
 }
 
 void Decoder::embed(std::span<const DecodeRow> rows) {
@@ -159,17 +156,16 @@ void Decoder::block(int l, std::span<const DecodeRow> rows) {
   const bool bias_here = tp_rank_ == 0;
   k::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), w(b.ln1w), w(b.ln1b),
                        n, C);
-  linear(qkv_.data(), ln_.data(), b.qkvw, w(b.qkvb), n, C, 3 * Cl);
+  linear(qkv_.data(), ln_.data(), b.qkv, w(b.qkvb), n, C);
   attention(l, rows);
-  linear(proj_.data(), atty_.data(), b.attprojw, bias_here ? w(b.attprojb) : nullptr, n, Cl, C);
+  linear(proj_.data(), atty_.data(), b.attproj, bias_here ? w(b.attprojb) : nullptr, n, Cl);
   reduce(proj_.data(), nc);
   k::residual_forward(x_.data(), x_.data(), proj_.data(), nc);
   k::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), w(b.ln2w), w(b.ln2b),
                        n, C);
-  linear(fch_.data(), ln_.data(), b.fcw, w(b.fcb), n, C, 4 * Cl);
+  linear(fch_.data(), ln_.data(), b.fc, w(b.fcb), n, C);
   k::gelu_forward(gelu_.data(), fch_.data(), size_t(n) * 4 * Cl);
-  linear(proj_.data(), gelu_.data(), b.fcprojw, bias_here ? w(b.fcprojb) : nullptr, n, 4 * Cl,
-         C);
+  linear(proj_.data(), gelu_.data(), b.fcproj, bias_here ? w(b.fcprojb) : nullptr, n, 4 * Cl);
   reduce(proj_.data(), nc);
   k::residual_forward(x_.data(), x_.data(), proj_.data(), nc);
 }
@@ -212,7 +208,7 @@ void Decoder::head(std::span<const DecodeRow> rows, std::vector<float>& logits) 
   k::layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), proj_.data(), w(lnfw_), w(lnfb_),
                        m, C);
   logits_local_.resize(size_t(m) * Vl_);
-  linear(logits_local_.data(), ln_.data(), wte_, nullptr, m, C, Vl_);
+  linear(logits_local_.data(), ln_.data(), head_, nullptr, m, C);
   const float* all = logits_local_.data();  // (tp, m, Vl): rank r holds columns [r*Vl, +Vl)
   if (tp_ > 1) {
     gathered_.resize(size_t(tp_) * m * Vl_);

@@ -17,6 +17,7 @@
 #include "comm/process_grid.h"
 #include "core/buffer.h"
 #include "core/dtype.h"
+#include "kernels/kernels.h"
 #include "model/gpt.h"
 
 namespace loom {
@@ -81,19 +82,19 @@ class Decoder {
   size_t weight_bytes_per_step() const;
 
  private:
-  struct Block {  // flat offsets of one block's parameters
-    size_t ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb;
+  struct Block {  // flat offsets of one block's vectors, and its GEMM weights packed
+    size_t ln1w, ln1b, qkvb, attprojb, ln2w, ln2b, fcb, fcprojb;
+    kernels::PackedLinear qkv, attproj, fc, fcproj;
   };
   const float* w(size_t offset) const { return model_.weights().data() + offset; }
-  const void* cw(size_t offset) const;  // the compute-precision copy (the master in fp32)
   void check_rows(std::span<const DecodeRow> rows) const;
   void embed(std::span<const DecodeRow> rows);
   void block(int l, std::span<const DecodeRow> rows);
   void attention(int l, std::span<const DecodeRow> rows);
   void head(std::span<const DecodeRow> rows, std::vector<float>& logits);
-  // The linear layer on n rows of an fp32 input, through the compute precision.
-  void linear(float* out, const float* in, size_t weight, const float* bias, int n, int C,
-              int OC);
+  // The linear layer on n rows of an fp32 input (C columns), through the compute precision.
+  void linear(float* out, const float* in, const kernels::PackedLinear& weight,
+              const float* bias, int n, int C);
   // Row-parallel partial sums -> the full sums on every tp rank.
   void reduce(float* partial, size_t count);
 
@@ -104,7 +105,7 @@ class Decoder {
   int tp_ = 1, tp_rank_ = 0, C_ = 0, Cl_ = 0, NHl_ = 0, HS_ = 0, Vl_ = 0;
   size_t wte_ = 0, wpe_ = 0, lnfw_ = 0, lnfb_ = 0;
   std::vector<Block> blocks_;
-  Buffer wc_;  // compute copy of the flat weights (empty in fp32)
+  kernels::PackedLinear head_;  // wte as the lm_head: (Vp/tp, C)
   KvCache cache_;
   // Scratch for max_rows rows.
   std::vector<float> x_, ln_, mean_, rstd_, qkv_, atty_, proj_, fch_, gelu_, logits_local_,

@@ -14,6 +14,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -72,6 +73,27 @@ void matmul_forward_typed(DType t, float* out, const void* inp, const void* weig
 void matmul_backward_typed(DType t, float* dinp, float* dweight, float* dbias, const float* dout,
                            const void* inp, const void* weight, void* stage, size_t stage_elems,
                            int N, int C, int OC);
+
+// ---- linear layers with weights laid out once (inference) ------------------------------
+// A weight (OC, C), rounded to compute_storage(t) and reordered once into the layout
+// oneDNN's matmul reads fastest, so that a GEMM of few rows (a decode step) streams it once
+// instead of re-laying it out on every call (kernels/matmul_packed.cpp has the figures).
+class PackedLinear {
+ public:
+  PackedLinear();
+  PackedLinear(DType t, const float* weight, int C, int OC);
+  ~PackedLinear();
+  PackedLinear(PackedLinear&&) noexcept;
+  PackedLinear& operator=(PackedLinear&&) noexcept;
+  // out (N,OC) fp32 = inp (N,C) in compute_storage(t) @ weight^T + bias (fp32, may be
+  // null), fp32 accumulation. Safe to call from several threads.
+  void forward(float* out, const void* inp, const float* bias, int N) const;
+  size_t bytes() const;  // of the packed weight
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 // ---- embedding ---------------------------------------------------------------------------
 // out (B,T,C) = wte[inp[b,t]] + wpe[t]. wte (Vp,C), wpe (maxT,C), inp (B,T).

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
 
 #include "comm/process_grid.h"
@@ -171,6 +172,32 @@ TEST(Decoder, SequencesInOneBatchGiveWhatEachGivesAlone) {
               1e-5)
         << "prompt " << p;
   }
+}
+
+// bf16 weights and GEMM inputs (fp32 accumulation) pick the fp32 model's next token at
+// almost every position: teacher-forced over 8 sequences filling the context.
+TEST(Decoder, Bf16AgreesWithFp32OnTheLikeliestToken) {
+  Fixture f;
+  const int V = small_cfg().vocab_size, T = small_cfg().block_size, n = 8;
+  Decoder fp32(f.model, f.grid, DType::kF32, n, T, n * T);
+  Decoder bf16(f.model, f.grid, DType::kBF16, n, T, n * T);
+  std::vector<DecodeRow> rows;
+  for (int s = 0; s < n; ++s) {
+    const std::vector<int32_t> tokens = random_tokens(T, V, uint32_t(50 + s));
+    for (int t = 0; t < T; ++t) rows.push_back({s, t, tokens[size_t(t)], true});
+  }
+  std::vector<float> a, b;
+  fp32.forward(rows, a);
+  bf16.forward(rows, b);
+  int agree = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const float *x = a.data() + r * V, *y = b.data() + r * V;
+    agree += std::max_element(x, x + V) - x == std::max_element(y, y + V) - y;
+  }
+  const double rate = double(agree) / double(rows.size());
+  std::printf("bf16 top-1 agreement with fp32: %d of %zu positions (%.1f%%)\n", agree,
+              rows.size(), 100 * rate);
+  EXPECT_GE(rate, 0.95);
 }
 
 TEST(Decoder, RejectsPositionsPastItsCapacityAndUnknownTokens) {
