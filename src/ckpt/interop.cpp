@@ -316,4 +316,19 @@ ImportedModel import_llmc(const fs::path& path) {
   return out;
 }
 
+void write_reference_model(const std::filesystem::path& dir, const GptConfig& cfg,
+                           const std::vector<ParamSpec>& specs, const float* weights,
+                           size_t weight_floats, nlohmann::json spec) {
+  spec["config"] = {{"n_layer", cfg.n_layer}, {"n_head", cfg.n_head}, {"n_embd", cfg.n_embd},
+                    {"block_size", cfg.block_size}, {"vocab_size", cfg.vocab_size}};
+  spec["params"] = nlohmann::json::array();
+  for (const ParamSpec& p : specs)
+    spec["params"].push_back({{"name", p.name}, {"shape", p.global_shape}, {"offset", p.offset},
+                              {"decay", p.decay}});
+  write_file_atomic(dir / "spec.json", spec.dump(1));
+  AtomicFile f(dir / "weights.bin");
+  f.write(weights, weight_floats * sizeof(float));
+  f.commit();
+}
+
 }  // namespace loom

@@ -12,6 +12,8 @@
 // exporting an imported file reproduces the file byte for byte.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <filesystem>
 #include <optional>
 #include <vector>
@@ -48,5 +50,13 @@ void export_llmc(const std::filesystem::path& path, const GptConfig& cfg,
 
 // Reads llm.c's fp32 model file, validating magic, version, sizes and the file length.
 ImportedModel import_llmc(const std::filesystem::path& path);
+
+// What the PyTorch reference (reference/torch_gpt.py load_model) rebuilds a model from:
+// dir/spec.json (`spec` with "config": the sizes, and "params": every parameter's name,
+// global shape, offset and decay flag) and dir/weights.bin (the flat fp32 buffer). specs
+// must be whole tensors. Used by the PyTorch comparison test and the benchmarks.
+void write_reference_model(const std::filesystem::path& dir, const GptConfig& cfg,
+                           const std::vector<ParamSpec>& specs, const float* weights,
+                           size_t weight_floats, nlohmann::json spec = {});
 
 }  // namespace loom

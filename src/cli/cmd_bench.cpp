@@ -16,6 +16,9 @@
 #include "kernels/bench_kernels.h"
 #include "kernels/openblas.h"
 #include "comm/process_grid.h"
+#include "infer/bench_generate.h"
+#include "infer/generate.h"
+#include "model/param_spec.h"
 #include "train/bench_train.h"
 
 #ifndef LOOM_SOURCE_DIR
@@ -119,6 +122,61 @@ int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,
 
 }  // namespace
 
+// loom bench generate: the model of --ckpt, or of --config with the run's seed's weights.
+std::pair<CLI::App*, RunFn> setup_bench_generate(CLI::App& sub) {
+  struct Opts {
+    std::string config = "configs/gpt2-124m.toml", ckpt, json;
+    std::vector<std::string> overrides;
+    GenerateBenchOptions bench;
+  };
+  auto o = std::make_shared<Opts>();
+  o->bench.torch_script = LOOM_SOURCE_DIR "/reference/torch_decode.py";
+  CLI::App* g = sub.add_subcommand(
+      "generate", "prefill, time to first token and decode tokens/s beside PyTorch's KV-cache "
+                  "decode and the memory-bandwidth bound");
+  g->add_option("--config", o->config, "model config (TOML; random weights from its seed)")
+      ->capture_default_str();
+  g->add_option("--set", o->overrides, "override a config value: section.key=value");
+  g->add_option("--ckpt", o->ckpt, "a run or checkpoint directory instead of --config");
+  g->add_option("--threads", o->bench.threads, "threads for both loom and PyTorch")
+      ->capture_default_str()
+      ->check(in_range(1, 4096));
+  g->add_option("--prompt-len", o->bench.prompt_len, "prompt tokens")->capture_default_str()
+      ->check(in_range(1, 1e6));
+  g->add_option("--decode-steps", o->bench.decode_steps, "timed decode steps per batch size")
+      ->capture_default_str()
+      ->check(in_range(2, 1e6));
+  g->add_option("--batches", o->bench.batches, "decode batch sizes")->capture_default_str();
+  g->add_option("--precision", o->bench.precisions, "precisions (fp32 bf16 fp16)")
+      ->capture_default_str();
+  g->add_option("--agreement-positions", o->bench.agreement_positions,
+                "fp32 greedy positions bf16's top-1 is compared on")
+      ->capture_default_str()
+      ->check(in_range(1, 1e6));
+  g->add_option("--torch-script", o->bench.torch_script, "reference/torch_decode.py")
+      ->capture_default_str();
+  g->add_option("--json", o->json, "JSON output (default loom-bench-generate.json)");
+  return {g, [o] {
+            for (int b : o->bench.batches)
+              LOOM_REQUIRE(b >= 1, "--batches: {} is not a batch size", b);
+            for (const std::string& p : o->bench.precisions) parse_dtype(p);
+            o->bench.json_out = o->json.empty() ? "loom-bench-generate.json" : o->json;
+            o->bench.cpu = kernels::cpu_summary();
+            kernels::use_best_openblas_core();  // PyTorch's fp32 matmul
+            kernels::set_compute_threads(o->bench.threads);
+            const ProcessGrid grid = ProcessGrid::single();
+            std::unique_ptr<Gpt> model;
+            if (!o->ckpt.empty()) {
+              model = std::move(load_model(o->ckpt, grid).model);
+            } else {
+              const RunConfig cfg = load_run_config(o->config, o->overrides);
+              model = std::make_unique<Gpt>(cfg.model, grid);
+              init_params(model->params(), cfg.train.seed, model->weights().data());
+            }
+            return bench_generate(*model, o->bench);
+          }};
+}
+
 RunFn setup_bench(CLI::App& sub) {
   struct Opts {
     int threads = 2, repeats = 10, steps = 5, warmup = 1, iters = 20, dp = 1, pp = 1;
@@ -130,6 +188,7 @@ RunFn setup_bench(CLI::App& sub) {
   };
   auto o = std::make_shared<Opts>();
   sub.require_subcommand(1);
+  const auto [gen, run_generate] = setup_bench_generate(sub);
   CLI::App* k = sub.add_subcommand("kernels", "GEMM GFLOP/s for the model's shapes, per backend");
   k->add_option("--threads", o->threads, "threads")->capture_default_str();
   k->add_option("--repeats", o->repeats, "timed repeats per shape")->capture_default_str();
@@ -178,7 +237,8 @@ RunFn setup_bench(CLI::App& sub) {
                 "bf16) ([train] precision)");
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
-  return [o, k, c, t, ck, mem, mo] {
+  return [o, k, c, t, ck, mem, mo, gen = gen, run_generate = run_generate] {
+    if (gen->parsed()) return run_generate();
     if (mem->parsed()) {
       mo->cpu = kernels::cpu_summary();
       mo->json_out = o->json.empty() ? "loom-bench-memory.json" : o->json;

@@ -6,13 +6,10 @@
 #include <chrono>
 #include <functional>
 
+#include "core/timer.h"
+
 namespace loom {
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // Rank r's input element i: small integers, so every sum is exact in fp32.
 float input(int rank, size_t i) { return float(rank + 1) + float(i % 7); }

@@ -1,7 +1,9 @@
 // Wall-clock timing for progress lines and benchmarks (never for test assertions).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
+#include <vector>
 
 namespace loom {
 
@@ -16,5 +18,12 @@ class Timer {
  private:
   std::chrono::steady_clock::time_point start_;
 };
+
+// The median of v (the mean of the middle two for an even count); v must not be empty.
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
 
 }  // namespace loom

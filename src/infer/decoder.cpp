@@ -172,15 +172,18 @@ void Decoder::block(int l, std::span<const DecodeRow> rows) {
 
 void Decoder::attention(int l, std::span<const DecodeRow> rows) {
   const int n = int(rows.size()), Cl = Cl_, HS = HS_, NHl = NHl_;
-  // This call's keys and values into the cache, then every row attends over its slot's.
+  // This call's keys (transposed) and values into the cache, then every row attends over
+  // its slot's.
+  const size_t cap = size_t(cache_.capacity());
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < n; ++i) {
     const float* q = qkv_.data() + size_t(i) * 3 * Cl;
+    const DecodeRow& r = rows[size_t(i)];
     for (int h = 0; h < NHl; ++h) {
-      const size_t at = size_t(rows[size_t(i)].pos) * HS;
-      std::memcpy(cache_.keys(l, rows[size_t(i)].slot, h) + at, q + Cl + h * HS,
-                  HS * sizeof(float));
-      std::memcpy(cache_.values(l, rows[size_t(i)].slot, h) + at, q + 2 * Cl + h * HS,
+      float* kt = cache_.keys(l, r.slot, h) + r.pos;
+      const float* k = q + Cl + h * HS;
+      for (int j = 0; j < HS; ++j) kt[size_t(j) * cap] = k[j];
+      std::memcpy(cache_.values(l, r.slot, h) + size_t(r.pos) * HS, q + 2 * Cl + h * HS,
                   HS * sizeof(float));
     }
   }
@@ -194,7 +197,7 @@ void Decoder::attention(int l, std::span<const DecodeRow> rows) {
                     rows[size_t(i)].pos});
     i = j;
   }
-  k::cached_attention(runs, NHl, HS, 3 * Cl, Cl, cache_.head_stride());
+  k::cached_attention(runs, NHl, HS, 3 * Cl, Cl, cache_.capacity());
 }
 
 void Decoder::head(std::span<const DecodeRow> rows, std::vector<float>& logits) {

@@ -32,8 +32,9 @@ struct DecodeRow {
 };
 
 // Keys and values of `slots` sequences of up to `capacity` positions for `layers` layers
-// and this rank's `heads`: per (layer, slot, head) a (capacity, HS) block of keys and one
-// of values, so a head's attention reads contiguous rows.
+// and this rank's `heads`: per (layer, slot, head) an (HS, capacity) block of keys
+// (transposed: position t in column t) and a (capacity, HS) block of values, the layouts
+// kernels::cached_attention reads down contiguous memory.
 class KvCache {
  public:
   KvCache() = default;

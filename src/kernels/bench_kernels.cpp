@@ -284,4 +284,55 @@ std::vector<KernelBenchRow> bench_layer_kernels(int repeats) {
   return rows;
 }
 
+namespace {
+constexpr int kPeakM = 1024, kPeakN = 3072, kPeakK = 768;  // the fc layer's forward, B*T=1024
+}  // namespace
+
+std::string gemm_peak_impl(DType t) {
+  const DType s = compute_storage(t);
+  return s == DType::kF32 ? "dnnl_sgemm"
+                          : gemm_typed_impl(s, false, true, kPeakM, kPeakN, kPeakK);
+}
+
+double measure_gemm_peak_gflops(DType t) {
+  const DType s = compute_storage(t);
+  const int M = kPeakM, N = kPeakN, K = kPeakK;
+  std::vector<float> a(size_t(M) * K, 0.5f), b(size_t(N) * K, 0.25f), c(size_t(M) * N);
+  std::vector<std::byte> al(a.size() * dtype_size(s)), bl(b.size() * dtype_size(s));
+  convert(al.data(), s, a.data(), DType::kF32, a.size());
+  convert(bl.data(), s, b.data(), DType::kF32, b.size());
+  double best = 1e30;
+  for (int rep = 0; rep < 15; ++rep) {
+    Timer timer;
+    gemm_typed(s, false, true, M, N, K, 1.0f, al.data(), K, bl.data(), K, 0.0f, c.data(), N);
+    best = std::min(best, timer.seconds());
+  }
+  return 2.0 * M * N * K / best / 1e9;
+}
+
+double measure_read_bandwidth_gbs() {
+  const size_t n = size_t(1) << 28;  // 1 GiB of floats
+  std::vector<float> buf(n);
+  const long chunks = long(n / 4096);
+#pragma omp parallel for schedule(static)
+  for (long c = 0; c < chunks; ++c) std::fill_n(buf.data() + size_t(c) * 4096, 4096, 1.0f);
+  double best = 0, sink = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    Timer timer;
+    double total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+    for (long c = 0; c < chunks; ++c) {
+      float part = 0;
+      const float* p = buf.data() + size_t(c) * 4096;
+#pragma omp simd reduction(+ : part)
+      for (int i = 0; i < 4096; ++i) part += p[i];
+      total += part;
+    }
+    best = std::max(best, double(n * sizeof(float)) / timer.seconds() / 1e9);
+    sink += total;
+  }
+  LOOM_CHECK(sink == 5.0 * double(n), "read bandwidth: the sums are wrong ({})", sink);
+  return best;
+}
+
 }  // namespace loom::kernels

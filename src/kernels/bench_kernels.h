@@ -7,7 +7,21 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace loom::kernels {
+
+// Best GFLOP/s of the fc layer's GEMM (1024 x 3072 x 768) with operands in the compute
+// precision `t` (compute_storage: fp16 without a typed GEMM is sgemm's) on the current
+// threads and default backend: the "peak" MFU is measured against. ~0.3 s.
+double measure_gemm_peak_gflops(DType t = DType::kF32);
+// oneDNN's implementation of that GEMM in compute_storage(t) ("dnnl_sgemm" for fp32 storage).
+std::string gemm_peak_impl(DType t);
+
+// This machine's memory read bandwidth, GB/s, with the current OpenMP threads: the best of a
+// few sums over a buffer of 1 GiB (far beyond any cache), each thread reading its own part.
+// What bounds a decode step that must read every weight once. ~1 s.
+double measure_read_bandwidth_gbs();
 
 struct KernelBenchRow {
   std::string name;  // e.g. "fc.fwd", "attention_backward"

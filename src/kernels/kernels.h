@@ -164,9 +164,10 @@ void flash_attention_backward(float* dqkv, float* scratch, const float* dout, co
 // ---- causal attention over cached keys and values (decoding) ----------------------------
 // One run: n query rows of one sequence at positions pos0 .. pos0+n-1, row i attending to
 // positions 0 .. pos0+i, whose keys and values (this run's rows' included) are already in
-// k and v: head h's (positions, HS) rows start at k + h*head_stride (v alike). q's rows
-// have stride ldq and out's ldo, head h at columns [h*HS, (h+1)*HS). Scale 1/sqrt(HS), the
-// softmax in fp32, as attention_forward.
+// the cache of `capacity` positions: head h's keys transposed, an (HS, capacity) block at
+// k + h*capacity*HS (position t's key in column t), and its values as rows, a (capacity,
+// HS) block at v + h*capacity*HS. q's rows have stride ldq and out's ldo, head h at columns
+// [h*HS, (h+1)*HS). Scale 1/sqrt(HS), the softmax in fp32, as attention_forward.
 struct CachedAttentionRun {
   const float* q;
   float* out;
@@ -175,9 +176,9 @@ struct CachedAttentionRun {
   int n = 1, pos0 = 0;
 };
 // Every run's out; runs are independent (each row's result is the same whatever else the
-// call holds). head_stride >= (pos0 + n) * HS for every run.
+// call holds). pos0 + n <= capacity for every run.
 void cached_attention(std::span<const CachedAttentionRun> runs, int NH, int HS, int ldq, int ldo,
-                      size_t head_stride);
+                      int capacity);
 
 // ---- softmax cross-entropy over the real vocab V of padded logits (N,Vp) -----------------
 // losses (N) = -log softmax(logits[i, :V])[targets[i]]. Columns >= V are ignored.

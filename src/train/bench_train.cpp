@@ -12,6 +12,7 @@
 #include "core/philox.h"
 #include "core/timer.h"
 #include "data/shard.h"
+#include "kernels/bench_kernels.h"
 #include "kernels/kernels.h"
 #include "kernels/openblas.h"
 #include "train/reference_io.h"
@@ -20,12 +21,6 @@
 
 namespace loom {
 namespace fs = std::filesystem;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 void write_random_shard(const fs::path& path, const RunConfig& cfg) {
   const TrainConfig& t = cfg.train;
@@ -110,8 +105,8 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
     write_reference_inputs(dir, tr);  // the same initial weights for every side
     flops = tr.flops_per_token();
   }
-  const double peak32 = measure_gemm_peak_gflops(DType::kF32) * 1e9;
-  const double peak_lp = lowp ? measure_gemm_peak_gflops(precision) * 1e9 : peak32;
+  const double peak32 = kernels::measure_gemm_peak_gflops(DType::kF32) * 1e9;
+  const double peak_lp = lowp ? kernels::measure_gemm_peak_gflops(precision) * 1e9 : peak32;
   fmt::print("bench train: L={} C={} NH={} T={} B={} accum={}, {} threads, {} warm-up + {} timed "
              "steps, precision {}\n{}; GEMM peak fp32 {:.0f} GFLOP/s",
              cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head, cfg.train.seq_len,
@@ -122,7 +117,7 @@ int bench_train(RunConfig cfg, const TrainBenchOptions& opt) {
                dtype_name(kernels::compute_storage(precision)),
                kernels::compute_storage(precision) == DType::kF32
                    ? ": this oneDNN has no such matmul here, so sgemm on rounded values"
-                   : ", " + gemm_peak_impl(precision));
+                   : ", " + kernels::gemm_peak_impl(precision));
   fmt::print("\n{}; {}\n", opt.cpu, opt.openblas);
   {
     Trainer tr(cfg32, grid);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "comm/process_grid.h"
+#include "core/timer.h"
 #include "train/run_config.h"
 
 namespace loom {
@@ -59,9 +60,8 @@ struct MemoryBenchOptions {
 };
 int bench_memory(RunConfig cfg, const MemoryBenchOptions& opt);
 
-// Shared by the benchmarks: the median, and a shard of random tokens long enough for every
-// step of cfg (speed does not depend on the text).
-double median(std::vector<double> v);
+// Shared by the benchmarks: a shard of random tokens long enough for every step of cfg
+// (speed does not depend on the text). (The median is core/timer.h's.)
 void write_random_shard(const std::filesystem::path& path, const RunConfig& cfg);
 
 }  // namespace loom

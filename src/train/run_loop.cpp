@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/timer.h"
+#include "kernels/bench_kernels.h"
 #include "kernels/kernels.h"
 #include "train/memory_need.h"
 #include "train/metrics_log.h"
@@ -105,8 +106,8 @@ void note_precision(Progress& progress, DType precision, double peak) {
                               "numerics, fp32's speed and memory", p));
     return;
   }
-  const double peak32 = measure_gemm_peak_gflops(DType::kF32) * 1e9;
-  const std::string impl = gemm_peak_impl(precision);
+  const double peak32 = kernels::measure_gemm_peak_gflops(DType::kF32) * 1e9;
+  const std::string impl = kernels::gemm_peak_impl(precision);
   if (peak < peak32)
     progress.note(fmt::format("precision {0}: the {0} GEMM measured {1:.0f} GFLOP/s here, slower "
                               "than fp32's {2:.0f} ({3}); training goes on in {0}, which still "
@@ -146,7 +147,7 @@ void Trainer::run(std::FILE* progress_out) {
   }
 
   const DType precision = model_.precision();
-  const double peak = measure_gemm_peak_gflops(precision) * 1e9;
+  const double peak = kernels::measure_gemm_peak_gflops(precision) * 1e9;
   const double flops = flops_per_token();
   Progress progress(progress_out, t.steps);
   progress.note(fmt::format(

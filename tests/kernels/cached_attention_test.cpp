@@ -17,8 +17,9 @@ struct Seq {
   int T, C, NH, capacity;
 };
 
-// A sequence's qkv (T,3C) and its keys and values laid out as a cache: per head
-// (capacity, HS), positions past T NaN (a read of one would show).
+// A sequence's qkv (T,3C) and its keys and values laid out as a cache: per head the keys
+// transposed (HS, capacity) and the values (capacity, HS), positions past T NaN (a read of
+// one would show).
 struct Cached {
   std::vector<float> qkv, k, v;
   std::vector<double> want;  // reference out (T,C)
@@ -33,9 +34,9 @@ Cached make(const Seq& s, uint64_t seed) {
   for (int t = 0; t < s.T; ++t)
     for (int h = 0; h < s.NH; ++h)
       for (int i = 0; i < HS; ++i) {
-        const size_t at = (size_t(h) * s.capacity + t) * HS + i;
-        c.k[at] = c.qkv[size_t(t) * 3 * s.C + s.C + h * HS + i];
-        c.v[at] = c.qkv[size_t(t) * 3 * s.C + 2 * s.C + h * HS + i];
+        const size_t head = size_t(h) * s.capacity * HS;
+        c.k[head + size_t(i) * s.capacity + t] = c.qkv[size_t(t) * 3 * s.C + s.C + h * HS + i];
+        c.v[head + size_t(t) * HS + i] = c.qkv[size_t(t) * 3 * s.C + 2 * s.C + h * HS + i];
       }
   const std::vector<double> qkv = to_double(c.qkv);
   std::vector<double> att(size_t(s.NH) * s.T * s.T);
@@ -52,7 +53,7 @@ Guarded run_chunks(const Seq& s, const Cached& c, const std::vector<int>& chunks
   for (int n : chunks) {
     const CachedAttentionRun r{c.qkv.data() + size_t(pos) * 3 * s.C,
                                out.data() + size_t(pos) * s.C, c.k.data(), c.v.data(), n, pos};
-    cached_attention({&r, 1}, s.NH, HS, 3 * s.C, s.C, size_t(s.capacity) * HS);
+    cached_attention({&r, 1}, s.NH, HS, 3 * s.C, s.C, s.capacity);
     pos += n;
   }
   EXPECT_TRUE(out.guards_intact());
@@ -95,7 +96,7 @@ TEST(CachedAttention, ARunIsIndependentOfTheOthersAndOfThreads) {
                       outs[size_t(i)].data() + size_t(pos0) * s.C, seqs[size_t(i)].k.data(),
                       seqs[size_t(i)].v.data(), n[i], pos0});
     }
-    cached_attention(runs, s.NH, HS, 3 * s.C, s.C, size_t(s.capacity) * HS);
+    cached_attention(runs, s.NH, HS, 3 * s.C, s.C, s.capacity);
     return outs;
   };
   for (int threads : kThreadCounts) {
@@ -113,8 +114,7 @@ TEST(CachedAttention, RejectsARunPastTheCache) {
   const Cached c = make(s, 5);
   std::vector<float> out(size_t(s.T) * s.C);
   const CachedAttentionRun r{c.qkv.data(), out.data(), c.k.data(), c.v.data(), 2, 7};
-  EXPECT_THROW(cached_attention({&r, 1}, s.NH, s.C / s.NH, 3 * s.C, s.C, size_t(s.capacity) * 8),
-               Error);
+  EXPECT_THROW(cached_attention({&r, 1}, s.NH, s.C / s.NH, 3 * s.C, s.C, s.capacity), Error);
 }
 
 }  // namespace
