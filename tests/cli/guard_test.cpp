@@ -157,6 +157,34 @@ TEST_F(Guard, NonFiniteAndOutOfRangeOptionsAreRejectedNamingTheOption) {
   }
 }
 
+// What generation cannot run is refused with exit 2 and the numbers that are wrong (the
+// tiny model's context is 32 tokens, its 2 heads do not split over 3 ranks).
+TEST_F(Guard, GenerateRefusesWhatCannotRunNamingTheNumbers) {
+  ASSERT_EQ(train("gen").code, 0);
+  const std::string gen = "generate --ckpt " + (dir_ / "gen").string();
+  std::string long_prompt;
+  for (int i = 0; i < 40; ++i) long_prompt += " And";
+  std::ofstream(dir_ / "no_prompts.txt").close();
+  for (const auto& [args, what] : std::vector<std::pair<std::string, std::string>>{
+           {gen + " --prompt ''", "the prompt is empty"},
+           {gen + " --prompt 'In the' --max-tokens 40",
+            "the prompt (2 tokens) plus max_tokens 40 exceeds the context of 32 tokens"},
+           {gen + " --prompt '" + long_prompt + "'", "40 tokens but the context holds 32"},
+           {gen + " --top-p 0", "top_p 0 must be in (0, 1]"},
+           {gen + " --top-p 1.5", "--top-p: 1.5 is not a number in [0, 1]"},
+           {gen + " --top-p nan", "--top-p: nan is not a number"},
+           {gen + " --precision bf17", "unknown precision 'bf17'"},
+           {gen + " --tp 2", "--tp 2 needs 2 processes: run under mpirun -np 2"},
+           {gen + " --prompt x --batch-file " + (dir_ / "no_prompts.txt").string(), "excludes"},
+           {gen + " --batch-file " + (dir_ / "no_prompts.txt").string(), "has no prompts"},
+           {std::string(LOOM_MPIRUN) + " -np 3 " LOOM_BINARY " " + gen + " --tp 3",
+            "n_head=2 is not divisible by tp=3"}}) {
+    const Result r = args.rfind("generate", 0) == 0 ? loom_cmd(args) : loom::test::shell(args);
+    EXPECT_EQ(r.code, 2) << args << "\n" << r.output;
+    EXPECT_TRUE(contains(r.output, what)) << args << "\n" << r.output;
+  }
+}
+
 TEST_F(Guard, BadFilesAreNamedAndLeaveNothingBehind) {
   ASSERT_EQ(train("g").code, 0);
   // export --out an existing directory: refused before any work, no temporary left.
