@@ -11,17 +11,19 @@
 namespace loom {
 namespace k = kernels;
 
-KvCache::KvCache(int layers, int slots, int capacity, int heads, int head_size)
-    : layers_(layers), slots_(slots), capacity_(capacity), heads_(heads), hs_(head_size) {
-  const double floats = 2.0 * layers * slots * heads * double(capacity) * head_size;
-  LOOM_REQUIRE(floats * sizeof(float) < 0x1p62, "a KV cache of {} floats is too large", floats);
-  buf_ = Buffer(cpu_allocator(), size_t(floats) * sizeof(float));
+KvCache::KvCache(int layers, int slots, int capacity, int heads, int head_size, DType dtype)
+    : dtype_(dtype), layers_(layers), slots_(slots), capacity_(capacity), heads_(heads),
+      hs_(head_size) {
+  const double bytes =
+      2.0 * layers * slots * heads * double(capacity) * head_size * double(dtype_size(dtype));
+  LOOM_REQUIRE(bytes < 0x1p62, "a KV cache of {} bytes is too large", bytes);
+  buf_ = Buffer(cpu_allocator(), size_t(bytes));
 }
 
-float* KvCache::at(int kv, int layer, int slot, int head) {
+std::byte* KvCache::at(int kv, int layer, int slot, int head) {
   const size_t block = ((size_t(kv) * layers_ + size_t(layer)) * slots_ + size_t(slot)) * heads_ +
                        size_t(head);
-  return reinterpret_cast<float*>(buf_.data()) + block * head_stride();
+  return buf_.data() + block * size_t(capacity_) * size_t(hs_) * dtype_size(dtype_);
 }
 
 Decoder::Decoder(const Gpt& model, const ProcessGrid& grid, DType precision, int slots,
@@ -69,7 +71,8 @@ Decoder::Decoder(const Gpt& model, const ProcessGrid& grid, DType precision, int
   if (precision != DType::kF32)
     stage_ = Buffer(cpu_allocator(),
                     rows * size_t(std::max(C_, 4 * Cl_)) * dtype_size(k::compute_storage(precision)));
-  cache_ = KvCache(cfg.n_layer, slots, capacity, NHl_, HS_);
+  cache_ = KvCache(cfg.n_layer, slots, capacity, NHl_, HS_,
+                   precision == DType::kBF16 ? DType::kBF16 : DType::kF32);
   x_.resize(rows * C_);
   ln_.resize(rows * C_);
   mean_.resize(rows);
@@ -175,16 +178,24 @@ void Decoder::attention(int l, std::span<const DecodeRow> rows) {
   // This call's keys (transposed) and values into the cache, then every row attends over
   // its slot's.
   const size_t cap = size_t(cache_.capacity());
+  const bool bf16 = cache_.dtype() == DType::kBF16;
 #pragma omp parallel for schedule(static)
   for (int i = 0; i < n; ++i) {
     const float* q = qkv_.data() + size_t(i) * 3 * Cl;
     const DecodeRow& r = rows[size_t(i)];
     for (int h = 0; h < NHl; ++h) {
-      float* kt = cache_.keys(l, r.slot, h) + r.pos;
-      const float* k = q + Cl + h * HS;
-      for (int j = 0; j < HS; ++j) kt[size_t(j) * cap] = k[j];
-      std::memcpy(cache_.values(l, r.slot, h) + size_t(r.pos) * HS, q + 2 * Cl + h * HS,
-                  HS * sizeof(float));
+      const float *k = q + Cl + h * HS, *v = q + 2 * Cl + h * HS;
+      std::byte *kt = cache_.keys(l, r.slot, h), *vs = cache_.values(l, r.slot, h);
+      for (int j = 0; j < HS; ++j) {
+        const size_t kat = size_t(j) * cap + size_t(r.pos), vat = size_t(r.pos) * HS + size_t(j);
+        if (bf16) {
+          reinterpret_cast<uint16_t*>(kt)[kat] = bf16_from_float(k[j]);
+          reinterpret_cast<uint16_t*>(vs)[vat] = bf16_from_float(v[j]);
+        } else {
+          reinterpret_cast<float*>(kt)[kat] = k[j];
+          reinterpret_cast<float*>(vs)[vat] = v[j];
+        }
+      }
     }
   }
   std::vector<k::CachedAttentionRun> runs;
@@ -197,7 +208,7 @@ void Decoder::attention(int l, std::span<const DecodeRow> rows) {
                     rows[size_t(i)].pos});
     i = j;
   }
-  k::cached_attention(runs, NHl, HS, 3 * Cl, Cl, cache_.capacity());
+  k::cached_attention(runs, NHl, HS, 3 * Cl, Cl, cache_.capacity(), cache_.dtype());
 }
 
 void Decoder::head(std::span<const DecodeRow> rows, std::vector<float>& logits) {

@@ -32,24 +32,28 @@ struct DecodeRow {
 };
 
 // Keys and values of `slots` sequences of up to `capacity` positions for `layers` layers
-// and this rank's `heads`: per (layer, slot, head) an (HS, capacity) block of keys
-// (transposed: position t in column t) and a (capacity, HS) block of values, the layouts
-// kernels::cached_attention reads down contiguous memory.
+// and this rank's `heads`, in `dtype` (fp32, or bf16: half the bytes a decode step reads):
+// per (layer, slot, head) an (HS, capacity) block of keys (transposed: position t in
+// column t) and a (capacity, HS) block of values, the layouts kernels::cached_attention
+// reads down contiguous memory.
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(int layers, int slots, int capacity, int heads, int head_size);
-  float* keys(int layer, int slot, int head) { return at(0, layer, slot, head); }
-  float* values(int layer, int slot, int head) { return at(1, layer, slot, head); }
+  KvCache(int layers, int slots, int capacity, int heads, int head_size, DType dtype);
+  std::byte* keys(int layer, int slot, int head) { return at(0, layer, slot, head); }
+  std::byte* values(int layer, int slot, int head) { return at(1, layer, slot, head); }
   int capacity() const { return capacity_; }
-  size_t head_stride() const { return size_t(capacity_) * size_t(hs_); }
+  DType dtype() const { return dtype_; }
   size_t bytes() const { return buf_.bytes(); }
   // Bytes one position of one sequence takes on this rank (keys and values, all layers).
-  size_t bytes_per_token() const { return 2 * size_t(layers_) * heads_ * hs_ * sizeof(float); }
+  size_t bytes_per_token() const {
+    return 2 * size_t(layers_) * heads_ * hs_ * dtype_size(dtype_);
+  }
 
  private:
-  float* at(int kv, int layer, int slot, int head);
+  std::byte* at(int kv, int layer, int slot, int head);
   Buffer buf_;
+  DType dtype_ = DType::kF32;
   int layers_ = 0, slots_ = 0, capacity_ = 0, heads_ = 0, hs_ = 0;
 };
 
@@ -57,7 +61,8 @@ class Decoder {
  public:
   // `model`: the weights (this rank's tp slice of the whole model; pp must be 1), which
   // must outlive the decoder. `precision`: the GEMMs' operands (fp32, or bf16/fp16 with
-  // the weights rounded once here and fp32 accumulation, as training's autocast).
+  // the weights rounded once here and fp32 accumulation, as training's autocast); bf16
+  // also keeps the KV cache in bf16 (as autocast's q, k, v are), fp16 keeps it in fp32.
   // `slots` sequences of up to `capacity` positions (<= block_size); one forward() takes
   // at most `max_rows` rows.
   Decoder(const Gpt& model, const ProcessGrid& grid, DType precision, int slots, int capacity,

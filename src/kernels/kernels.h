@@ -166,19 +166,20 @@ void flash_attention_backward(float* dqkv, float* scratch, const float* dout, co
 // positions 0 .. pos0+i, whose keys and values (this run's rows' included) are already in
 // the cache of `capacity` positions: head h's keys transposed, an (HS, capacity) block at
 // k + h*capacity*HS (position t's key in column t), and its values as rows, a (capacity,
-// HS) block at v + h*capacity*HS. q's rows have stride ldq and out's ldo, head h at columns
-// [h*HS, (h+1)*HS). Scale 1/sqrt(HS), the softmax in fp32, as attention_forward.
+// HS) block at v + h*capacity*HS, elements of type `kv` (fp32 or bf16). q's rows have stride
+// ldq and out's ldo, head h at columns [h*HS, (h+1)*HS). Scale 1/sqrt(HS), the softmax and
+// every product in fp32 (a bf16 cache is widened exactly), as attention_forward.
 struct CachedAttentionRun {
   const float* q;
   float* out;
-  const float* k;
-  const float* v;
+  const void* k;
+  const void* v;
   int n = 1, pos0 = 0;
 };
 // Every run's out; runs are independent (each row's result is the same whatever else the
 // call holds). pos0 + n <= capacity for every run.
 void cached_attention(std::span<const CachedAttentionRun> runs, int NH, int HS, int ldq, int ldo,
-                      int capacity);
+                      int capacity, DType kv = DType::kF32);
 
 // ---- softmax cross-entropy over the real vocab V of padded logits (N,Vp) -----------------
 // losses (N) = -log softmax(logits[i, :V])[targets[i]]. Columns >= V are ignored.

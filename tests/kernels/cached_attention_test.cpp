@@ -109,6 +109,36 @@ TEST(CachedAttention, ARunIsIndependentOfTheOthersAndOfThreads) {
   }
 }
 
+// A bf16 cache gives bitwise what an fp32 cache of the same rounded values gives: the
+// kernel widens exactly and computes in fp32 (prefill, decode and chunks).
+TEST(CachedAttention, ABf16CacheIsTheFp32KernelOnItsValues) {
+  for (const Seq& s : kSeqs) {
+    Cached c = make(s, uint64_t(s.T) + 7);
+    std::vector<uint16_t> k16(c.k.size()), v16(c.v.size());
+    for (size_t i = 0; i < c.k.size(); ++i) {
+      k16[i] = bf16_from_float(c.k[i]);
+      v16[i] = bf16_from_float(c.v[i]);
+      c.k[i] = bf16_to_float(k16[i]);  // NaN beyond T stays NaN
+      c.v[i] = bf16_to_float(v16[i]);
+    }
+    const int HS = s.C / s.NH;
+    for (const std::vector<int>& chunks :
+         {std::vector<int>{s.T}, std::vector<int>(size_t(s.T), 1)}) {
+      const std::vector<float> want = run_chunks(s, c, chunks).values();
+      std::vector<float> got(size_t(s.T) * s.C, 0.0f);
+      int pos = 0;
+      for (int n : chunks) {
+        const CachedAttentionRun r{c.qkv.data() + size_t(pos) * 3 * s.C,
+                                   got.data() + size_t(pos) * s.C, k16.data(), v16.data(), n,
+                                   pos};
+        cached_attention({&r, 1}, s.NH, HS, 3 * s.C, s.C, s.capacity, DType::kBF16);
+        pos += n;
+      }
+      EXPECT_TRUE(bitwise_equal(got, want)) << "T=" << s.T << ", " << chunks.size() << " chunks";
+    }
+  }
+}
+
 TEST(CachedAttention, RejectsARunPastTheCache) {
   const Seq s{8, 16, 2, 8};
   const Cached c = make(s, 5);
