@@ -59,8 +59,8 @@ class KvCache {
 
 class Decoder {
  public:
-  // `model`: the weights (this rank's tp slice of the whole model; pp must be 1), which
-  // must outlive the decoder. `precision`: the GEMMs' operands (fp32, or bf16/fp16 with
+  // `model`: the weights (this rank's tp slice of the whole model over `grid`'s tp
+  // communicator; pp must be 1). Both must outlive the decoder. `precision`: the GEMMs' operands (fp32, or bf16/fp16 with
   // the weights rounded once here and fp32 accumulation, as training's autocast); bf16
   // also keeps the KV cache in bf16 (as autocast's q, k, v are), fp16 keeps it in fp32.
   // `slots` sequences of up to `capacity` positions (<= block_size); one forward() takes
