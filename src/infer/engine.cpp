@@ -57,6 +57,21 @@ int Engine::submit(Request request) {
   return next_id_++;
 }
 
+bool Engine::cancel(int id) {
+  for (auto it = queue_.begin(); it != queue_.end(); ++it)
+    if (it->first == id) {
+      queue_.erase(it);
+      return true;
+    }
+  for (auto it = live_.begin(); it != live_.end(); ++it)
+    if (it->id == id) {
+      free_slots_.push_back(it->slot);
+      live_.erase(it);
+      return true;
+    }
+  return false;
+}
+
 void Engine::admit() {
   while (!queue_.empty() && !free_slots_.empty()) {
     auto [id, request] = std::move(queue_.front());

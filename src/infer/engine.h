@@ -48,6 +48,9 @@ class Engine {
   // that does not fit a sequence, naming both lengths; bad sampling options) and queues it.
   // Returns its id (0, 1, ...).
   int submit(Request request);
+  // Drops a queued or running request (its client has gone): a running one's slot is free
+  // for the next step. Between steps only; false if the id is not queued or running.
+  bool cancel(int id);
   // Nothing queued or running.
   bool idle() const { return queue_.empty() && live_.empty(); }
   int running() const { return int(live_.size()); }

@@ -133,6 +133,39 @@ TEST(Engine, AStopStringEndsTheSequenceAndNeverShowsEvenAcrossTokens) {
   EXPECT_EQ(got.finished, FinishReason::kStop);
 }
 
+// A cancelled request (a client gone) frees its slot: the queued request behind it starts
+// at the next step and still gets what it gets alone.
+TEST(Engine, ACancelledRequestFreesItsSlotForTheNextInTheQueue) {
+  Fixture f;
+  const std::vector<Request> rs = mixed_requests(f);
+  const Result alone = run(f, {rs[1]}, 1).at(0);
+  Decoder d(f.model, f.grid, DType::kF32, 1, 40, 64);
+  Engine e(d, &f.tok);
+  const int first = e.submit(rs[0]), second = e.submit(rs[1]);
+  std::map<int, Result> out;
+  auto record = [&](const TokenEvent& ev) {
+    if (ev.token >= 0) out[ev.id].tokens.push_back(ev.token);
+    out[ev.id].finished = ev.finished;
+  };
+  e.step(record);
+  e.step(record);
+  EXPECT_EQ(e.running(), 1);
+  EXPECT_EQ(e.queued(), 1);
+  EXPECT_TRUE(e.cancel(first));
+  EXPECT_FALSE(e.cancel(first));
+  EXPECT_EQ(e.running(), 0);
+  e.step(record);  // the second joins the freed slot
+  EXPECT_EQ(e.running(), 1);
+  e.run(record);
+  EXPECT_EQ(out[first].tokens.size(), 2u);
+  EXPECT_FALSE(out[first].finished);
+  EXPECT_EQ(out[second].tokens, alone.tokens);
+  // A queued request can be cancelled before it starts.
+  const int third = e.submit(rs[2]);
+  EXPECT_TRUE(e.cancel(third));
+  EXPECT_TRUE(e.idle());
+}
+
 TEST(Engine, RefusesWhatCannotRunNamingTheNumbers) {
   Fixture f;
   Decoder d(f.model, f.grid, DType::kF32, 1, 40, 64);
