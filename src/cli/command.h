@@ -31,6 +31,7 @@ RunFn setup_prepare(CLI::App& sub);
 RunFn setup_train(CLI::App& sub);
 RunFn setup_eval(CLI::App& sub);
 RunFn setup_generate(CLI::App& sub);
+RunFn setup_serve(CLI::App& sub);
 RunFn setup_export(CLI::App& sub);
 RunFn setup_import(CLI::App& sub);
 RunFn setup_bench(CLI::App& sub);

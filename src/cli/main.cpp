@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
       {"train", "train a GPT from a TOML config", setup_train},
       {"eval", "mean cross-entropy of a checkpoint on a token shard", setup_eval},
       {"generate", "sample text from a checkpoint", setup_generate},
+      {"serve", "the OpenAI completions API over HTTP", setup_serve},
       {"export", "write a checkpoint as HF safetensors or an llm.c model file", setup_export},
       {"import", "make a run directory from HF safetensors or an llm.c model file",
        setup_import},
