@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "comm/mpi_comm.h"
 #include "comm/process_grid.h"
 #include "core/check.h"
 #include "data/tokenizer.h"
@@ -25,7 +26,7 @@ namespace {
 struct Opts {
   std::string ckpt, tokenizer;
   ServeOptions serve;
-  int threads = 0;
+  int threads = 0, tp = 1;
 };
 
 // SIGTERM and SIGINT write their number to a pipe (all a handler may safely do, whichever
@@ -48,19 +49,22 @@ void catch_stop_signals() {
   sigaction(SIGINT, &sa, nullptr);
 }
 
-int serve(const Opts& o) {
-  catch_stop_signals();
-  kernels::set_compute_threads(o.threads);
-  const Gpt2Tokenizer tok = Gpt2Tokenizer::load(o.tokenizer);
+ServeOptions named(const Opts& o) {
   ServeOptions opt = o.serve;
   opt.model_name = std::filesystem::path(o.ckpt).lexically_normal().filename().string();
   if (opt.model_name.empty()) opt.model_name = "loom";
   parse_dtype(opt.precision);
+  return opt;
+}
+
+// Rank 0 (or the only process): listens, loads, serves until a signal drains it.
+int serve_rank0(const Opts& o, const ProcessGrid& grid) {
+  const Gpt2Tokenizer tok = Gpt2Tokenizer::load(o.tokenizer);
+  const ServeOptions opt = named(o);
   ServeSession session(opt, tok);
   fmt::print("loom serve: listening on http://{}:{} (model '{}' loading)\n", opt.host,
              session.port(), opt.model_name);
   std::fflush(stdout);
-  const ProcessGrid grid = ProcessGrid::single();
   LoadedModel loaded = load_model(o.ckpt, grid);  // a signal meanwhile waits in the pipe
   std::thread stopper([&session] {
     char sig = 0;
@@ -71,7 +75,8 @@ int serve(const Opts& o) {
                sig == SIGTERM ? "SIGTERM" : "SIGINT");
     session.shutdown();
   });
-  fmt::print("loom serve: ready ({} slots, {})\n", opt.slots, opt.precision);
+  fmt::print("loom serve: ready ({} slots, {}, tp {})\n", opt.slots, opt.precision,
+             grid.shape().tp);
   std::fflush(stdout);
   const int rc = session.run(*loaded.model, grid);
   const char none = 0;  // wakes the stopper if no signal did
@@ -79,6 +84,30 @@ int serve(const Opts& o) {
   stopper.join();
   fmt::print("loom serve: stopped\n");
   return rc;
+}
+
+int serve(const Opts& o) {
+  catch_stop_signals();  // on every rank: mpirun forwards SIGTERM; rank 0 decides
+  kernels::set_compute_threads(o.threads);
+  if (!launched_under_mpi()) {
+    LOOM_REQUIRE(o.tp == 1, "--tp {0} needs {0} processes: run under mpirun -np {0}", o.tp);
+    return serve_rank0(o, ProcessGrid::single());
+  }
+  MpiRuntime mpi(MpiOptions{});
+  try {
+    const ProcessGrid grid = ProcessGrid::create(
+        mpi.world(), GridShape{.pp = 1, .dp = 1, .tp = o.tp}, &mpi.progress());
+    mpi.set_rank_describer([&grid](int r) { return grid.describe(r); });
+    if (grid.rank() == 0) return serve_rank0(o, grid);
+    const Gpt2Tokenizer tok = Gpt2Tokenizer::load(o.tokenizer);
+    LoadedModel loaded = load_model(o.ckpt, grid);
+    return serve_follower(*loaded.model, grid, named(o), tok);
+  } catch (const Error& e) {
+    fmt::print(stderr, "error (rank {}): {}\n", mpi.world_rank(), e.what());
+    std::fflush(stderr);
+    mpi.world()->abort(e.exit_code());
+  }
+  return 1;  // not reached: abort() ends the job
 }
 
 }  // namespace
@@ -101,6 +130,9 @@ RunFn setup_serve(CLI::App& sub) {
   sub.add_option("--max-body", o->serve.max_body_bytes, "largest request body, bytes (413 above)")
       ->capture_default_str()
       ->check(in_range(1, 1e9));
+  sub.add_option("--tp", o->tp, "tensor-parallel ranks (under mpirun -np TP; rank 0 listens)")
+      ->capture_default_str()
+      ->check(in_range(1, 4096));
   sub.add_option("--tokenizer", o->tokenizer, "directory with encoder.json and vocab.bpe");
   sub.add_option("--threads", o->threads, "OpenMP threads (0 = this host's cores / its ranks)")
       ->check(in_range(0, 4096));

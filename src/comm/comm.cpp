@@ -58,6 +58,9 @@ class SingleComm final : public Comm {
   std::unique_ptr<CommHandle> broadcast_u16_async(uint16_t*, size_t, int) override {
     return std::make_unique<DoneHandle>();
   }
+  std::unique_ptr<CommHandle> broadcast_bytes_async(std::byte*, size_t, int) override {
+    return std::make_unique<DoneHandle>();
+  }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
   std::unique_ptr<Comm> split(int, int, const std::string& name) override {
     return std::make_unique<SingleComm>(name);

@@ -62,6 +62,9 @@ class Comm {
   // ZeRO's low-precision weight gathers.
   virtual std::unique_ptr<CommHandle> broadcast_u16_async(uint16_t* data, size_t count,
                                                           int root) = 0;
+  // `count` bytes from root to every rank: control messages (a server's step inputs).
+  virtual std::unique_ptr<CommHandle> broadcast_bytes_async(std::byte* data, size_t count,
+                                                            int root) = 0;
   // Ends every process of the job (MPI_Abort for MPI); for one rank, exits.
   [[noreturn]] virtual void abort(int exit_code) = 0;
   // A sub-communicator of the ranks passing the same color, ordered by key (collective).

@@ -255,6 +255,12 @@ class MpiComm final : public Comm {
       mpi_check(MPI_Bcast(data, as_int(count), MPI_UINT16_T, root, comm_), "MPI_Bcast");
     });
   }
+  std::unique_ptr<CommHandle> broadcast_bytes_async(std::byte* data, size_t count,
+                                                    int root) override {
+    return submit("BROADCAST(bytes)", count, [=, this] {
+      mpi_check(MPI_Bcast(data, as_int(count), MPI_BYTE, root, comm_), "MPI_Bcast");
+    });
+  }
   std::unique_ptr<CommHandle> barrier_async() override {
     return submit("BARRIER", 0, [this] { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); });
   }

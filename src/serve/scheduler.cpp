@@ -1,6 +1,7 @@
 #include "serve/scheduler.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "core/check.h"
 
@@ -38,8 +39,82 @@ void Stream::fail(const std::string& message) {
   cv_.notify_all();
 }
 
-Scheduler::Scheduler(Engine& engine, int slots, int max_queue, Metrics& metrics)
-    : engine_(engine), slots_(slots), max_queue_(max_queue), metrics_(metrics) {}
+namespace {
+
+// One step's inputs, as every tp rank applies them.
+struct StepInput {
+  std::vector<Request> submit;
+  std::vector<int> cancel;
+  bool draining = false;
+};
+
+nlohmann::json to_json(const StepInput& in) {
+  nlohmann::json j = {{"cancel", in.cancel}, {"draining", in.draining},
+                      {"submit", nlohmann::json::array()}};
+  for (const Request& r : in.submit) {
+    const SampleOptions& o = r.sample;
+    j["submit"].push_back({{"prompt", r.prompt}, {"max_tokens", o.max_tokens},
+                           {"temperature", o.temperature}, {"top_k", o.top_k},
+                           {"top_p", o.top_p}, {"seed", o.seed}, {"stop", o.stop},
+                           {"eot", o.stop_at_end_of_text}});
+  }
+  return j;
+}
+
+StepInput from_json(const nlohmann::json& j) {
+  StepInput in;
+  in.cancel = j.at("cancel").get<std::vector<int>>();
+  in.draining = j.at("draining").get<bool>();
+  for (const nlohmann::json& r : j.at("submit")) {
+    Request q;
+    q.prompt = r.at("prompt").get<std::vector<int32_t>>();
+    SampleOptions& o = q.sample;
+    o.max_tokens = r.at("max_tokens");
+    o.temperature = r.at("temperature");
+    o.top_k = r.at("top_k");
+    o.top_p = r.at("top_p");
+    o.seed = r.at("seed");
+    o.stop = r.at("stop").get<std::vector<std::string>>();
+    o.stop_at_end_of_text = r.at("eot");
+    in.submit.push_back(std::move(q));
+  }
+  return in;
+}
+
+// Rank 0's inputs to every rank of tp (in place on the others): the length, then the JSON.
+void broadcast(Comm& tp, StepInput& in) {
+  std::string text = tp.rank() == 0 ? to_json(in).dump() : std::string();
+  uint64_t n = text.size();
+  tp.broadcast_bytes_async(reinterpret_cast<std::byte*>(&n), sizeof n, 0)->wait();
+  text.resize(n);
+  tp.broadcast_bytes_async(reinterpret_cast<std::byte*>(text.data()), n, 0)->wait();
+  if (tp.rank() != 0) in = from_json(nlohmann::json::parse(text));
+}
+
+}  // namespace
+
+void follow_steps(Engine& engine, Comm& tp) {
+  for (;;) {
+    StepInput in;
+    broadcast(tp, in);
+    for (Request& r : in.submit) {
+      try {
+        engine.submit(std::move(r));
+      } catch (const Error&) {  // refused on every rank alike
+      }
+    }
+    for (int id : in.cancel) engine.cancel(id);
+    if (engine.idle()) {
+      if (in.draining) return;
+      continue;
+    }
+    engine.step([](const TokenEvent&) {});
+  }
+}
+
+Scheduler::Scheduler(Engine& engine, int slots, int max_queue, Metrics& metrics, Comm* tp)
+    : engine_(engine), slots_(slots), max_queue_(max_queue), metrics_(metrics),
+      tp_(tp && tp->size() > 1 ? tp : nullptr) {}
 
 std::shared_ptr<Stream> Scheduler::submit(Request request) {
   auto s = std::make_shared<Stream>(std::move(request));
@@ -69,39 +144,23 @@ void Scheduler::drain() {
   cv_.notify_all();
 }
 
-void Scheduler::take_inbox(bool& draining) {
+std::vector<std::shared_ptr<Stream>> Scheduler::take_inbox(bool& draining) {
   std::vector<std::shared_ptr<Stream>> fresh;
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    // Idle: sleep until a request (or drain) comes; busy: just collect what has.
-    if (engine_.idle())
-      cv_.wait_for(lock, std::chrono::milliseconds(200),
-                   [&] { return !inbox_.empty() || draining_; });
-    fresh.swap(inbox_);
-    draining = draining_;
-  }
-  for (const std::shared_ptr<Stream>& s : fresh) {
-    try {
-      streams_[engine_.submit(s->request_)] = s;
-    } catch (const Error& e) {  // protocol checks come first; this is a last guard
-      s->fail(e.what());
-      --in_flight_;
-    }
-  }
+  std::unique_lock<std::mutex> lock(mu_);
+  // Idle: sleep until a request (or drain) comes; busy: just collect what has.
+  if (engine_.idle())
+    cv_.wait_for(lock, std::chrono::milliseconds(200),
+                 [&] { return !inbox_.empty() || draining_; });
+  fresh.swap(inbox_);
+  draining = draining_;
+  return fresh;
 }
 
-void Scheduler::drop_cancelled() {
-  for (auto it = streams_.begin(); it != streams_.end();) {
-    if (!it->second->cancelled()) {
-      ++it;
-      continue;
-    }
-    engine_.cancel(it->first);
-    it->second->fail("cancelled");
-    metrics_.cancelled();
-    it = streams_.erase(it);
-    --in_flight_;
-  }
+std::vector<int> Scheduler::cancelled_ids() const {
+  std::vector<int> ids;
+  for (const auto& [id, s] : streams_)
+    if (s->cancelled()) ids.push_back(id);
+  return ids;
 }
 
 void Scheduler::route(const TokenEvent& ev) {
@@ -125,13 +184,30 @@ void Scheduler::route(const TokenEvent& ev) {
 
 void Scheduler::run() {
   for (;;) {
-    bool draining = false;
-    take_inbox(draining);
-    drop_cancelled();
+    StepInput in;
+    const std::vector<std::shared_ptr<Stream>> fresh = take_inbox(in.draining);
+    for (const std::shared_ptr<Stream>& s : fresh) in.submit.push_back(s->request_);
+    in.cancel = cancelled_ids();
+    if (tp_) broadcast(*tp_, in);
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      try {
+        streams_[engine_.submit(std::move(in.submit[i]))] = fresh[i];
+      } catch (const Error& e) {  // protocol checks come first; this is a last guard
+        fresh[i]->fail(e.what());
+        --in_flight_;
+      }
+    }
+    for (int id : in.cancel) {
+      engine_.cancel(id);
+      streams_.at(id)->fail("cancelled");
+      streams_.erase(id);
+      metrics_.cancelled();
+      --in_flight_;
+    }
     busy_ = engine_.running();
     queued_ = engine_.queued();
     if (engine_.idle()) {
-      if (draining) return;
+      if (in.draining) return;
       continue;
     }
     engine_.step([&](const TokenEvent& ev) { route(ev); });

@@ -3,6 +3,12 @@
 // submit requests and read their streams; the decode thread runs Engine steps while there
 // is work, routes each token to its stream, and drops requests whose client has gone. At
 // most slots + max_queue requests are in the server; more are refused (503).
+//
+// Tensor-parallel: every rank of the tp group runs the same engine, so each step's inputs
+// (the requests that join, the ids dropped, whether draining) go from rank 0, whose
+// scheduler takes them, to the other ranks (follow_steps), which apply them in the same
+// order and step with it; a message goes even when idle, so the others never wait on a
+// collective past its deadline.
 #pragma once
 
 #include <atomic>
@@ -15,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "comm/comm.h"
 #include "core/timer.h"
 #include "infer/engine.h"
 #include "serve/metrics.h"
@@ -53,7 +60,9 @@ class Stream {
 
 class Scheduler {
  public:
-  Scheduler(Engine& engine, int slots, int max_queue, Metrics& metrics);
+  // `tp`: the tensor-parallel communicator whose other ranks run follow_steps (null or a
+  // one-rank group: none).
+  Scheduler(Engine& engine, int slots, int max_queue, Metrics& metrics, Comm* tp = nullptr);
   // From any thread. ApiError 503 when the server holds slots + max_queue requests already,
   // or is draining.
   std::shared_ptr<Stream> submit(Request request);
@@ -66,13 +75,14 @@ class Scheduler {
   int queue_length() const { return queued_; }
 
  private:
-  void take_inbox(bool& draining);
-  void drop_cancelled();
+  std::vector<std::shared_ptr<Stream>> take_inbox(bool& draining);
+  std::vector<int> cancelled_ids() const;
   void route(const TokenEvent& ev);
 
   Engine& engine_;
   const int slots_, max_queue_;
   Metrics& metrics_;
+  Comm* tp_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::shared_ptr<Stream>> inbox_;  // submitted, not yet the engine's
@@ -80,5 +90,9 @@ class Scheduler {
   std::atomic<int> busy_{0}, queued_{0}, in_flight_{0};
   std::unordered_map<int, std::shared_ptr<Stream>> streams_;  // by engine id (decode thread)
 };
+
+// A tp rank other than 0 of a served model: applies the step inputs rank 0's scheduler
+// sends and steps its engine with it, until rank 0 has drained.
+void follow_steps(Engine& engine, Comm& tp);
 
 }  // namespace loom

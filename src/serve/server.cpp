@@ -204,7 +204,7 @@ int ServeSession::run(const Gpt& model, const ProcessGrid& grid) {
   Decoder decoder(model, grid, parse_dtype(opt_.precision), opt_.slots, cfg.block_size,
                   std::max(opt_.slots, 256));
   Engine engine(decoder, &tokenizer_);
-  Scheduler scheduler(engine, opt_.slots, opt_.max_queue, metrics_);
+  Scheduler scheduler(engine, opt_.slots, opt_.max_queue, metrics_, &grid.tp_comm());
   r.scheduler = &scheduler;
   if (shutdown_) scheduler.drain();
   scheduler.run();
@@ -224,6 +224,15 @@ ServeSession::~ServeSession() {
 void ServeSession::shutdown() {
   shutdown_ = true;
   if (Scheduler* s = routes_->scheduler.load()) s->drain();
+}
+
+int serve_follower(const Gpt& model, const ProcessGrid& grid, const ServeOptions& opt,
+                   const Gpt2Tokenizer& tokenizer) {
+  Decoder decoder(model, grid, parse_dtype(opt.precision), opt.slots, model.config().block_size,
+                  std::max(opt.slots, 256));
+  Engine engine(decoder, &tokenizer);
+  follow_steps(engine, grid.tp_comm());
+  return 0;
 }
 
 }  // namespace loom

@@ -42,8 +42,9 @@ class ServeSession {
   ~ServeSession();
   int port() const { return port_; }
 
-  // Serves `model` (single process) on the calling thread, which runs the decode loop, until
-  // shutdown() has been asked and the requests in flight have ended. Returns 0.
+  // Serves `model` (this rank's tp slice over `grid`, whose other tp ranks run
+  // serve_follower) on the calling thread, which runs the decode loop, until shutdown() has
+  // been asked and the requests in flight have ended. Returns 0.
   int run(const Gpt& model, const ProcessGrid& grid);
   // From any thread (a signal, a test): take no new requests, let the ones in flight end,
   // then run() returns and the listener stops.
@@ -60,5 +61,10 @@ class ServeSession {
   int port_ = 0;
   std::atomic<bool> shutdown_{false};
 };
+
+// A tp rank other than 0 of `loom serve --tp`: decodes its slice of every step in step with
+// rank 0's session until rank 0 has drained. Returns 0.
+int serve_follower(const Gpt& model, const ProcessGrid& grid, const ServeOptions& opt,
+                   const Gpt2Tokenizer& tokenizer);
 
 }  // namespace loom
