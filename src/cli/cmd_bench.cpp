@@ -18,6 +18,7 @@
 #include "comm/process_grid.h"
 #include "infer/bench_generate.h"
 #include "infer/generate.h"
+#include "serve/bench_serve.h"
 #include "model/param_spec.h"
 #include "train/bench_train.h"
 
@@ -177,6 +178,36 @@ std::pair<CLI::App*, RunFn> setup_bench_generate(CLI::App& sub) {
           }};
 }
 
+// loom bench serve: a load test of a running loom serve over loopback.
+std::pair<CLI::App*, RunFn> setup_bench_serve(CLI::App& sub) {
+  auto o = std::make_shared<ServeBenchOptions>();
+  auto json_out = std::make_shared<std::string>();
+  CLI::App* s = sub.add_subcommand(
+      "serve", "load test of a running loom serve: throughput, TTFT, TPOT and ITL percentiles");
+  s->add_option("--url", o->url, "the server (loopback only)")->capture_default_str();
+  s->add_option("--concurrency", o->concurrency, "concurrent clients, one level each")
+      ->capture_default_str();
+  s->add_option("--requests", o->requests, "requests per level, at most")
+      ->capture_default_str()
+      ->check(in_range(1, 1e7));
+  s->add_option("--duration", o->duration_s, "seconds per level, at most")
+      ->capture_default_str()
+      ->check(in_range(0.1, 1e6));
+  s->add_option("--prompt-tokens", o->prompt_tokens, "random prompt tokens per request")
+      ->capture_default_str()
+      ->check(in_range(1, 1e6));
+  s->add_option("--max-tokens", o->max_tokens, "tokens generated per request")
+      ->capture_default_str()
+      ->check(in_range(2, 1e6));
+  s->add_option("--json", *json_out, "JSON output (default loom-bench-serve.json)");
+  return {s, [o, json_out] {
+            for (int c : o->concurrency)
+              LOOM_REQUIRE(c >= 1, "--concurrency: {} is not a client count", c);
+            o->json_out = json_out->empty() ? "loom-bench-serve.json" : *json_out;
+            return bench_serve(*o);
+          }};
+}
+
 RunFn setup_bench(CLI::App& sub) {
   struct Opts {
     int threads = 2, repeats = 10, steps = 5, warmup = 1, iters = 20, dp = 1, pp = 1;
@@ -189,6 +220,7 @@ RunFn setup_bench(CLI::App& sub) {
   auto o = std::make_shared<Opts>();
   sub.require_subcommand(1);
   const auto [gen, run_generate] = setup_bench_generate(sub);
+  const auto [srv, run_serve] = setup_bench_serve(sub);
   CLI::App* k = sub.add_subcommand("kernels", "GEMM GFLOP/s for the model's shapes, per backend");
   k->add_option("--threads", o->threads, "threads")->capture_default_str();
   k->add_option("--repeats", o->repeats, "timed repeats per shape")->capture_default_str();
@@ -237,8 +269,10 @@ RunFn setup_bench(CLI::App& sub) {
                 "bf16) ([train] precision)");
   t->add_option("--torch-script", o->torch_script, "bench/torch_train.py")->capture_default_str();
   t->add_option("--json", o->json, "JSON output (default loom-bench-train.json)");
-  return [o, k, c, t, ck, mem, mo, gen = gen, run_generate = run_generate] {
+  return [o, k, c, t, ck, mem, mo, gen = gen, run_generate = run_generate, srv = srv,
+          run_serve = run_serve] {
     if (gen->parsed()) return run_generate();
+    if (srv->parsed()) return run_serve();
     if (mem->parsed()) {
       mo->cpu = kernels::cpu_summary();
       mo->json_out = o->json.empty() ? "loom-bench-memory.json" : o->json;

@@ -146,6 +146,7 @@ CompletionRequest parse_completion(const std::string& body, const Gpt2Tokenizer&
     c.seeded = true;
   }
   if (const json* v = field(j, "stop")) s.stop = stop_strings(*v);
+  if (const json* v = field(j, "ignore_eos")) s.stop_at_end_of_text = !boolean(*v, "ignore_eos");
   if (const json* v = field(j, "stream")) c.stream = boolean(*v, "stream");
   if (const json* v = field(j, "stream_options")) {
     if (!v->is_object()) throw bad("invalid_type", "'stream_options' must be an object");

@@ -44,7 +44,8 @@ struct CompletionRequest {
 };
 // Fields: model (must be the served model, if given), prompt (a string, or a list of token
 // ids), max_tokens (default 16), temperature (default 1), top_p (default 1), top_k (loom's
-// extension, default 0 = off), seed, stop (a string or a list of at most 4), stream,
+// extension, default 0 = off), seed, stop (a string or a list of at most 4), ignore_eos
+// (loom's extension, as vLLM's: generate past <|endoftext|>, for benchmarks), stream,
 // stream_options.include_usage. Unknown fields are ignored, as OpenAI's API does. Throws
 // ApiError 400 naming the field for malformed JSON, a wrong type or a bad value, and for a
 // prompt plus max_tokens beyond the context (both numbers).
