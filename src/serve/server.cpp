@@ -58,6 +58,12 @@ ServeSession::ServeSession(const ServeOptions& opt, const Gpt2Tokenizer& tokeniz
   const size_t threads = size_t(opt.slots) + 4;
   r.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   r.http.set_payload_max_length(opt.max_body_bytes);
+  // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port
+  // and share its connections: keep only SO_REUSEADDR (a quick restart after TIME_WAIT).
+  r.http.set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const char*>(&yes), sizeof yes);
+  });
   r.http.set_error_handler(httplib::Server::HandlerWithResponse(
       [this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // ours already
