@@ -6,10 +6,6 @@
 
 namespace loom {
 
-const char* finish_reason_name(FinishReason r) {
-  return r == FinishReason::kLength ? "length" : "stop";
-}
-
 namespace {
 
 // Bytes at the end of text[from..) that could begin one of the stop strings.

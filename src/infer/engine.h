@@ -16,17 +16,10 @@
 
 #include "data/tokenizer.h"
 #include "infer/decoder.h"
+#include "infer/request.h"
 #include "infer/sampling.h"
 
 namespace loom {
-
-struct Request {
-  std::vector<int32_t> prompt;
-  SampleOptions sample;
-};
-
-enum class FinishReason : uint8_t { kLength, kStop };
-const char* finish_reason_name(FinishReason r);  // "length" | "stop"
 
 // What one step produced for one request: a token and the text it releases (text held back
 // while it could still be the start of a stop string; nothing of a stop string or of

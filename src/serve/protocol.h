@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
-#include "infer/engine.h"
+#include "infer/request.h"
 
 namespace loom {
 
