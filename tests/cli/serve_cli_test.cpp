@@ -50,10 +50,12 @@ class ServeCli : public ::testing::Test {
     EXPECT_EQ(r.code, 0) << r.output;
     const std::regex listening(R"(listening on http://127\.0\.0\.1:([0-9]+))");
     for (int i = 0; i < 600; ++i) {
-      const std::string text = slurp(log);
+      const std::string text = slurp(log), pid = slurp(dir_ / "pid");
       std::smatch m;
-      if (contains(text, "ready") && std::regex_search(text, m, listening)) {
-        pid_ = std::stoi(slurp(dir_ / "pid"));
+      // The shell may write the pid file after the server has printed "ready".
+      if (contains(text, "ready") && std::regex_search(text, m, listening) &&
+          contains(pid, "\n")) {
+        pid_ = std::stoi(pid);
         return std::stoi(m[1].str());
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
