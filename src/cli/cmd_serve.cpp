@@ -75,10 +75,11 @@ int serve_rank0(const Opts& o, const ProcessGrid& grid) {
                sig == SIGTERM ? "SIGTERM" : "SIGINT");
     session.shutdown();
   });
-  fmt::print("loom serve: ready ({} slots, {}, tp {})\n", opt.slots, opt.precision,
-             grid.shape().tp);
-  std::fflush(stdout);
-  const int rc = session.run(*loaded.model, grid);
+  const int rc = session.run(*loaded.model, grid, [&] {
+    fmt::print("loom serve: ready ({} slots, {}, tp {})\n", opt.slots, opt.precision,
+               grid.shape().tp);
+    std::fflush(stdout);
+  });
   const char none = 0;  // wakes the stopper if no signal did
   [[maybe_unused]] const ssize_t n = write(stop_pipe[1], &none, 1);
   stopper.join();

@@ -202,7 +202,8 @@ void ServeSession::register_routes() {
   });
 }
 
-int ServeSession::run(const Gpt& model, const ProcessGrid& grid) {
+int ServeSession::run(const Gpt& model, const ProcessGrid& grid,
+                      const std::function<void()>& on_ready) {
   Routes& r = *routes_;
   const GptConfig& cfg = model.config();
   r.ctx.vocab_size = cfg.vocab_size;
@@ -213,6 +214,7 @@ int ServeSession::run(const Gpt& model, const ProcessGrid& grid) {
   Scheduler scheduler(engine, opt_.slots, opt_.max_queue, metrics_, &grid.tp_comm());
   r.scheduler = &scheduler;
   if (shutdown_) scheduler.drain();
+  if (on_ready) on_ready();
   scheduler.run();
   // Drained: every stream has ended. Stopping the listener waits for the HTTP threads, so
   // none still holds the scheduler when it goes.

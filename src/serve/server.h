@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -44,8 +45,9 @@ class ServeSession {
 
   // Serves `model` (this rank's tp slice over `grid`, whose other tp ranks run
   // serve_follower) on the calling thread, which runs the decode loop, until shutdown() has
-  // been asked and the requests in flight have ended. Returns 0.
-  int run(const Gpt& model, const ProcessGrid& grid);
+  // been asked and the requests in flight have ended; `on_ready` runs once the API takes
+  // requests (/health says ok). Returns 0.
+  int run(const Gpt& model, const ProcessGrid& grid, const std::function<void()>& on_ready = {});
   // From any thread (a signal, a test): take no new requests, let the ones in flight end,
   // then run() returns and the listener stops.
   void shutdown();

@@ -37,7 +37,8 @@ class ServeCli : public ::testing::Test {
   }
   void TearDown() override {
     if (pid_ > 0) kill(pid_, SIGKILL);  // a failed test leaves no server behind
-    fs::remove_all(dir_);
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
   }
   // Starts loom serve in the background (its exit code lands in the log) and returns its
   // port once it is ready; 0 if it is not within a minute.
