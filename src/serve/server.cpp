@@ -55,7 +55,9 @@ ServeSession::ServeSession(const ServeOptions& opt, const Gpt2Tokenizer& tokeniz
                "{} >= 0", opt.slots, opt.max_queue);
   Routes& r = *routes_;
   r.ctx.model = opt.model_name;
-  const size_t threads = size_t(opt.slots) + 4;
+  // Every admitted request holds a thread while it waits or streams: slots + max_queue of
+  // them, and 4 more so that /health, /metrics and the 503s of a full server always answer.
+  const size_t threads = size_t(opt.slots) + size_t(opt.max_queue) + 4;
   r.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   r.http.set_payload_max_length(opt.max_body_bytes);
   // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port

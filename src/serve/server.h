@@ -36,8 +36,9 @@ class Scheduler;
 
 class ServeSession {
  public:
-  // Binds host:port and starts the HTTP threads (at least slots + 4, so that long streams
-  // never starve /health): until run() has the model, /health and the API answer 503.
+  // Binds host:port and starts the HTTP threads (slots + max_queue + 4: one for every
+  // request the server admits and four more, so that streams never starve /health): until
+  // run() has the model, /health and the API answer 503.
   // `tokenizer` must outlive the session. InputError when the address cannot be bound.
   ServeSession(const ServeOptions& opt, const Gpt2Tokenizer& tokenizer);
   ~ServeSession();
