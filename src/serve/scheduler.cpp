@@ -131,17 +131,17 @@ std::shared_ptr<Stream> Scheduler::submit(Request request) {
                                  slots_, max_queue_, slots_, max_queue_));
     ++in_flight_;
     inbox_.push_back(s);
+    // Notified under the lock: once the decode thread can see the request it may finish it,
+    // drain and return, and the scheduler goes; nothing of it may be touched after unlock.
+    cv_.notify_all();
   }
-  cv_.notify_all();
   return s;
 }
 
 void Scheduler::drain() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    draining_ = true;
-  }
-  cv_.notify_all();
+  std::lock_guard<std::mutex> lock(mu_);
+  draining_ = true;
+  cv_.notify_all();  // under the lock, as in submit (TSan found the notify racing ~Scheduler)
 }
 
 std::vector<std::shared_ptr<Stream>> Scheduler::take_inbox(bool& draining) {

@@ -214,14 +214,18 @@ int ServeSession::run(const Gpt& model, const ProcessGrid& grid,
                   std::max(opt_.slots, 256));
   Engine engine(decoder, &tokenizer_);
   Scheduler scheduler(engine, opt_.slots, opt_.max_queue, metrics_, &grid.tp_comm());
-  r.scheduler = &scheduler;
-  if (shutdown_) scheduler.drain();
+  {
+    std::lock_guard<std::mutex> lock(scheduler_mu_);
+    r.scheduler = &scheduler;
+    if (shutdown_) scheduler.drain();
+  }
   if (on_ready) on_ready();
   scheduler.run();
   // Drained: every stream has ended. Stopping the listener waits for the HTTP threads, so
   // none still holds the scheduler when it goes.
   r.http.stop();
   if (listener_.joinable()) listener_.join();
+  std::lock_guard<std::mutex> lock(scheduler_mu_);
   r.scheduler = nullptr;
   return 0;
 }
@@ -232,6 +236,7 @@ ServeSession::~ServeSession() {
 }
 
 void ServeSession::shutdown() {
+  std::lock_guard<std::mutex> lock(scheduler_mu_);
   shutdown_ = true;
   if (Scheduler* s = routes_->scheduler.load()) s->drain();
 }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -63,6 +64,9 @@ class ServeSession {
   std::thread listener_;
   int port_ = 0;
   std::atomic<bool> shutdown_{false};
+  // Held by shutdown() while it drains and by run() while it publishes or withdraws the
+  // scheduler, so a shutdown never drains one that run() is destroying.
+  std::mutex scheduler_mu_;
 };
 
 // A tp rank other than 0 of `loom serve --tp`: decodes its slice of every step in step with
