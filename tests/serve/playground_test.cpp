@@ -92,7 +92,11 @@ class Browser {
                               {"--headless", "--no-sandbox", "--disable-gpu",
                                "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
                                "--disable-background-networking", "--disable-component-update",
-                               "--disable-sync", "--user-data-dir=" + profile.string()}}}}}}}}};
+                               "--disable-sync", "--user-data-dir=" + profile.string(),
+                               // chromedriver talks to the browser over a pipe, not a
+                               // DevTools port it reaches as "localhost": a root without
+                               // /etc/hosts (debootstrap's minbase) could not resolve it.
+                               "--remote-debugging-pipe"}}}}}}}}};
     for (int i = 0; i < 100; ++i) {  // chromedriver needs a moment to listen
       if (auto r = http_.Get("/status"); r && r->status == 200) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -141,6 +145,16 @@ TEST(Playground, StreamsTheSameTextAsTheApiInHeadlessChromium) {
   opt.port = 0;
   ServeSession session(opt, tok);
   std::thread runner([&] { session.run(model, grid); });
+  // Whatever assertion ends the test, the server drains and its thread is joined (a joinable
+  // thread's destructor would abort the whole test binary).
+  struct Stop {
+    ServeSession& session;
+    std::thread& runner;
+    ~Stop() {
+      session.shutdown();
+      runner.join();
+    }
+  } stop{session, runner};
   const int driver_port = free_port();
   Chromedriver driver(driver_port);
   ASSERT_TRUE(driver.spawned());
@@ -172,8 +186,6 @@ TEST(Playground, StreamsTheSameTextAsTheApiInHeadlessChromium) {
     EXPECT_NE(stats.find("12 tokens"), std::string::npos) << stats;
     EXPECT_NE(stats.find("tokens/s"), std::string::npos) << stats;
   }
-  session.shutdown();
-  runner.join();
 }
 
 }  // namespace
