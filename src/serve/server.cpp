@@ -3,7 +3,11 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <sys/socket.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <random>
 
@@ -47,6 +51,7 @@ struct ServeSession::Routes {
   int64_t created = unix_now();
   std::atomic<uint64_t> next_id{0};
   uint64_t seed_base = std::random_device{}();
+  socket_t listen_socket = -1;  // httplib's, set when it binds
 };
 
 ServeSession::ServeSession(const ServeOptions& opt, const Gpt2Tokenizer& tokenizer)
@@ -61,10 +66,12 @@ ServeSession::ServeSession(const ServeOptions& opt, const Gpt2Tokenizer& tokeniz
   r.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   r.http.set_payload_max_length(opt.max_body_bytes);
   // httplib's default also sets SO_REUSEPORT, which lets a second server bind the same port
-  // and share its connections: keep only SO_REUSEADDR (a quick restart after TIME_WAIT).
-  r.http.set_socket_options([](socket_t sock) {
+  // and share its connections: keep only SO_REUSEADDR (a quick restart after TIME_WAIT). The
+  // socket is kept to widen its accept queue once bound (below).
+  r.http.set_socket_options([&r](socket_t sock) {
     const int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, reinterpret_cast<const char*>(&yes), sizeof yes);
+    r.listen_socket = sock;
   });
   r.http.set_error_handler(httplib::Server::HandlerWithResponse(
       [this](const httplib::Request& req, httplib::Response& res) {
@@ -95,6 +102,11 @@ ServeSession::ServeSession(const ServeOptions& opt, const Gpt2Tokenizer& tokeniz
                         : (r.http.bind_to_port(opt.host, opt.port) ? opt.port : -1);
   LOOM_REQUIRE(port_ > 0, "cannot listen on {}:{}: the address is in use or not this host's",
                opt.host, opt.port);
+  // Debian's libcpp-httplib is built with a listen backlog of 5: 16 clients connecting at
+  // once overflow it, and a kernel that aborts on overflow (tcp_abort_on_overflow) refuses
+  // them. listen() again on the bound socket widens the queue to the system's limit.
+  LOOM_REQUIRE(::listen(r.listen_socket, SOMAXCONN) == 0,
+               "cannot listen on {}:{}: {}", opt.host, port_, std::strerror(errno));
   listener_ = std::thread([this] { routes_->http.listen_after_bind(); });
 }
 

@@ -40,7 +40,8 @@ GptConfig slower_cfg() {
 }
 
 // POST /v1/completions with `body`, handing the response's bytes to `receive` as they come
-// (false from it hangs up). Returns the status (0: no response).
+// (false from it hangs up). Returns the status (0: no response, a failure unless `receive`
+// hung up).
 int post_streaming(httplib::Client& c, const nlohmann::json& body,
                    const std::function<bool(const char*, size_t)>& receive) {
   httplib::Request req;
@@ -53,7 +54,10 @@ int post_streaming(httplib::Client& c, const nlohmann::json& body,
   };
   httplib::Response res;
   httplib::Error error = httplib::Error::Success;
-  return c.send(req, res, error) ? res.status : 0;
+  if (c.send(req, res, error)) return res.status;
+  if (error == httplib::Error::Canceled) return 0;  // `receive` hung up
+  ADD_FAILURE() << "POST /v1/completions got no response: " << httplib::to_string(error);
+  return 0;
 }
 
 struct Served {
