@@ -1,3 +1,8 @@
+// loom plan --config RUN.toml --cluster CLUSTER.toml [--world N] [--global-batch B]
+//           [--top K] [--layout dp=D,tp=T,...] [--json FILE]
+// Enumerates every valid layout of the world, prices each with the cost model (plan/), drops
+// those that do not fit and prints the best first with why the winner wins.
+//
 // loom plan --simulate --pp P --microbatches M [--schedule gpipe|1f1b|interleaved]
 //           [--virtual-stages V]
 // Builds a pipeline schedule, lowers it to sends and receives, runs it in the simulator
@@ -6,20 +11,36 @@
 #include <fmt/core.h>
 
 #include <cmath>
+#include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cli/command.h"
 #include "core/check.h"
+#include "core/file_io.h"
 #include "core/memory.h"
 #include "parallel/schedule.h"
 #include "parallel/schedule_sim.h"
+#include "plan/calibrate.h"
+#include "plan/plan_report.h"
+#include "plan/published.h"
+#include "plan/search.h"
+#include "plan/verify.h"
+#include "train/run_config.h"
 
 namespace loom::cli {
 namespace {
 
 struct PlanOpts {
-  bool simulate = false;
+  bool simulate = false, calibrate = false, verify = false;
+  VerifyOptions check;
+  std::string kernels, out = "configs/clusters/local.toml", published;
+  std::vector<std::string> collectives;
+  std::string config, cluster, layout, json;
+  std::vector<std::string> overrides;
+  int world = 0, top = 0;  // top 0: 10 layouts printed, or --verify's 4 run
+  int64_t global_batch = 0;
   int pp = 1;
   int microbatches = 1;
   std::string schedule = "1f1b";
@@ -49,8 +70,112 @@ void require_plan_fits(int p, int m, int v) {
                 : "lower --pp"));
 }
 
+// The layout search: what `loom plan --config --cluster` prints.
+int run_search(const PlanOpts& o) {
+  LOOM_REQUIRE(!o.config.empty() && !o.cluster.empty(),
+               "plan: pass --config RUN.toml and --cluster CLUSTER.toml (or --simulate)");
+  const RunConfig base = load_run_config(o.config, o.overrides);
+  const ClusterSpec cluster = load_cluster(o.cluster);
+  const CostModel model{cluster, o.world > 0 ? o.world : cluster.world()};
+  const int64_t global = o.global_batch > 0 ? o.global_batch
+                         : base.train.global_batch > 0
+                             ? base.train.global_batch
+                             : int64_t(base.train.micro_batch) * base.train.grad_accum *
+                                   base.parallel.dp;
+  const SearchResult r = search_layouts(base, model, global, parse_layout_filter(o.layout));
+  const int top = o.top > 0 ? o.top : 10;
+  fmt::print("{}", format_plan(r, model, global, top));
+  if (!o.json.empty()) {
+    nlohmann::json layouts = nlohmann::json::array();
+    for (const Prediction& p : r.ranked) {
+      if (int(layouts.size()) >= top) break;
+      layouts.push_back(to_json(p));
+    }
+    write_file_atomic(o.json, nlohmann::json{{"cluster", cluster.name},
+                                             {"world", model.world},
+                                             {"global_batch", global},
+                                             {"priced", r.priced},
+                                             {"fit", r.ranked.size()},
+                                             {"do_not_fit", r.too_big.size()},
+                                             {"seconds", r.seconds},
+                                             {"layouts", layouts}}
+                                  .dump(2));
+    fmt::print("wrote {}\n", o.json);
+  }
+  LOOM_REQUIRE(!r.ranked.empty(), "plan: no layout of {} ranks fits in memory (see above)",
+               model.world);
+  return 0;
+}
+
+// Writes the local cluster file from this machine's bench JSONs.
+int run_calibrate(const PlanOpts& o) {
+  LOOM_REQUIRE(!o.kernels.empty() && !o.collectives.empty(),
+               "plan --calibrate needs --kernels (loom bench kernels --json) and --collectives "
+               "(loom bench collectives --json, one file per rank count)");
+  auto load = [](const std::string& path) {
+    try {
+      return nlohmann::json::parse(read_file_text(path));
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError(fmt::format("{}: not JSON: {}", path, e.what()));
+    }
+  };
+  std::vector<nlohmann::json> coll;
+  std::string sources = o.kernels;
+  for (const std::string& f : o.collectives) {
+    coll.push_back(load(f));
+    sources += ", " + f;
+  }
+  std::string text;
+  try {
+    text = calibrated_cluster_toml(load(o.kernels), coll, available_memory(1).bytes, sources);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(fmt::format("plan --calibrate: a bench file lacks what it needs: {}",
+                                 e.what()));
+  }
+  static_cast<void>(parse_cluster(text, o.out));  // what it wrote, it can read
+  write_file_atomic(o.out, text);
+  fmt::print("{}wrote {}\n", text, o.out);
+  return 0;
+}
+
+// The published runs beside the planner's predictions and choices.
+int run_published(const PlanOpts& o) {
+  const std::vector<PublishedRun> runs = load_published_runs(o.published);
+  const std::string dir = std::filesystem::path(o.published).parent_path().string();
+  const std::vector<PublishedComparison> rows = compare_published(runs, dir.empty() ? "." : dir);
+  fmt::print("{}", format_published(rows));
+  if (!o.json.empty()) {
+    write_file_atomic(o.json, nlohmann::json{{"runs", published_json(rows)}}.dump(2));
+    fmt::print("wrote {}\n", o.json);
+  }
+  return 0;
+}
+
+// Trains a sample of the feasible layouts here and sets the measurements beside the
+// predictions: table, JSON, and a PNG scatter next to the JSON.
+int run_verify(const PlanOpts& o) {
+  LOOM_REQUIRE(!o.config.empty() && !o.cluster.empty(),
+               "plan --verify: pass --config RUN.toml and --cluster (the calibrated local.toml)");
+  const RunConfig base = load_run_config(o.config, o.overrides);
+  const ClusterSpec cluster = load_cluster(o.cluster);
+  VerifyOptions opt = o.check;
+  if (o.top > 0) opt.top = o.top;
+  if (opt.loom.empty()) opt.loom = std::filesystem::read_symlink("/proc/self/exe").string();
+  const VerifyResult r = verify_plan(base, cluster, opt);
+  fmt::print("{}", format_verify(r, opt));
+  const std::string json = o.json.empty() ? opt.dir + "/verify.json" : o.json;
+  write_file_atomic(json, verify_json(r, opt).dump(2));
+  const std::string png = (std::filesystem::path(json).replace_extension(".png")).string();
+  plot_verify(r, png);
+  fmt::print("wrote {} and {}\n", json, png);
+  return 0;
+}
+
 int run_plan(const PlanOpts& o) {
-  LOOM_REQUIRE(o.simulate, "plan: only --simulate is implemented; pass --simulate");
+  if (o.calibrate) return run_calibrate(o);
+  if (o.verify) return run_verify(o);
+  if (!o.published.empty()) return run_published(o);
+  if (!o.simulate) return run_search(o);
   LOOM_REQUIRE(o.pp >= 1 && o.microbatches >= 1, "plan: need --pp >= 1 and --microbatches >= 1, "
                "got --pp {} --microbatches {}", o.pp, o.microbatches);
   const int p = o.pp, m = o.microbatches;
@@ -94,7 +219,41 @@ int run_plan(const PlanOpts& o) {
 
 RunFn setup_plan(CLI::App& sub) {
   auto o = std::make_shared<PlanOpts>();
-  sub.add_flag("--simulate", o->simulate, "run the schedule in the simulator (no MPI)");
+  sub.add_option("--config", o->config, "run config (TOML): the model, seq_len, the rest");
+  sub.add_option("--set", o->overrides, "override a config value: section.key=value");
+  sub.add_option("--cluster", o->cluster, "cluster file (configs/clusters/*.toml)");
+  sub.add_option("--world", o->world, "ranks (default: the cluster's size)")
+      ->check(in_range(1, 1 << 24));
+  sub.add_option("--global-batch", o->global_batch,
+                 "sequences per step (default: the config's)")
+      ->check(in_range(1, 1e12));
+  sub.add_option("--top", o->top, "layouts to print and write (default 10); with --verify, the "
+                 "best predicted that are all run (default 4)")
+      ->check(in_range(1, 1e6));
+  sub.add_option("--layout", o->layout,
+                 "fix fields: dp=,tp=,pp=,zero=,schedule=,m=,v=,mb=,precision=,recompute=,sp=");
+  sub.add_option("--json", o->json, "write the ranked layouts as JSON");
+  sub.add_flag("--simulate", o->simulate, "run one schedule in the simulator (no MPI)");
+  sub.add_flag("--calibrate", o->calibrate,
+               "write the local cluster file from bench kernels and collectives JSON");
+  sub.add_option("--kernels", o->kernels, "loom bench kernels --json output (--calibrate)");
+  sub.add_option("--collectives", o->collectives,
+                 "loom bench collectives --json outputs, one per rank count (--calibrate)")
+      ->delimiter(',');
+  sub.add_flag("--verify", o->verify,
+               "train a sample of the feasible layouts here; predicted against measured");
+  sub.add_option("--ranks", o->check.ranks, "ranks --verify trains at")->capture_default_str()
+      ->check(in_range(1, 1024));
+  sub.add_option("--steps", o->check.steps, "steps per layout (--verify; the first is not "
+                 "timed)")->capture_default_str()->check(in_range(2, 1e6));
+  sub.add_option("--sample", o->check.sample, "layouts --verify trains in all: the --top "
+                 "best and an even spread of the rest")->capture_default_str()
+      ->check(in_range(2, 1e6));
+  sub.add_option("--dir", o->check.dir, "where --verify writes its runs")->capture_default_str();
+  sub.add_option("--published", o->published,
+                 "price published runs (configs/clusters/published-runs.toml) beside the "
+                 "planner's choice");
+  sub.add_option("--out", o->out, "the cluster file --calibrate writes")->capture_default_str();
   sub.add_option("--pp", o->pp, "pipeline stages")->check(in_range(1, 1 << 20));
   sub.add_option("--microbatches", o->microbatches, "micro-batches per step")
       ->check(in_range(1, 1 << 30));

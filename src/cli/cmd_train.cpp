@@ -13,10 +13,12 @@
 #include "comm/mpi_comm.h"
 #include "comm/process_grid.h"
 #include "core/check.h"
+#include "core/memory.h"
 #include "kernels/openblas.h"
 #include "launch/fault.h"
 #include "launch/heartbeat.h"
 #include "parallel/partition.h"
+#include "plan/search.h"
 #include "train/run_dir.h"
 #include "train/startup_checks.h"
 #include "train/trainer.h"
@@ -29,6 +31,7 @@ struct TrainOpts {
   std::vector<std::string> overrides;
   std::string resume;
   std::string inject_fault;
+  std::string layout, cluster = "configs/clusters/local.toml";  // --layout auto
   FaultSpec fault;  // parsed inject_fault
   std::optional<int> dp, tp, pp, zero, microbatches, virtual_stages;
   std::optional<std::string> schedule, stage_layers, recompute, attention, precision;
@@ -99,6 +102,35 @@ RunConfig elastic_config(RunConfig cfg, int world, int rank) {
   return cfg;
 }
 
+// --layout auto: the layout `loom plan` ranks first for this world and the config's global
+// batch on the cluster file. Every rank computes it from the same inputs, so every rank
+// picks the same (check_same_binary_and_config compares them).
+RunConfig auto_layout(const RunConfig& cfg, const TrainOpts& o, int world, int rank) {
+  LOOM_REQUIRE(o.layout == "auto", "--layout '{}': only 'auto' is accepted (fix fields with "
+               "--dp, --tp, ... instead)", o.layout);
+  LOOM_REQUIRE(std::filesystem::exists(o.cluster), "--layout auto prices layouts on a cluster "
+               "file: {} does not exist; write it with loom plan --calibrate or pass --cluster",
+               o.cluster);
+  const ClusterSpec cluster = load_cluster(o.cluster);
+  const CostModel model(cluster, world);
+  const int64_t global = cfg.train.global_batch > 0
+                             ? cfg.train.global_batch
+                             : int64_t(cfg.train.micro_batch) * cfg.train.grad_accum *
+                                   cfg.parallel.dp;
+  const SearchResult r = search_layouts(cfg, model, global);
+  LOOM_REQUIRE(!r.ranked.empty(), "--layout auto: none of the {} layouts of {} ranks fits in "
+               "memory on {}", r.priced, world, o.cluster);
+  const Prediction& best = r.ranked.front();
+  if (rank == 0)
+    fmt::print("layout auto: {} layouts of {} ranks priced on {}; training the first: {} "
+               "(predicted {:.4g} tokens/s, {} per rank)\n",
+               r.priced, world, o.cluster, to_string(best.layout), best.tokens_per_s,
+               format_bytes(best.memory.total()));
+  RunConfig out = with_layout(cfg, best.layout);
+  out.validate();
+  return out;
+}
+
 int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
              const std::function<void(Trace*)>& trace_sink = nullptr) {
   const std::unique_ptr<HeartbeatClient> heartbeat = HeartbeatClient::from_env(grid.rank());
@@ -164,6 +196,11 @@ RunFn setup_train(CLI::App& sub) {
                  "compute precision: fp32 | bf16 | fp16 ([train] precision)");
   sub.add_flag("--sequence-parallel", o->sequence_parallel,
                "shard layernorm and residual token rows over tp ranks");
+  sub.add_option("--layout", o->layout,
+                 "auto: train the layout loom plan ranks first for the processes started "
+                 "(replaces dp, tp, pp, zero, schedule, micro-batches, precision, recompute)");
+  sub.add_option("--cluster", o->cluster, "cluster file --layout auto prices on")
+      ->capture_default_str();
   sub.add_flag("--trace", o->trace, "write per-rank Chrome traces to RUN/trace (loom report)");
   sub.add_option("--resume", o->resume,
                  "continue from a checkpoint: 'auto' (newest valid one in the run dir) or a "
@@ -184,7 +221,10 @@ RunFn setup_train(CLI::App& sub) {
                  "--overwrite clears the run directory and --resume continues it: pass one");
     RunConfig cfg = load_run_config(o->config, flag_overrides(*o));
     o->threads = kernels::set_compute_threads(cfg.run.threads);
+    LOOM_REQUIRE(o->layout.empty() || !o->elastic, "--layout auto chooses dp itself: drop "
+                 "--elastic");
     if (!launched_under_mpi()) {
+      if (!o->layout.empty()) cfg = auto_layout(cfg, *o, 1, 0);
       if (o->elastic) cfg = elastic_config(cfg, 1, 0);
       const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
       LOOM_REQUIRE(shape.world() == 1,
@@ -196,6 +236,7 @@ RunFn setup_train(CLI::App& sub) {
     MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});
     try {
       if (o->elastic) cfg = elastic_config(cfg, mpi.world_size(), mpi.world_rank());
+      if (!o->layout.empty()) cfg = auto_layout(cfg, *o, mpi.world_size(), mpi.world_rank());
       const GridShape shape{.pp = cfg.parallel.pp, .dp = cfg.parallel.dp, .tp = cfg.parallel.tp};
       ProcessGrid grid = ProcessGrid::create(mpi.world(), shape, &mpi.progress());
       mpi.set_rank_describer([&grid](int r) { return grid.describe(r); });

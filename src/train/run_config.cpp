@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "core/file_io.h"
+#include "train/toml_text.h"
 
 namespace loom {
 namespace {
@@ -244,14 +245,7 @@ std::string RunConfig::to_toml() const {
 
 RunConfig parse_run_config(const std::string& toml_text, const std::string& source,
                            const std::vector<std::string>& overrides) {
-  toml::table root;
-  try {
-    root = toml::parse(toml_text, source);
-  } catch (const toml::parse_error& e) {
-    const auto& b = e.source().begin;
-    throw InputError(fmt::format("{}:{}:{}: invalid TOML: {}", source, b.line, b.column,
-                                 e.description()));
-  }
+  const toml::table root = parse_toml(toml_text, source);
   RunConfig c;
   apply_table(c, root, source);
   // Each --set after the file, named as the source of its own errors.

@@ -133,6 +133,17 @@ void Trainer::stop_on_write_error(const std::string& error, std::FILE* out) {
   throw Error(fmt::format("step {}: {}; stopped, and {}", step_, error, saved));
 }
 
+std::string Trainer::record_peak_memory(double predicted) {
+  double grew = read_process_memory().peak - at_start_.rss;
+  grid_->world().allreduce(&grew, 1, ReduceOp::kMax);
+  if (is_writer())
+    write_file_atomic(fs::path(cfg_.run.dir) / "memory.json",
+                      nlohmann::json{{"peak_rank_bytes", grew}, {"predicted_bytes", predicted}}
+                          .dump(2));
+  return fmt::format("peak memory: {} above the start on the rank that grew most; predicted {}",
+                     format_bytes(grew), format_bytes(predicted));
+}
+
 void Trainer::run(std::FILE* progress_out) {
   const TrainConfig& t = cfg_.train;
   const fs::path dir = cfg_.run.dir;
@@ -205,6 +216,7 @@ void Trainer::run(std::FILE* progress_out) {
                                 last_checkpoint_stall()));
     }
   }
+  progress.note(record_peak_memory(need.total()));
   const Busy busy(busy_observer_);
   const fs::path saved = save_checkpoint();
   finish_checkpoint();

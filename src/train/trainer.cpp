@@ -57,7 +57,8 @@ ModelLayout Trainer::make_layout(const RunConfig& cfg, const ProcessGrid& grid,
 }
 
 Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
-    : memory_limit_(available_memory(host_share().local_ranks)),
+    : at_start_(read_process_memory()),
+      memory_limit_(available_memory(host_share().local_ranks)),
       cfg_(checked(cfg, grid, memory_limit_)),
       grid_(&grid),
       partition_(make_partition(cfg_)),

@@ -120,6 +120,10 @@ class Trainer {
   std::string write_metrics(MetricsLog& metrics, const nlohmann::json& rec, int step);
   // A run write failed: a final checkpoint attempt (collective), then an Error saying both.
   [[noreturn]] void stop_on_write_error(const std::string& error, std::FILE* out);
+  // The most any rank's resident memory grew over the run (its peak above what it held
+  // when the trainer was made), beside `predicted`: written to RUN/memory.json by the
+  // writer, returned as a line for the progress output. Collective over the world.
+  std::string record_peak_memory(double predicted);
   float evaluate_pipeline(int64_t batches);
   void load_rows(uint64_t k, int32_t* inputs, int32_t* targets);
   // The parameters this rank stores in checkpoints: all but the copies another rank holds.
@@ -135,6 +139,7 @@ class Trainer {
   void poll_checkpoint(bool wait);
   bool is_writer() const { return grid_->rank() == 0; }
 
+  ProcessMemory at_start_;    // read first: what the run's peak memory is measured above
   MemoryLimit memory_limit_;  // read before anything is allocated; checked by checked()
   RunConfig cfg_;
   const ProcessGrid* grid_;

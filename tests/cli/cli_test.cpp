@@ -256,3 +256,45 @@ TEST_F(Cli, BenchMemoryValidatesAndPricesEachPolicy) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST_F(Cli, LayoutAutoTrainsTheLayoutThePlanRanksFirst) {
+  std::ofstream(dir_ / "cpu.toml")
+      << "[cluster]\nname = \"cpu\"\nkind = \"cpu\"\nnodes = 1\ndevices_per_node = 2\n"
+         "device_memory_gib = 8\n[compute]\npeak_tflops_fp32 = 0.08\npeak_tflops_bf16 = 0.16\n"
+         "peak_tflops_fp16 = 0.08\ngemm_efficiency = 0.8\nattention_efficiency = 0.5\n"
+         "memory_bandwidth_gbs = 30\nmemory_efficiency = 1\n[network]\n"
+         "intra_bandwidth_gbs = 2\nintra_alpha_us = 20\nintra_efficiency = 1\n"
+         "inter_bandwidth_gbs = 2\ninter_alpha_us = 20\ninter_efficiency = 1\n";
+  const std::string cfg = (dir_ / "tiny.toml").string(), cluster = (dir_ / "cpu.toml").string();
+  const fs::path json = dir_ / "plan.json";
+  Result r = run("plan --config " + cfg + " --cluster " + cluster + " --world 2 --global-batch 4 "
+                 "--top 1 --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json first = nlohmann::json::parse(slurp(json))["layouts"][0];
+  const fs::path run_dir = dir_ / "auto";
+  r = run("train --config " + cfg + " --layout auto --cluster " + cluster +
+              " --set train.global_batch=4 --set train.grad_accum=2 --set train.steps=2 "
+              "--set train.eval_every=0 --set train.checkpoint_every=0 --set run.dir=\"" +
+              run_dir.string() + "\"", "", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "layout auto:")) << r.output;
+  // The run recorded the layout the plan ranked first.
+  const std::string toml = slurp(run_dir / "config.toml");
+  for (const char* key : {"dp", "tp", "pp", "zero", "virtual_stages"})
+    EXPECT_TRUE(contains(toml, std::string(key) + " = " + first[key].dump() + "\n"))
+        << key << " = " << first[key] << " in\n" << toml;
+  for (const char* key : {"schedule", "precision", "recompute"})
+    EXPECT_TRUE(contains(toml, std::string(key) + " = '" + first[key].get<std::string>() + "'"))
+        << key << " = " << first[key] << " in\n" << toml;
+  EXPECT_TRUE(contains(toml, "grad_accum = " + first["microbatches"].dump() + "\n")) << toml;
+  EXPECT_TRUE(contains(toml, "micro_batch = " + first["micro_batch"].dump() + "\n")) << toml;
+  // Without a cluster file it says how to make one.
+  r = run("train --config " + cfg + " --layout auto --cluster " + (dir_ / "none.toml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "loom plan --calibrate")) << r.output;
+}
+
+}  // namespace
+

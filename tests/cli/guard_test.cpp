@@ -63,7 +63,7 @@ TEST_F(Guard, ARunDirectoryHoldingAnotherRunIsRefusedUnlessOverwritten) {
   const std::string before = slurp(dir_ / "a/metrics.jsonl");
   Result r = train("a", "--set train.seed=9");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_TRUE(contains(r.output, "already holds a run (checkpoints, config.toml, metrics.jsonl)"))
+  EXPECT_TRUE(contains(r.output, "already holds a run (checkpoints, config.toml, memory.json, metrics.jsonl)"))
       << r.output;
   EXPECT_TRUE(contains(r.output, "--resume auto")) << r.output;
   EXPECT_EQ(slurp(dir_ / "a/metrics.jsonl"), before) << "the refused run wrote into it";

@@ -1,0 +1,117 @@
+#include "plan/calibrate.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "core/check.h"
+#include "core/timer.h"
+
+namespace loom {
+
+LinkFit fit_collectives(const std::vector<nlohmann::json>& files) {
+  // Normal equations of t = x1 a + x2 b (a = α in us, b = 1/β in us per byte).
+  double s11 = 0, s12 = 0, s22 = 0, s1t = 0, s2t = 0;
+  LinkFit fit;
+  for (const nlohmann::json& f : files) {
+    const double g = f.at("ranks").get<double>();
+    LOOM_REQUIRE(g >= 2, "a collectives file with {} ranks says nothing of the network", g);
+    for (const nlohmann::json& r : f.at("rows")) {
+      if (r.at("impl") != "loom") continue;
+      const std::string op = r.at("op");
+      const double bytes = r.at("bytes").get<double>(), t = r.at("time_us").get<double>();
+      const bool ar = op == "allreduce";
+      const double x1 = (ar ? 2 : 1) * (g - 1), x2 = (ar ? 2 : 1) * (g - 1) / g * bytes;
+      // Relative error: weight each row by 1/t^2, so small messages fit α and large ones β.
+      const double w = 1 / (t * t);
+      s11 += w * x1 * x1, s12 += w * x1 * x2, s22 += w * x2 * x2;
+      s1t += w * x1 * t, s2t += w * x2 * t;
+      ++fit.rows;
+    }
+  }
+  LOOM_REQUIRE(fit.rows >= 2, "the collectives files hold {} rows of loom's Comm; need >= 2",
+               fit.rows);
+  const double det = s11 * s22 - s12 * s12;
+  double a = (s1t * s22 - s2t * s12) / det, b = (s11 * s2t - s12 * s1t) / det;
+  if (a < 0) a = 0, b = s2t / s22;  // latency below resolution: fit the bandwidth alone
+  LOOM_REQUIRE(b > 0, "the collectives files give no positive bandwidth");
+  fit.alpha_us = a;
+  fit.bandwidth_gbs = 1e6 / b / 1e9;
+  return fit;
+}
+
+namespace {
+
+// The bench's shapes (kernels/bench_kernels.h): GPT-2 124M at B=4, T=256.
+constexpr double kN = 1024, kT = 256, kC = 768;
+
+struct KernelRates {
+  std::map<std::string, double> peak;  // GFLOP/s per dtype, whole host
+  double gemm_eff = 0, attn_eff = 0, mem_gbs = 0;
+  int threads = 0;
+};
+
+KernelRates kernel_rates(const nlohmann::json& k) {
+  KernelRates r;
+  r.threads = k.at("threads").get<int>();
+  for (const nlohmann::json& row : k.at("gemm_dtypes"))
+    r.peak[row.at("dtype")] = std::max(r.peak[row.at("dtype")], row.at("gflops").get<double>());
+  LOOM_REQUIRE(r.peak.count("fp32"), "the kernels file has no fp32 GEMM peak");
+  std::vector<double> shapes;
+  std::map<std::string, double> sec;
+  for (const nlohmann::json& row : k.at("gemm")) {
+    const std::string name = row.at("name");
+    sec[name] = row.at("median_s").get<double>();
+    if (row.at("M").get<int>() > 0 && row.at("backend") == "onednn" &&
+        name.rfind("matmul_", 0) != 0)
+      shapes.push_back(row.at("gflops").get<double>());
+  }
+  LOOM_REQUIRE(!shapes.empty(), "the kernels file has no oneDNN GEMM of the model's shapes");
+  r.gemm_eff = std::min(1.0, median(shapes) / r.peak["fp32"]);
+  const double attn = 3.5 * 2 * kN * kT * kC;  // forward + backward FLOPs, as the model counts
+  r.attn_eff = std::min(1.0, attn / (sec.at("attention_forward") + sec.at("attention_backward")) /
+                                 1e9 / r.peak["fp32"]);
+  // Bytes each streaming kernel reads and writes, per second.
+  r.mem_gbs = median({8 * kN * kC / sec.at("layernorm_forward"),
+                      12 * kN * kC / sec.at("residual_forward"),
+                      32 * kN * kC / sec.at("gelu_forward")}) / 1e9;
+  return r;
+}
+
+}  // namespace
+
+std::string calibrated_cluster_toml(const nlohmann::json& kernels,
+                                    const std::vector<nlohmann::json>& collectives,
+                                    double host_memory_bytes, const std::string& sources) {
+  KernelRates k = kernel_rates(kernels);
+  const LinkFit link = fit_collectives(collectives);
+  const double per_core = 1.0 / k.threads / 1000;  // host GFLOP/s -> TFLOP/s per core
+  const double fp16 = k.peak.count("fp16") ? k.peak["fp16"] : k.peak["fp32"];
+  const double bf16 = k.peak.count("bf16") ? k.peak["bf16"] : k.peak["fp32"];
+  return fmt::format(
+      "# This machine, calibrated by `loom plan --calibrate` from {}.\n"
+      "# A CPU host: its cores are the devices, shared by the ranks placed on it.\n"
+      "[cluster]\nname = \"local\"\nkind = \"cpu\"\nnodes = 1\n"
+      "devices_per_node = {}        # cores: the threads bench kernels ran with\n"
+      "device_memory_gib = {:.3f}   # the host's available memory at calibration\n\n"
+      "[compute]\n"
+      "peak_tflops_fp32 = {:.6g}    # per core: bench kernels' best fp32 GEMM / cores\n"
+      "peak_tflops_bf16 = {:.6g}    # per core: its best bf16 GEMM (fp32's if none)\n"
+      "peak_tflops_fp16 = {:.6g}    # per core: its best fp16 GEMM (fp32's if none)\n"
+      "gemm_efficiency = {:.4f}     # median GFLOP/s of GPT-2 124M's GEMMs / fp32 peak\n"
+      "attention_efficiency = {:.4f}  # attention fwd+bwd at the model's FLOP count / peak\n"
+      "memory_bandwidth_gbs = {:.4g}  # median of layernorm, residual and GELU bytes/s\n"
+      "memory_efficiency = 1.0\n\n"
+      "[network]                    # shared memory, fitted to {} rows of loom's Comm\n"
+      "intra_bandwidth_gbs = {:.4g}\nintra_alpha_us = {:.4g}\nintra_efficiency = 1.0\n"
+      "inter_bandwidth_gbs = {:.4g}  # one host: the same fit\n"
+      "inter_alpha_us = {:.4g}\ninter_efficiency = 1.0\n",
+      sources, k.threads, host_memory_bytes / (1024.0 * 1024 * 1024),
+      k.peak["fp32"] * per_core, bf16 * per_core, fp16 * per_core, k.gemm_eff, k.attn_eff,
+      k.mem_gbs, link.rows, link.bandwidth_gbs, link.alpha_us, link.bandwidth_gbs,
+      link.alpha_us);
+}
+
+}  // namespace loom

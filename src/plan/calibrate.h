@@ -1,0 +1,28 @@
+// Calibration of the local cluster file from measurements on this machine: `loom bench
+// kernels` (the GEMM peak per dtype, the model-shape GEMMs, attention and elementwise
+// kernels) and `loom bench collectives` at one or more rank counts (loom's Comm rows). The
+// result is a cluster file (kind = "cpu", one host, its cores as devices) whose numbers are
+// measured, each commented with where it came from.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+namespace loom {
+
+// Ring α-β fit of loom's collectives: time = steps * α + bus_bytes / β, least squares over
+// every all-reduce, all-gather and reduce-scatter row of every file.
+struct LinkFit {
+  double alpha_us = 0, bandwidth_gbs = 0;
+  int rows = 0;
+};
+LinkFit fit_collectives(const std::vector<nlohmann::json>& collectives);
+
+// The cluster file's text. `host_memory_bytes`: what this host's ranks may use.
+std::string calibrated_cluster_toml(const nlohmann::json& kernels,
+                                    const std::vector<nlohmann::json>& collectives,
+                                    double host_memory_bytes, const std::string& sources);
+
+}  // namespace loom

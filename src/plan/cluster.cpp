@@ -1,0 +1,115 @@
+#include "plan/cluster.h"
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <cmath>
+#include <functional>
+#include <map>
+#include <variant>
+#include <vector>
+
+#include "core/check.h"
+#include "core/file_io.h"
+#include "train/toml_text.h"
+
+namespace loom {
+
+double ClusterSpec::peak_flops(DType t) const {
+  switch (t) {
+    case DType::kBF16: return peak_flops_bf16;
+    case DType::kF16: return peak_flops_fp16;
+    default: return peak_flops_fp32;
+  }
+}
+
+namespace {
+
+// One key of the file: where it goes, the factor from the file's unit, and its range.
+struct Key {
+  std::variant<double*, int*, std::string*> dst;
+  double scale = 1, lo = 0, hi = 1e30;
+};
+
+using Section = std::map<std::string, Key>;
+
+std::map<std::string, Section> schema(ClusterSpec& c, std::string& kind) {
+  constexpr double GiB = 1024.0 * 1024 * 1024, T = 1e12, G = 1e9;
+  return {
+      {"cluster",
+       {{"name", {&c.name}},
+        {"kind", {&kind}},
+        {"nodes", {&c.nodes, 1, 1, 1 << 20}},
+        {"devices_per_node", {&c.devices_per_node, 1, 1, 1 << 16}},
+        {"device_memory_gib", {&c.device_memory_bytes, GiB, 1e-3, 1e9}}}},
+      {"compute",
+       {{"peak_tflops_fp32", {&c.peak_flops_fp32, T, 1e-6, 1e9}},
+        {"peak_tflops_bf16", {&c.peak_flops_bf16, T, 1e-6, 1e9}},
+        {"peak_tflops_fp16", {&c.peak_flops_fp16, T, 1e-6, 1e9}},
+        {"gemm_efficiency", {&c.gemm_efficiency, 1, 1e-3, 1}},
+        {"attention_efficiency", {&c.attention_efficiency, 1, 1e-3, 1}},
+        {"memory_bandwidth_gbs", {&c.memory_bandwidth_bytes, G, 1e-3, 1e9}},
+        {"memory_efficiency", {&c.memory_efficiency, 1, 1e-3, 1}}}},
+      {"network",
+       {{"intra_bandwidth_gbs", {&c.intra.bandwidth_gbs, 1, 1e-6, 1e9}},
+        {"intra_alpha_us", {&c.intra.alpha_us, 1, 0, 1e9}},
+        {"intra_efficiency", {&c.intra.efficiency, 1, 1e-3, 1}},
+        {"inter_bandwidth_gbs", {&c.inter.bandwidth_gbs, 1, 1e-6, 1e9}},
+        {"inter_alpha_us", {&c.inter.alpha_us, 1, 0, 1e9}},
+        {"inter_efficiency", {&c.inter.efficiency, 1, 1e-3, 1}}}},
+  };
+}
+
+void assign(const Key& k, const toml::node& node, const std::string& where) {
+  if (auto* s = std::get_if<std::string*>(&k.dst)) {
+    const auto v = node.value<std::string>();
+    LOOM_REQUIRE(v.has_value(), "{}: must be a string", where);
+    **s = *v;
+    return;
+  }
+  const auto v = node.value<double>();
+  LOOM_REQUIRE(v.has_value() && std::isfinite(*v), "{}: must be a number", where);
+  LOOM_REQUIRE(*v >= k.lo && *v <= k.hi, "{} = {} is outside [{}, {}]", where, *v, k.lo, k.hi);
+  if (auto* i = std::get_if<int*>(&k.dst)) {
+    LOOM_REQUIRE(*v == std::floor(*v), "{} = {} must be a whole number", where, *v);
+    **i = int(*v);
+  } else {
+    *std::get<double*>(k.dst) = *v * k.scale;
+  }
+}
+
+}  // namespace
+
+ClusterSpec parse_cluster(const std::string& toml_text, const std::string& source) {
+  const toml::table root = parse_toml(toml_text, source);
+  ClusterSpec c;
+  c.source = source;
+  std::string kind;
+  const auto keys = schema(c, kind);
+  for (const auto& [name, node] : root) {
+    LOOM_REQUIRE(keys.count(std::string(name.str())), "{}: unknown section [{}] (sections: "
+                 "cluster, compute, network)", source, name.str());
+  }
+  for (const auto& [section, fields] : keys) {
+    const toml::table* t = root[section].as_table();
+    LOOM_REQUIRE(t != nullptr, "{}: the section [{}] is missing", source, section);
+    for (const auto& [key, node] : *t)
+      LOOM_REQUIRE(fields.count(std::string(key.str())), "{}: unknown key [{}] {}", source,
+                   section, key.str());
+    for (const auto& [key, k] : fields) {
+      const toml::node* node = t->get(key);
+      LOOM_REQUIRE(node != nullptr, "{}: [{}] {} is missing", source, section, key);
+      assign(k, *node, fmt::format("{}: [{}] {}", source, section, key));
+    }
+  }
+  LOOM_REQUIRE(kind == "gpu" || kind == "cpu", "{}: [cluster] kind = '{}' must be 'gpu' or "
+               "'cpu'", source, kind);
+  c.cpu = kind == "cpu";
+  return c;
+}
+
+ClusterSpec load_cluster(const std::string& path) {
+  return parse_cluster(read_file_text(path), path);
+}
+
+}  // namespace loom

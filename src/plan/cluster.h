@@ -1,0 +1,43 @@
+// What the planner knows of the machines a run would use: a cluster file (TOML,
+// configs/clusters/) with the hosts, each device's peak FLOP/s per dtype, its memory and
+// bandwidth, the links inside a host and between hosts, and the efficiencies the cost model
+// applies to each peak. GPU files describe published systems, every number with its source;
+// `local.toml` is written by calibration from `loom bench kernels` and `loom bench
+// collectives` on this machine (a CPU host: the "devices" are its cores, shared by its ranks).
+#pragma once
+
+#include <string>
+
+#include "core/dtype.h"
+
+namespace loom {
+
+struct LinkSpec {
+  double bandwidth_gbs = 0;  // GB/s per rank per direction
+  double alpha_us = 0;       // latency of one message step
+  double efficiency = 1;     // fraction of the bandwidth a collective's bus bandwidth reaches
+  double bytes_per_s() const { return bandwidth_gbs * 1e9 * efficiency; }
+};
+
+struct ClusterSpec {
+  std::string name, source;  // source: the file it came from
+  bool cpu = false;          // kind = "cpu": ranks on a host share its cores
+  int nodes = 1;
+  int devices_per_node = 1;        // GPUs, or a CPU host's cores
+  double device_memory_bytes = 0;  // per GPU; a CPU host's memory (its ranks share it)
+  double peak_flops_fp32 = 0, peak_flops_bf16 = 0, peak_flops_fp16 = 0;  // per device (core)
+  double gemm_efficiency = 1, attention_efficiency = 1;
+  double memory_bandwidth_bytes = 0;  // per device; a CPU host's (its ranks share it)
+  double memory_efficiency = 1;
+  LinkSpec intra, inter;  // within a host, across hosts
+
+  int world() const { return nodes * devices_per_node; }
+  double peak_flops(DType t) const;  // per device, dense
+};
+
+// Parses a cluster file; unknown keys, missing keys and values out of range are InputErrors
+// naming the file and key.
+ClusterSpec parse_cluster(const std::string& toml_text, const std::string& source);
+ClusterSpec load_cluster(const std::string& path);
+
+}  // namespace loom

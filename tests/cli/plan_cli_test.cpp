@@ -1,0 +1,200 @@
+// `loom plan` end to end (issue 16): the layout search prints its table and writes the JSON
+// best first, a --layout filter fixes fields, calibration writes a cluster file the planner
+// reads, published runs are priced beside the planner's choice, and bad input is refused
+// with exit code 2.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "../shell_util.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+using loom::test::contains;
+using loom::test::Result;
+
+Result loom_cmd(const std::string& args) {
+  return loom::test::shell(std::string(LOOM_BINARY) + " " + args);
+}
+
+const std::string kSource = LOOM_SOURCE_DIR;
+
+TEST(PlanCli, RanksLayoutsBestFirstAndWritesTheJson) {
+  loom::test::ScratchDir dir;
+  const fs::path json = dir.path() / "plan.json";
+  Result r = loom_cmd("plan --config " + kSource + "/configs/gpt2-124m.toml --cluster " +
+                      kSource + "/configs/clusters/dgx-h100.toml --world 8 --global-batch 32 "
+                      "--top 5 --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "layouts in")) << r.output;
+  EXPECT_TRUE(contains(r.output, "why: the winner is")) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(loom::test::slurp(json));
+  ASSERT_EQ(j["layouts"].size(), 5u);
+  EXPECT_GT(j["priced"].get<int>(), 100);
+  for (size_t i = 0; i < 5; ++i) {
+    const nlohmann::json& l = j["layouts"][i];
+    EXPECT_EQ(l["dp"].get<int>() * l["tp"].get<int>() * l["pp"].get<int>(), 8);
+    EXPECT_EQ(l["micro_batch"].get<int>() * l["microbatches"].get<int>() * l["dp"].get<int>(), 32);
+    for (const char* key : {"zero", "schedule", "virtual_stages", "precision", "recompute",
+                            "sequence_parallel", "mfu", "memory_per_rank_bytes", "step_time_s"})
+      EXPECT_TRUE(l.contains(key)) << key;
+    if (i > 0) {
+      EXPECT_LE(l["tokens_per_s"], j["layouts"][i - 1]["tokens_per_s"]);
+    }
+  }
+  // A filter fixes what it names; the rest is chosen.
+  r = loom_cmd("plan --config " + kSource + "/configs/gpt2-124m.toml --cluster " + kSource +
+               "/configs/clusters/dgx-h100.toml --world 8 --global-batch 32 --top 3 --layout "
+               "pp=2,tp=2,fp32 --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  for (const nlohmann::json& l : nlohmann::json::parse(loom::test::slurp(json))["layouts"]) {
+    EXPECT_EQ(l["pp"], 2);
+    EXPECT_EQ(l["tp"], 2);
+    EXPECT_EQ(l["precision"], "fp32");
+  }
+}
+
+TEST(PlanCli, BadInputIsRefusedWithExitCode2) {
+  loom::test::ScratchDir dir;
+  const std::string cfg = " --config " + kSource + "/configs/gpt2-124m.toml";
+  const std::string h100 = " --cluster " + kSource + "/configs/clusters/dgx-h100.toml";
+  Result r = loom_cmd("plan" + cfg + " --cluster " + (dir.path() / "none.toml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  r = loom_cmd("plan" + cfg + h100 + " --layout dq=2");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "unknown field 'dq'")) << r.output;
+  std::ofstream(dir.path() / "bad.toml") << "[cluster]\nname = \"x\"\n";
+  r = loom_cmd("plan" + cfg + " --cluster " + (dir.path() / "bad.toml").string());
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "is missing")) << r.output;
+  // A world no layout fits: each too big, the closest named with its overshoot.
+  r = loom_cmd("plan --config " + kSource + "/configs/gpt-1t.toml" + h100 + " --world 8");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "do not fit in memory; the closest")) << r.output;
+  r = loom_cmd("plan" + cfg);
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, "--cluster")) << r.output;
+}
+
+TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
+  loom::test::ScratchDir dir;
+  // What loom bench kernels and loom bench collectives write, with round numbers.
+  nlohmann::json gemm = nlohmann::json::array();
+  for (const char* name : {"qkv.fwd", "fc.fwd", "fcproj.fwd"})
+    gemm.push_back({{"name", name}, {"M", 1024}, {"N", 768}, {"K", 768}, {"backend", "onednn"},
+                    {"median_s", 1e-3}, {"gflops", 80.0}});
+  const double ln = 8.0 * 1024 * 768 / 20e9;  // 20 GB/s
+  for (auto [name, s] : {std::pair{"attention_forward", 0.002}, {"attention_backward", 0.004},
+                         {"layernorm_forward", ln}, {"residual_forward", 1.5 * ln},
+                         {"gelu_forward", 4 * ln}})
+    gemm.push_back({{"name", name}, {"M", 0}, {"N", 0}, {"K", 0}, {"backend", "-"},
+                    {"median_s", s}, {"gflops", 0.0}});
+  const nlohmann::json kernels = {
+      {"threads", 2}, {"cpu", "test"}, {"gemm", gemm},
+      {"gemm_dtypes", {{{"dtype", "fp32"}, {"gflops", 100.0}}, {{"dtype", "bf16"}, {"gflops", 200.0}}}}};
+  std::ofstream(dir.path() / "kernels.json") << kernels.dump();
+  nlohmann::json rows = nlohmann::json::array();
+  for (double bytes : {4096.0, 1048576.0, 67108864.0})
+    rows.push_back({{"op", "allreduce"}, {"impl", "loom"}, {"bytes", bytes},
+                    {"time_us", 2 * 10 + bytes / 4e3}});  // α 10 us, 4 GB/s
+  std::ofstream(dir.path() / "coll2.json") << nlohmann::json{{"ranks", 2}, {"rows", rows}}.dump();
+  const fs::path local = dir.path() / "local.toml";
+  Result r = loom_cmd("plan --calibrate --kernels " + (dir.path() / "kernels.json").string() +
+                      " --collectives " + (dir.path() / "coll2.json").string() + " --out " +
+                      local.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string text = loom::test::slurp(local);
+  EXPECT_TRUE(contains(text, "kind = \"cpu\"")) << text;
+  EXPECT_TRUE(contains(text, "peak_tflops_fp32 = 0.05 ")) << text;  // 100 GFLOP/s / 2 cores
+  EXPECT_TRUE(contains(text, "peak_tflops_bf16 = 0.1 ")) << text;
+  EXPECT_TRUE(contains(text, "gemm_efficiency = 0.8000")) << text;
+  EXPECT_TRUE(contains(text, "intra_bandwidth_gbs = 4\n")) << text;
+  EXPECT_TRUE(contains(text, "intra_alpha_us = 10\n")) << text;
+  r = loom_cmd("plan --config " + kSource + "/configs/gpt2-124m.toml --cluster " +
+               local.string() + " --world 4 --global-batch 8");
+  ASSERT_EQ(r.code, 0) << r.output;
+  // A kernels file without what calibration needs is named.
+  std::ofstream(dir.path() / "empty.json") << "{\"threads\": 2}";
+  r = loom_cmd("plan --calibrate --kernels " + (dir.path() / "empty.json").string() +
+               " --collectives " + (dir.path() / "coll2.json").string() + " --out " +
+               local.string());
+  EXPECT_EQ(r.code, 2) << r.output;
+}
+
+TEST(PlanCli, PublishedRunsArePricedBesideThePlannersChoice) {
+  loom::test::ScratchDir dir;
+  fs::copy_file(kSource + "/configs/clusters/dgx-a100.toml", dir.path() / "dgx-a100.toml");
+  // Two of the file's runs (the whole file takes half a minute).
+  const std::string all = loom::test::slurp(kSource + "/configs/clusters/published-runs.toml");
+  std::string two;
+  for (const char* name : {"\"megatron-39.1b\"", "\"megatron-1t\""}) {
+    const size_t at = all.rfind("[[run]]", all.find(name));
+    two += all.substr(at, all.find("[[run]]", at + 1) - at) + "\n";
+  }
+  std::ofstream(dir.path() / "runs.toml") << two;
+  const fs::path json = dir.path() / "published.json";
+  const Result r = loom_cmd("plan --published " + (dir.path() / "runs.toml").string() +
+                            " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "megatron-1t")) << r.output;
+  EXPECT_TRUE(contains(r.output, "Median absolute error")) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(loom::test::slurp(json));
+  ASSERT_EQ(j["runs"].size(), 2u);
+  for (const nlohmann::json& run : j["runs"]) {
+    EXPECT_GT(run["predicted_tflops_per_gpu"].get<double>(), 0);
+    const nlohmann::json& theirs = run["theirs"];
+    EXPECT_EQ(theirs["tp"], 8);  // their layout, as published
+    // The planner's first choice is the best that fits: at least theirs, where theirs fits.
+    if (theirs["memory_per_rank_bytes"] <= theirs["memory_limit_bytes"]) {
+      EXPECT_GE(run["planner"]["tokens_per_s"].get<double>(),
+                theirs["tokens_per_s"].get<double>());
+    }
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// A CPU host of 2 cores with round numbers, as calibration writes one.
+void write_cpu_cluster(const fs::path& path) {
+  std::ofstream(path) << "[cluster]\nname = \"cpu\"\nkind = \"cpu\"\nnodes = 1\n"
+                         "devices_per_node = 2\ndevice_memory_gib = 8\n[compute]\n"
+                         "peak_tflops_fp32 = 0.08\npeak_tflops_bf16 = 0.16\n"
+                         "peak_tflops_fp16 = 0.08\ngemm_efficiency = 0.8\n"
+                         "attention_efficiency = 0.5\nmemory_bandwidth_gbs = 30\n"
+                         "memory_efficiency = 1\n[network]\nintra_bandwidth_gbs = 2\n"
+                         "intra_alpha_us = 20\nintra_efficiency = 1\ninter_bandwidth_gbs = 2\n"
+                         "inter_alpha_us = 20\ninter_efficiency = 1\n";
+}
+
+TEST(PlanCli, VerifyTrainsTheSampleAndSetsMeasuredBesidePredicted) {
+  loom::test::ScratchDir dir;
+  write_cpu_cluster(dir.path() / "cpu.toml");
+  std::ofstream(dir.path() / "tiny.toml")
+      << "[model]\nn_layer = 2\nn_head = 2\nn_embd = 32\nblock_size = 32\nvocab_size = 512\n"
+         "[train]\nmicro_batch = 1\ngrad_accum = 2\nseq_len = 32\n[data]\ntrain = \"x\"\n";
+  const fs::path json = dir.path() / "verify.json";
+  const Result r = loom_cmd("plan --verify --config " + (dir.path() / "tiny.toml").string() +
+                            " --cluster " + (dir.path() / "cpu.toml").string() +
+                            " --ranks 2 --steps 2 --top 2 --sample 3 --dir " +
+                            (dir.path() / "runs").string() + " --json " + json.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "Spearman")) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(loom::test::slurp(json));
+  ASSERT_EQ(j["layouts"].size(), 3u);
+  EXPECT_EQ(j["layouts"][0]["predicted_rank"], 1);
+  EXPECT_EQ(j["layouts"][1]["predicted_rank"], 2);
+  EXPECT_EQ(j["layouts"][2]["predicted_rank"], j["feasible"]);  // the sample's far end
+  for (const nlohmann::json& l : j["layouts"]) {
+    EXPECT_GT(l["measured_tokens_per_s"].get<double>(), 0);
+    EXPECT_GT(l["measured_peak_bytes"].get<double>(), 0);
+  }
+  EXPECT_TRUE(fs::exists(dir.path() / "verify.png"));
+}
+
+}  // namespace
