@@ -57,6 +57,21 @@ nlohmann::json print_dtype_peaks(const std::vector<kernels::KernelBenchRow>& row
   return out;
 }
 
+// GFLOP/s by the smallest dimension, per dtype and thread count; the JSON rows.
+nlohmann::json print_gemm_sweep(const std::vector<kernels::KernelBenchRow>& rows) {
+  fmt::print("\nGEMM GFLOP/s by its smallest dimension s: (M,M,s) and (M,s,M), M = {}:\n"
+             "{:<6} {:>7} {:>6} {:>6} {:>6} {:>9}\n", kernels::kGemmSweepM, "dtype", "threads",
+             "M", "N", "K", "GFLOP/s");
+  nlohmann::json out = nlohmann::json::array();
+  for (const kernels::KernelBenchRow& r : rows) {
+    fmt::print("{:<6} {:>7} {:>6} {:>6} {:>6} {:>9.1f}\n", r.dtype, r.threads, r.M, r.N, r.K,
+               r.gflops);
+    out.push_back({{"dtype", r.dtype}, {"threads", r.threads}, {"M", r.M}, {"N", r.N},
+                   {"K", r.K}, {"median_s", r.median_seconds}, {"gflops", r.gflops}});
+  }
+  return out;
+}
+
 int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
   const std::string openblas = kernels::use_best_openblas_core(), cpu = kernels::cpu_summary();
   kernels::set_compute_threads(threads);
@@ -77,9 +92,12 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
                    {"gflops", r.gflops}});
   }
   const nlohmann::json peaks = print_dtype_peaks(kernels::bench_gemm_dtypes(repeats));
+  const nlohmann::json sweep = print_gemm_sweep(
+      kernels::bench_gemm_sweep(repeats, threads > 1 ? std::vector<int>{1, threads}
+                                                     : std::vector<int>{1}));
   write_file_atomic(json_out, nlohmann::json{{"threads", threads}, {"cpu", cpu},
                                              {"openblas", openblas}, {"gemm", out},
-                                             {"gemm_dtypes", peaks}}
+                                             {"gemm_dtypes", peaks}, {"gemm_sweep", sweep}}
                                   .dump(2));
   fmt::print("wrote {}\n", json_out);
   return 0;

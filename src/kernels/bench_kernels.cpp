@@ -259,6 +259,26 @@ std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats) {
   return rows;
 }
 
+std::vector<KernelBenchRow> bench_gemm_sweep(int repeats, const std::vector<int>& threads) {
+  LOOM_CHECK(repeats >= 1 && !threads.empty(), "bench_gemm_sweep: need repeats >= 1 and a "
+             "thread count");
+  const int restore = omp_get_max_threads();
+  std::vector<KernelBenchRow> rows;
+  for (int n : threads) {
+    omp_set_num_threads(n);
+    for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+      if (!gemm_typed_available(t)) continue;
+      for (int s : kGemmSweepSizes) {
+        // The small dimension as the inner one (K) and as the output's columns (N).
+        rows.push_back(bench_typed_gemm(t, kGemmSweepM, kGemmSweepM, s, repeats));
+        rows.push_back(bench_typed_gemm(t, kGemmSweepM, s, kGemmSweepM, repeats));
+      }
+    }
+  }
+  omp_set_num_threads(restore);
+  return rows;
+}
+
 std::vector<KernelBenchRow> bench_gemm_shapes(int repeats) {
   LOOM_CHECK(repeats >= 1, "bench_gemm_shapes: repeats={} must be >= 1", repeats);
   std::vector<GemmShape> shapes;

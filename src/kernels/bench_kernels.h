@@ -41,6 +41,14 @@ struct KernelBenchRow {
 // implementation name. A dtype's peak is its best shape.
 std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats);
 
+// GEMM GFLOP/s against the size of its smallest dimension: (M, M, s) and (M, s, M) with
+// M = kGemmSweepM for each s of kGemmSweepSizes, per available dtype, at each of `threads`
+// OpenMP thread counts (the rows say which). Small dimensions starve the GEMM: the
+// planner's cost model prices a GEMM by its smallest dimension from these rows.
+constexpr int kGemmSweepM = 1024;
+constexpr int kGemmSweepSizes[] = {32, 64, 128, 256, 512, 1024, 2048};
+std::vector<KernelBenchRow> bench_gemm_sweep(int repeats, const std::vector<int>& threads);
+
 // The three GEMMs (forward, d(input), d(weight)) of each linear layer of GPT-2 124M:
 // qkv 768->2304, attproj 768->768, fc 768->3072, fcproj 3072->768, lm_head 768->50304,
 // on both backends.

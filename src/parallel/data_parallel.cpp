@@ -316,16 +316,18 @@ size_t union_size(std::vector<std::pair<size_t, size_t>> ranges) {
 
 }  // namespace
 
-std::string DataParallel::memory_report() const {
-  const double psi = double(flat_size(model_.params())), N = dp_.size();
-  double weights = 4.0 * double(model_.weights().size());
+DataParallel::StateBytes DataParallel::state_bytes() const {
+  double weights = 4.0 * double(model_.weights().size()), unit_floats = 0;
   if (zero_ == 3) {
     // Resident at the peak: the shard, the embeddings and ln_f, and one block in use.
-    size_t peak = 0;
-    for (size_t u = 1; u + 1 < units_.size(); ++u)
+    size_t peak = 0, units = 0;
+    for (size_t u = 1; u + 1 < units_.size(); ++u) {
       peak = std::max(peak, union_size({{shard_begin_, shard_end_}, units_.front(),
                                         units_.back(), units_[u]}));
+      units = std::max(units, union_size({units_.front(), units_.back(), units_[u]}));
+    }
     weights = 4.0 * double(peak);
+    unit_floats = double(units);
   }
   // Stages 2 and 3 keep the shard's gradients between steps; during backward a layer's
   // gradient pages are resident from when backward writes them until their bucket is
@@ -333,6 +335,12 @@ std::string DataParallel::memory_report() const {
   const double grads = zero_ >= 2 ? 4.0 * double(shard_end_ - shard_begin_)
                                    : 4.0 * double(model_.grads().size());
   const double optim = 8.0 * double(shard_end_ - shard_begin_);
+  return {weights, grads, optim, 2.0 * double(low_.size() + wire_.size()), unit_floats};
+}
+
+std::string DataParallel::memory_report() const {
+  const double psi = double(flat_size(model_.params())), N = dp_.size();
+  const auto [weights, grads, optim, wire, units] = state_bytes();
   const double formula[] = {16 * psi, 8 * psi + 8 * psi / N, 4 * psi + 12 * psi / N,
                             16 * psi / N};
   constexpr double kMiB = 1024.0 * 1024.0;

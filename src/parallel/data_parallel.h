@@ -94,6 +94,16 @@ class DataParallel {
   // where there is nothing to do.
   void materialize_all();
   void release_all();
+  // Bytes of fp32 weights, gradients and AdamW moments this rank holds at its peak (ZeRO-3:
+  // the shard, the embeddings, ln_f and the largest block resident at once).
+  struct StateBytes {
+    double weights = 0, grads = 0, optimizer = 0;
+    double wire = 0;  // the 16-bit copies reductions and gathers send (bf16 buckets, a unit)
+    // ZeRO-3: the floats of the units gathered at once at the peak (embeddings, ln_f, the
+    // largest block), which the compute copy holds; 0 otherwise (it holds every weight).
+    double unit_floats = 0;
+  };
+  StateBytes state_bytes() const;
   // Per-rank bytes of weights, gradients and optimizer state, measured from the buffers,
   // beside the ZeRO paper's formula in its fp32 form (Psi parameters, N = dp):
   // stage 0: 4+4+8 = 16 Psi; stage 1: 4 Psi + 4 Psi + 8 Psi/N; stage 2: 4 Psi + 12 Psi/N

@@ -80,6 +80,35 @@ KernelRates kernel_rates(const nlohmann::json& k) {
   return r;
 }
 
+// [gemm_sweep] from bench kernels' sweep rows: per dtype, the mean GFLOP/s of the two shapes
+// of each smallest dimension, at one thread and at all of them ("" without a sweep).
+std::string sweep_section(const nlohmann::json& k) {
+  if (!k.contains("gemm_sweep")) return "";
+  const int cores = k.at("threads").get<int>();
+  std::map<int, int> sizes;  // size -> rows seen
+  std::map<std::string, std::map<int, std::vector<double>>> rates;  // "fp32_one_thread" -> ...
+  for (const nlohmann::json& row : k.at("gemm_sweep")) {
+    const int M = row.at("M"), N = row.at("N"), K = row.at("K"), threads = row.at("threads");
+    const int size = std::min({M, N, K});
+    sizes[size] += 1;
+    for (const char* which : {"_one_thread", "_all_threads"}) {
+      if ((threads == 1) != (std::string(which) == "_one_thread") && cores > 1) continue;
+      rates[row.at("dtype").get<std::string>() + which][size].push_back(row.at("gflops"));
+    }
+  }
+  std::string out = "\n[gemm_sweep]  # GFLOP/s by the GEMM's smallest dimension: bench kernels' "
+                    "sweep\nsizes = [";
+  for (const auto& [size, n] : sizes) out += fmt::format("{}{}", size, size == sizes.rbegin()->first ? "]\n" : ", ");
+  for (const auto& [key, by_size] : rates) {
+    LOOM_REQUIRE(by_size.size() == sizes.size(), "the kernels file's sweep lacks sizes for {}",
+                 key);
+    out += key + " = [";
+    for (const auto& [size, v] : by_size)
+      out += fmt::format("{:.1f}{}", median(v), size == by_size.rbegin()->first ? "]\n" : ", ");
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string calibrated_cluster_toml(const nlohmann::json& kernels,
@@ -107,11 +136,11 @@ std::string calibrated_cluster_toml(const nlohmann::json& kernels,
       "[network]                    # shared memory, fitted to {} rows of loom's Comm\n"
       "intra_bandwidth_gbs = {:.4g}\nintra_alpha_us = {:.4g}\nintra_efficiency = 1.0\n"
       "inter_bandwidth_gbs = {:.4g}  # one host: the same fit\n"
-      "inter_alpha_us = {:.4g}\ninter_efficiency = 1.0\n",
+      "inter_alpha_us = {:.4g}\ninter_efficiency = 1.0\n{}",
       sources, k.threads, host_memory_bytes / (1024.0 * 1024 * 1024),
       k.peak["fp32"] * per_core, bf16 * per_core, fp16 * per_core, k.gemm_eff, k.attn_eff,
       k.mem_gbs, link.rows, link.bandwidth_gbs, link.alpha_us, link.bandwidth_gbs,
-      link.alpha_us);
+      link.alpha_us, sweep_section(kernels));
 }
 
 }  // namespace loom

@@ -23,7 +23,53 @@ double ClusterSpec::peak_flops(DType t) const {
   }
 }
 
+double GemmSweep::at(const std::vector<double>& sizes, const std::vector<double>& v, double s) {
+  if (s <= sizes.front()) return v.front();
+  if (s >= sizes.back()) return v.back();
+  size_t i = 1;
+  while (sizes[i] < s) ++i;
+  const double f = std::log(s / sizes[i - 1]) / std::log(sizes[i] / sizes[i - 1]);
+  return v[i - 1] + f * (v[i] - v[i - 1]);
+}
+
 namespace {
+
+std::vector<double> numbers(const toml::node* node, const std::string& where) {
+  const toml::array* a = node ? node->as_array() : nullptr;
+  LOOM_REQUIRE(a != nullptr && !a->empty(), "{}: must be a non-empty array of numbers", where);
+  std::vector<double> out;
+  for (const toml::node& x : *a) {
+    const auto v = x.value<double>();
+    LOOM_REQUIRE(v && std::isfinite(*v) && *v > 0, "{}: every entry must be a number > 0",
+                 where);
+    out.push_back(*v);
+  }
+  return out;
+}
+
+GemmSweep parse_sweep(const toml::table& t, const std::string& source) {
+  GemmSweep g;
+  const std::string at = source + ": [gemm_sweep] ";
+  g.sizes = numbers(t.get("sizes"), at + "sizes");
+  for (size_t i = 1; i < g.sizes.size(); ++i)
+    LOOM_REQUIRE(g.sizes[i] > g.sizes[i - 1], "{}sizes must ascend", at);
+  for (const auto& [key, node] : t) {
+    const std::string k(key.str());
+    if (k == "sizes") continue;
+    const size_t us = k.find('_');
+    const std::string dtype = k.substr(0, us), which = us == std::string::npos ? "" : k.substr(us);
+    LOOM_REQUIRE((dtype == "fp32" || dtype == "bf16" || dtype == "fp16") &&
+                     (which == "_one_thread" || which == "_all_threads"),
+                 "{}{}: unknown key (<fp32|bf16|fp16>_one_thread, _all_threads)", at, k);
+    std::vector<double> v = numbers(&node, at + k);
+    LOOM_REQUIRE(v.size() == g.sizes.size(), "{}{} has {} entries for {} sizes", at, k, v.size(),
+                 g.sizes.size());
+    (which == "_one_thread" ? g.one : g.all)[parse_dtype(dtype)] = std::move(v);
+  }
+  LOOM_REQUIRE(g.one.count(DType::kF32) && g.all.count(DType::kF32),
+               "{}needs fp32_one_thread and fp32_all_threads", at);
+  return g;
+}
 
 // One key of the file: where it goes, the factor from the file's unit, and its range.
 struct Key {
@@ -87,8 +133,12 @@ ClusterSpec parse_cluster(const std::string& toml_text, const std::string& sourc
   std::string kind;
   const auto keys = schema(c, kind);
   for (const auto& [name, node] : root) {
+    if (name.str() == "gemm_sweep" && node.is_table()) {
+      c.sweep = parse_sweep(*node.as_table(), source);
+      continue;
+    }
     LOOM_REQUIRE(keys.count(std::string(name.str())), "{}: unknown section [{}] (sections: "
-                 "cluster, compute, network)", source, name.str());
+                 "cluster, compute, network, gemm_sweep)", source, name.str());
   }
   for (const auto& [section, fields] : keys) {
     const toml::table* t = root[section].as_table();

@@ -6,7 +6,9 @@
 // collectives` on this machine (a CPU host: the "devices" are its cores, shared by its ranks).
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -17,6 +19,16 @@ struct LinkSpec {
   double alpha_us = 0;       // latency of one message step
   double efficiency = 1;     // fraction of the bandwidth a collective's bus bandwidth reaches
   double bytes_per_s() const { return bandwidth_gbs * 1e9 * efficiency; }
+};
+
+// Measured GEMM GFLOP/s against the GEMM's smallest dimension (loom bench kernels' sweep):
+// what one thread does alone and what the whole host does with every core busy.
+struct GemmSweep {
+  std::vector<double> sizes;                             // ascending
+  std::map<DType, std::vector<double>> one, all;         // GFLOP/s per size
+  bool empty() const { return sizes.empty(); }
+  // GFLOP/s at smallest dimension s (log-linear between sizes, flat beyond the ends).
+  static double at(const std::vector<double>& sizes, const std::vector<double>& v, double s);
 };
 
 struct ClusterSpec {
@@ -30,13 +42,15 @@ struct ClusterSpec {
   double memory_bandwidth_bytes = 0;  // per device; a CPU host's (its ranks share it)
   double memory_efficiency = 1;
   LinkSpec intra, inter;  // within a host, across hosts
+  GemmSweep sweep;        // optional [gemm_sweep] (a calibrated CPU host)
 
   int world() const { return nodes * devices_per_node; }
   double peak_flops(DType t) const;  // per device, dense
 };
 
 // Parses a cluster file; unknown keys, missing keys and values out of range are InputErrors
-// naming the file and key.
+// naming the file and key. [gemm_sweep] is optional: sizes = [...] and, per dtype,
+// <dtype>_one_thread and <dtype>_all_threads of the same length.
 ClusterSpec parse_cluster(const std::string& toml_text, const std::string& source);
 ClusterSpec load_cluster(const std::string& path);
 

@@ -63,28 +63,56 @@ double p2p_s(double bytes, const LinkSpec& l) {
   return l.alpha_us * kUs + bytes / l.bytes_per_s();
 }
 
-// Per-rank rates for one layout: FLOP/s of GEMMs and attention, bytes/s of elementwise work.
+// Per-rank rates for one layout: GEMM seconds, FLOP/s of attention, bytes/s of elementwise
+// work, and on a CPU host how much of the host a rank's work takes.
 struct Rates {
-  double gemm = 0, attn = 0, mem = 0;
-  double oversubscribed = 1;  // a CPU host's ranks per core, when above 1
+  const GemmSweep* sweep = nullptr;  // a calibrated CPU host: GEMMs priced by their shape
+  DType dtype = DType::kF32;
+  double threads = 1, cores = 1;
+  double gemm_flops = 0, attn = 0, mem = 0;
+  // A CPU host whose ranks are all busy: the rank's work takes this times the host's
+  // cores' time (ranks per host x a rank's rate alone / the host's rate with every core
+  // busy); above 1, ranks wait for cores.
+  double host_share = 0;
+
+  // GFLOP/s of a rank alone at smallest dimension s: its threads between the sweep's one
+  // thread and the whole host.
+  double sweep_rate(double s) const {
+    const double one = GemmSweep::at(sweep->sizes, sweep->one.at(dtype), s);
+    const double all = GemmSweep::at(sweep->sizes, sweep->all.at(dtype), s);
+    return 1e9 * (cores > 1 ? one + (all - one) * (threads - 1) / (cores - 1) : one);
+  }
+  // Seconds of an (M, N, K) GEMM.
+  double gemm(double M, double N, double K) const {
+    const double flops = 2 * M * N * K;
+    return sweep ? flops / sweep_rate(std::min({M, N, K})) : flops / gemm_flops;
+  }
 };
 
-Rates rates_of(const ClusterSpec& c, int rpn, DType t) {
+Rates rates_of(const ClusterSpec& c, int rpn, DType t, double typical_dim) {
   const double peak = c.peak_flops(t);
   Rates r;
-  if (c.cpu) {
-    const int cores = c.devices_per_node;
-    const double threads = std::max(1, cores / rpn);
-    r.gemm = peak * c.gemm_efficiency * threads;
-    r.attn = peak * c.attention_efficiency * threads;
-    // The host's bandwidth, shared by the ranks running at once.
-    r.mem = c.memory_bandwidth_bytes * c.memory_efficiency / std::min(rpn, cores);
-    r.oversubscribed = std::max(1.0, double(rpn) / cores);
-  } else {
-    r.gemm = peak * c.gemm_efficiency;
+  if (!c.cpu) {
+    r.gemm_flops = peak * c.gemm_efficiency;
     r.attn = peak * c.attention_efficiency;
     r.mem = c.memory_bandwidth_bytes * c.memory_efficiency;
+    return r;
   }
+  r.cores = c.devices_per_node;
+  r.threads = std::max(1, c.devices_per_node / rpn);
+  r.gemm_flops = peak * c.gemm_efficiency * r.threads;
+  r.attn = peak * c.attention_efficiency * r.threads;
+  // The host's bandwidth, shared by the ranks running at once.
+  r.mem = c.memory_bandwidth_bytes * c.memory_efficiency / std::min(rpn, c.devices_per_node);
+  double alone = r.gemm_flops, host = peak * c.gemm_efficiency * r.cores;
+  if (!c.sweep.empty()) {
+    // Without a typed GEMM for the dtype (fp16 here), it runs as fp32.
+    r.dtype = c.sweep.one.count(t) && c.sweep.all.count(t) ? t : DType::kF32;
+    r.sweep = &c.sweep;
+    alone = r.sweep_rate(typical_dim);
+    host = 1e9 * GemmSweep::at(c.sweep.sizes, c.sweep.all.at(r.dtype), typical_dim);
+  }
+  r.host_share = rpn * alone / host;
   return r;
 }
 
@@ -101,16 +129,19 @@ struct Shapes {
 
 Piece block_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link,
                   const std::string& recompute) {
-  const double gemm = 2 * s.N * 12 * s.C * s.C / s.tp;
+  // qkv, the attention projection, the MLP's two: each rank's column or row slice.
+  const double gemm = r.gemm(s.N, 3 * s.C / s.tp, s.C) + r.gemm(s.N, s.C, s.C / s.tp) +
+                      r.gemm(s.N, 4 * s.C / s.tp, s.C) + r.gemm(s.N, s.C, 4 * s.C / s.tp);
   const double attn = 2 * s.N * s.T * s.C / s.tp;  // causal Q K^T and P V
   const double rows = s.sp ? s.N / s.tp : s.N;
   // Two layernorms (read + write) and two residual adds (two reads, a write) on the rows,
   // the GELU (read + write) on the tp slice of the 4C hidden layer; 4 bytes each.
   const double ln_res = 4 * rows * s.C * (2 * 2 + 2 * 3), gelu = 4 * s.N * 4 * s.C / s.tp * 2;
   Piece p;
-  p.fwd = gemm / r.gemm + attn / r.attn + (ln_res + gelu) / r.mem;
-  // Flash backward recomputes the scores (2.5x the forward's attention FLOPs).
-  p.bwd = 2 * gemm / r.gemm + 2.5 * attn / r.attn + 2 * (ln_res + gelu) / r.mem;
+  p.fwd = gemm + attn / r.attn + (ln_res + gelu) / r.mem;
+  // Backward: two GEMMs per forward GEMM (the same three dimensions); flash backward
+  // recomputes the scores (2.5x the forward's attention FLOPs).
+  p.bwd = 2 * gemm + 2.5 * attn / r.attn + 2 * (ln_res + gelu) / r.mem;
   // Two all-reduces of (N, C) fp32 per direction (with sequence parallelism a reduce-scatter
   // and an all-gather each: the same bytes on the wire).
   const double comm = s.tp > 1 ? 2 * allreduce_s(4 * s.N * s.C, int(s.tp), tp_link) : 0;
@@ -134,11 +165,11 @@ Piece embed_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link) {
 }
 
 Piece head_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link) {
-  const double gemm = 2 * s.N * s.C * s.Vp / s.tp, logits = 4 * s.N * s.Vp / s.tp;
+  const double gemm = r.gemm(s.N, s.Vp / s.tp, s.C), logits = 4 * s.N * s.Vp / s.tp;
   Piece p;
   // ln_f, the lm_head GEMM, and the fused loss: max, exp-sum and the gradient over the logits.
-  p.fwd = gemm / r.gemm + (8 * s.N * s.C + 3 * logits) / r.mem;
-  p.bwd = 2 * gemm / r.gemm + (8 * s.N * s.C + logits) / r.mem;
+  p.fwd = gemm + (8 * s.N * s.C + 3 * logits) / r.mem;
+  p.bwd = 2 * gemm + (8 * s.N * s.C + logits) / r.mem;
   p.fwd_comm = s.tp > 1 ? gather_s(12 * s.N * s.tp, int(s.tp), tp_link) : 0;
   return p;
 }
@@ -314,7 +345,8 @@ Prediction CostModel::price(const RunConfig& cfg, bool simulate) const {
   LOOM_REQUIRE(par.dp * par.tp * par.pp == world, "layout dp={} x tp={} x pp={} is not the {} "
                "ranks of the world", par.dp, par.tp, par.pp, world);
   const int rpn = ranks_per_node();
-  const Rates r = rates_of(cluster, rpn, parse_dtype(cfg.train.precision));
+  const Rates r =
+      rates_of(cluster, rpn, parse_dtype(cfg.train.precision), cfg.model.n_embd / par.tp);
   const StageTimes st = stage_times(cfg, *this, r);
   const PipeResult pipe = run_pipeline(cfg, st, simulate);
   const int p = par.pp, m = cfg.train.grad_accum;
@@ -334,11 +366,13 @@ Prediction CostModel::price(const RunConfig& cfg, bool simulate) const {
   out.bubble_s = pipe.makespan - pipe.busy[busiest];
   const DpTimes dpt = dp_times(cfg, *this, last_bwd);
   out.exposed_comm_s = comm + dpt.exposed + dpt.gathers;
-  out.optimizer_s = optimizer_s(cfg, r) * r.oversubscribed;
+  // Every rank steps at once: past a CPU host's cores they take turns.
+  const double over = cluster.cpu ? std::max(1.0, double(rpn) / cluster.devices_per_node) : 1;
+  out.optimizer_s = optimizer_s(cfg, r) * over;
   // A CPU host with more ranks than cores: they take turns on the cores.
   double mean_busy = 0;
   for (double b : pipe.busy) mean_busy += b / p;
-  const double shared = r.oversubscribed > 1 ? mean_busy * r.oversubscribed : 0;
+  const double shared = r.host_share > 1 ? mean_busy * r.host_share : 0;
   out.contention_s = std::max(0.0, shared - pipe.makespan);
   out.step_s = pipe.makespan + out.contention_s + dpt.exposed + dpt.gathers + out.optimizer_s;
   const double tokens = double(cfg.train.micro_batch) * m * par.dp * cfg.train.seq_len;

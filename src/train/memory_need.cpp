@@ -34,12 +34,15 @@ Sizes sizes_of(const RunConfig& cfg) {
           p.sequence_parallel && p.tp > 1, p.zero};
 }
 
-// Micro-batches whose activations one rank holds at once: one without a pipeline; under
-// GPipe every micro-batch of the step; under 1F1B (and interleaved, per chunk) at most the
-// pipeline depth.
+// Micro-batches whose activations one rank holds at once, per chunk (the slots the trainer
+// reserves: the schedule's peak in flight on its busiest rank): one without a pipeline;
+// under GPipe every micro-batch of the step; under 1F1B at most the pipeline depth; under
+// the interleaved schedule at most twice the depth (its warm-up runs ahead by a round of
+// chunks: min(m, 2p) for every p, m and v >= 2 the builder accepts).
 double inflight(const RunConfig& cfg, const Sizes& s) {
   if (s.pp <= 1) return 1;
-  return cfg.parallel.schedule == "gpipe" ? s.ga : std::min(s.ga, s.pp);
+  if (cfg.parallel.schedule == "gpipe") return s.ga;
+  return std::min(s.ga, (cfg.parallel.schedule == "interleaved" ? 2 : 1) * s.pp);
 }
 
 // Bytes of the activation arena Gpt::reserve lays out (model/activations.h) for the rank
