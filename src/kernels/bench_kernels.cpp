@@ -271,7 +271,8 @@ std::vector<KernelBenchRow> bench_gemm_sweep(int repeats, const std::vector<int>
       for (int s : kGemmSweepSizes) {
         // The small dimension as the inner one (K) and as the output's columns (N).
         rows.push_back(bench_typed_gemm(t, kGemmSweepM, kGemmSweepM, s, repeats));
-        rows.push_back(bench_typed_gemm(t, kGemmSweepM, s, kGemmSweepM, repeats));
+        if (s != kGemmSweepM)
+          rows.push_back(bench_typed_gemm(t, kGemmSweepM, s, kGemmSweepM, repeats));
       }
     }
   }

@@ -42,11 +42,11 @@ struct KernelBenchRow {
 std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats);
 
 // GEMM GFLOP/s against the size of its smallest dimension: (M, M, s) and (M, s, M) with
-// M = kGemmSweepM for each s of kGemmSweepSizes, per available dtype, at each of `threads`
+// M = kGemmSweepM for each s of kGemmSweepSizes (the square one once), per available dtype, at each of `threads`
 // OpenMP thread counts (the rows say which). Small dimensions starve the GEMM: the
 // planner's cost model prices a GEMM by its smallest dimension from these rows.
 constexpr int kGemmSweepM = 1024;
-constexpr int kGemmSweepSizes[] = {32, 64, 128, 256, 512, 1024, 2048};
+constexpr int kGemmSweepSizes[] = {32, 64, 128, 256, 512, 1024};  // the last: square, once
 std::vector<KernelBenchRow> bench_gemm_sweep(int repeats, const std::vector<int>& threads);
 
 // The three GEMMs (forward, d(input), d(weight)) of each linear layer of GPT-2 124M:

@@ -93,8 +93,18 @@ TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
                          {"gelu_forward", 4 * ln}})
     gemm.push_back({{"name", name}, {"M", 0}, {"N", 0}, {"K", 0}, {"backend", "-"},
                     {"median_s", s}, {"gflops", 0.0}});
+  nlohmann::json sweep = nlohmann::json::array();
+  for (int threads : {1, 2})
+    for (int s : {64, 512})
+      for (const char* dtype : {"fp32", "bf16"}) {
+        const double gflops = (dtype[0] == 'b' ? 2 : 1) * threads * (s == 64 ? 30.0 : 40.0);
+        sweep.push_back({{"dtype", dtype}, {"threads", threads}, {"M", 1024}, {"N", 1024},
+                         {"K", s}, {"gflops", gflops}});
+        sweep.push_back({{"dtype", dtype}, {"threads", threads}, {"M", 1024}, {"N", s},
+                         {"K", 1024}, {"gflops", gflops}});
+      }
   const nlohmann::json kernels = {
-      {"threads", 2}, {"cpu", "test"}, {"gemm", gemm},
+      {"threads", 2}, {"cpu", "test"}, {"gemm", gemm}, {"gemm_sweep", sweep},
       {"gemm_dtypes", {{{"dtype", "fp32"}, {"gflops", 100.0}}, {{"dtype", "bf16"}, {"gflops", 200.0}}}}};
   std::ofstream(dir.path() / "kernels.json") << kernels.dump();
   nlohmann::json rows = nlohmann::json::array();
@@ -114,6 +124,9 @@ TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
   EXPECT_TRUE(contains(text, "gemm_efficiency = 0.8000")) << text;
   EXPECT_TRUE(contains(text, "intra_bandwidth_gbs = 4\n")) << text;
   EXPECT_TRUE(contains(text, "intra_alpha_us = 10\n")) << text;
+  EXPECT_TRUE(contains(text, "sizes = [64, 512]\n")) << text;
+  EXPECT_TRUE(contains(text, "fp32_one_thread = [30.0, 40.0]\n")) << text;
+  EXPECT_TRUE(contains(text, "bf16_all_threads = [120.0, 160.0]\n")) << text;
   r = loom_cmd("plan --config " + kSource + "/configs/gpt2-124m.toml --cluster " +
                local.string() + " --world 4 --global-batch 8");
   ASSERT_EQ(r.code, 0) << r.output;
