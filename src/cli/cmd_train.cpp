@@ -19,6 +19,7 @@
 #include "launch/heartbeat.h"
 #include "parallel/partition.h"
 #include "plan/search.h"
+#include "train/stage_profile.h"
 #include "train/run_dir.h"
 #include "train/startup_checks.h"
 #include "train/trainer.h"
@@ -131,6 +132,29 @@ RunConfig auto_layout(const RunConfig& cfg, const TrainOpts& o, int world, int r
   return out;
 }
 
+// stage_layers "auto": a resumed run keeps the split its run directory recorded (the same
+// split, the same numerics); a new one measures its stages (train/stage_profile.h).
+RunConfig resolve_stages(RunConfig cfg, const ProcessGrid& grid, const TrainOpts& o) {
+  if (cfg.parallel.stage_layers != "auto" || cfg.parallel.pp == 1)
+    return resolve_stage_layers(cfg, grid, nullptr);
+  const std::filesystem::path recorded = std::filesystem::path(cfg.run.dir) / "config.toml";
+  if (!o.resume.empty() && std::filesystem::exists(recorded)) {
+    try {
+      const ParallelConfig was = load_run_config(recorded.string()).parallel;
+      if (was.pp == cfg.parallel.pp && was.virtual_stages == cfg.parallel.virtual_stages &&
+          !was.stage_layers.empty() && was.stage_layers != "auto") {
+        if (grid.rank() == 0)
+          fmt::print("stage layers auto: resuming with the recorded split {}\n", was.stage_layers);
+        cfg.parallel.stage_layers = was.stage_layers;
+        return cfg;
+      }
+    } catch (const InputError&) {
+      // An unreadable record: measure again.
+    }
+  }
+  return resolve_stage_layers(cfg, grid, stdout);
+}
+
 int train_on(const RunConfig& cfg, const ProcessGrid& grid, const TrainOpts& o,
              const std::function<void(Trace*)>& trace_sink = nullptr) {
   const std::unique_ptr<HeartbeatClient> heartbeat = HeartbeatClient::from_env(grid.rank());
@@ -187,7 +211,8 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--virtual-stages", o->virtual_stages,
                  "model chunks per pipeline rank (interleaved, >= 2)");
   sub.add_option("--stage-layers", o->stage_layers,
-                 "blocks per virtual stage, e.g. 3,4,4,1 (default: balanced by cost)");
+                 "blocks per virtual stage, e.g. 3,4,4,1; auto (default): balanced by measured "
+                 "cost; '' by FLOP count");
   sub.add_option("--recompute", o->recompute,
                  "activation recomputation: none | selective | full ([train] recompute)");
   sub.add_option("--attention", o->attention,
@@ -231,7 +256,7 @@ RunFn setup_train(CLI::App& sub) {
                    "pp={} x dp={} x tp={} needs {} processes: run under mpirun -np {} (or srun)",
                    shape.pp, shape.dp, shape.tp, shape.world(), shape.world());
       const ProcessGrid grid = ProcessGrid::single();
-      return train_on(cfg, grid, *o);
+      return train_on(resolve_stages(cfg, grid, *o), grid, *o);
     }
     MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});
     try {
@@ -241,6 +266,7 @@ RunFn setup_train(CLI::App& sub) {
       ProcessGrid grid = ProcessGrid::create(mpi.world(), shape, &mpi.progress());
       mpi.set_rank_describer([&grid](int r) { return grid.describe(r); });
       check_same_binary_and_config(grid, cfg);
+      cfg = resolve_stages(cfg, grid, *o);
       return train_on(cfg, grid, *o, [&mpi](Trace* t) { mpi.set_trace(t); });
     } catch (const Error& e) {
       // Every rank sees the same config error; a rank-local one must still end the job.

@@ -187,4 +187,37 @@ int virtual_stage_of_block(const StagePartition& part, int block) {
   return static_cast<int>(it - part.first.begin()) - 1;
 }
 
+LayerCosts measured_layer_costs(const StagePartition& part, const std::vector<double>& seconds) {
+  const int S = part.stages();
+  LOOM_REQUIRE(int(seconds.size()) == S && S >= 1, "measured_layer_costs: {} times for {} "
+               "stages", seconds.size(), S);
+  double t = 0, k = 0;
+  for (int s = 1; s + 1 < S; ++s) {
+    t += seconds[size_t(s)];
+    k += part.blocks(s);
+  }
+  if (k == 0) {  // every stage holds an end: the first stage's blocks price a block
+    t = seconds[0];
+    k = part.blocks(0);
+  }
+  const double block = t / k;
+  LayerCosts c;
+  c.block.assign(size_t(part.first.back()), block);
+  const double first = std::max(0.0, seconds[0] - part.blocks(0) * block);
+  const double last = std::max(0.0, seconds[size_t(S - 1)] - part.blocks(S - 1) * block);
+  if (S == 1) {
+    c.head = first;
+  } else {
+    c.embed = first;
+    c.head = last;
+  }
+  return c;
+}
+
+std::string stage_layers_spec(const StagePartition& part) {
+  std::string out;
+  for (int s = 0; s < part.stages(); ++s) out += fmt::format("{}{}", s ? "," : "", part.blocks(s));
+  return out;
+}
+
 }  // namespace loom

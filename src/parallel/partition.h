@@ -53,6 +53,17 @@ StagePartition balance_stages(const LayerCosts& costs, int S, int pp = 0);
 StagePartition parse_stage_layers(const std::string& spec, const LayerCosts& costs, int S,
                                   int pp = 0);
 
+// Per-piece costs from measured seconds per virtual stage (forward + backward of one
+// micro-batch) under `part`: a block costs what the stages without an end spend per block
+// (all stages' blocks when every stage holds an end: pp = 2, v = 1), and each end what its
+// stage spends beyond its blocks (none below zero). With S = 2 both ends share two
+// equations with the block: the embeddings' lookup is taken as free (3C FLOPs per token
+// against a block's ~72C^2) and the head gets the rest. For balance_stages().
+LayerCosts measured_layer_costs(const StagePartition& part, const std::vector<double>& seconds);
+
+// A split as parse_stage_layers() reads it: blocks per virtual stage, "3,4,4,1".
+std::string stage_layers_spec(const StagePartition& part);
+
 // One line per virtual stage with pp = p ranks, e.g.
 //   "pp rank 0 chunk 0 (virtual stage 0): blocks 0-2 + embeddings, cost 1.23e+09 (34.1%)"
 // then "imbalance max/mean = 1.02 (max 1.25e+09, mean 1.23e+09)".

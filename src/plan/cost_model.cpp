@@ -276,7 +276,7 @@ const StagePartition& CostModel::partition(const RunConfig& cfg) const {
   auto it = partitions.find(key);
   if (it != partitions.end()) return it->second;
   const LayerCosts flops = model_layer_costs(cfg.model, cfg.train.seq_len);
-  StagePartition part = par.stage_layers.empty()
+  StagePartition part = par.stage_layers.empty() || par.stage_layers == "auto"
                             ? balance_stages(flops, S, par.pp)
                             : parse_stage_layers(par.stage_layers, flops, S, par.pp);
   return partitions.emplace(key, std::move(part)).first->second;

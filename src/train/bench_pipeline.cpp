@@ -10,6 +10,7 @@
 #include "core/file_io.h"
 #include "kernels/openblas.h"
 #include "parallel/schedule_sim.h"
+#include "train/stage_profile.h"
 #include "train/bench_train.h"
 #include "train/trainer.h"
 
@@ -30,19 +31,6 @@ struct PipeResult {
   double predicted_bubble = 0;  // simulator with the measured median F and B times
   double t_fwd = 0, t_bwd = 0;  // slowest virtual stage's median forward / backward, s
 };
-
-// Median duration (seconds) of the trace's compute events of `kind` ('F' or 'B') and
-// chunk: the executor names them "F mb3 c1".
-double median_event(const std::vector<TraceEvent>& events, char kind, int chunk) {
-  std::vector<double> d;
-  const std::string suffix = fmt::format(" c{}", chunk);
-  for (const TraceEvent& e : events)
-    if (e.cat == "compute" && !e.name.empty() && e.name[0] == kind &&
-        e.name.size() > suffix.size() &&
-        e.name.compare(e.name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      d.push_back(e.dur_us * 1e-6);
-  return d.empty() ? 0.0 : median(d);
-}
 
 PipeResult measure(RunConfig cfg, const PipeCase& c, const TrainBenchOptions& opt,
                    const ProcessGrid& grid) {
@@ -70,15 +58,9 @@ PipeResult measure(RunConfig cfg, const PipeCase& c, const TrainBenchOptions& op
   PipeResult r{c};
   // Each virtual stage's measured forward and backward (stages are not equally costly:
   // the last one carries the lm_head).
-  const auto events = tr.trace().events();
-  const int S = p * c.v, rank = grid.coord().pp;
-  std::vector<double> fwd(size_t(S), 0.0), bwd(size_t(S), 0.0);
-  for (int chunk = 0; chunk < c.v; ++chunk) {
-    fwd[size_t(chunk * p + rank)] = median_event(events, 'F', chunk);
-    bwd[size_t(chunk * p + rank)] = median_event(events, 'B', chunk);
-  }
-  grid.world().allreduce(fwd.data(), fwd.size(), ReduceOp::kSum);
-  grid.world().allreduce(bwd.data(), bwd.size(), ReduceOp::kSum);
+  const StageSeconds st = stage_seconds(tr, grid);
+  const std::vector<double>&fwd = st.fwd, &bwd = st.bwd;
+  const int S = p * c.v;
   for (int s = 0; s < S; ++s) {
     r.t_fwd = std::max(r.t_fwd, fwd[size_t(s)]);
     r.t_bwd = std::max(r.t_bwd, bwd[size_t(s)]);

@@ -54,7 +54,9 @@ struct ParallelConfig {
   double bucket_mb = 25;   // gradient all-reduce bucket size, MiB
   std::string schedule = "1f1b";  // pipeline schedule: "gpipe" | "1f1b" | "interleaved"
   int virtual_stages = 1;  // model chunks per pipeline rank (interleaved: >= 2)
-  std::string stage_layers;  // blocks per virtual stage, e.g. "3,4,4,1"; "" = balanced by cost
+  // Blocks per virtual stage, e.g. "3,4,4,1"; "auto" = balanced by measured cost (loom
+  // train times each stage on a probe first: train/stage_profile.h); "" = by FLOP count.
+  std::string stage_layers = "auto";
   bool sequence_parallel = false;  // shard layernorm/residual token rows over tp
   // Data-parallel gradient reduction dtype: "fp32" | "bf16" (half the bytes of every
   // all-reduce / reduce; micro-batch accumulation stays fp32).

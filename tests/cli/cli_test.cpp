@@ -296,5 +296,24 @@ TEST_F(Cli, LayoutAutoTrainsTheLayoutThePlanRanksFirst) {
   EXPECT_TRUE(contains(r.output, "loom plan --calibrate")) << r.output;
 }
 
+TEST_F(Cli, StageLayersAutoMeasuresThenResumesWithTheRecordedSplit) {
+  const std::string base = "train --config " + (dir_ / "tiny.toml").string() +
+                           " --pp 2 --set model.n_layer=4 --set train.eval_every=0 "
+                           "--set train.checkpoint_every=0 --set run.dir=\"" +
+                           (dir_ / "auto_pp").string() + "\"";
+  Result r = run(base + " --set train.steps=2", "", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "stage layers auto: measured forward+backward")) << r.output;
+  EXPECT_TRUE(contains(r.output, "balanced by measured cost, split ")) << r.output;
+  const std::string toml = slurp(dir_ / "auto_pp/config.toml");
+  const size_t at = toml.find("stage_layers = '");
+  ASSERT_NE(at, std::string::npos) << toml;
+  const std::string split = toml.substr(at + 16, toml.find('\'', at + 16) - at - 16);
+  EXPECT_TRUE(split == "1,3" || split == "2,2" || split == "3,1") << split;
+  r = run(base + " --set train.steps=3 --resume auto", "", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "resuming with the recorded split " + split)) << r.output;
+}
+
 }  // namespace
 

@@ -187,5 +187,25 @@ TEST(Partition, CostModel) {
   EXPECT_THROW(model_layer_costs(cfg, 0), InputError);
 }
 
+TEST(Partition, MeasuredCostsFitBlocksAndEnds) {
+  // Four stages of 2, 3, 3, 2 blocks; a block costs 1, the embeddings 0.5, the head 4.
+  LayerCosts flops;
+  flops.block.assign(10, 1.0);
+  const StagePartition four = parse_stage_layers("2,3,3,2", flops, 4);
+  LayerCosts c = measured_layer_costs(four, {2.5, 3, 3, 6});
+  EXPECT_EQ(c.block, std::vector<double>(10, 1.0));
+  EXPECT_DOUBLE_EQ(c.embed, 0.5);
+  EXPECT_DOUBLE_EQ(c.head, 4);
+  EXPECT_EQ(stage_layers_spec(balance_stages(c, 4)), "3,3,3,1");
+  // Two stages: the embeddings are taken as free, the head gets what is left.
+  flops.block.assign(6, 1.0);
+  const StagePartition two = parse_stage_layers("5,1", flops, 2);
+  c = measured_layer_costs(two, {5, 7});
+  EXPECT_DOUBLE_EQ(c.block.front(), 1);
+  EXPECT_DOUBLE_EQ(c.embed, 0);
+  EXPECT_DOUBLE_EQ(c.head, 6);
+  EXPECT_THROW(measured_layer_costs(two, {1, 2, 3}), InputError);
+}
+
 }  // namespace
 }  // namespace loom
