@@ -4,6 +4,7 @@
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <variant>
@@ -159,6 +160,8 @@ ClusterSpec parse_cluster(const std::string& toml_text, const std::string& sourc
 }
 
 ClusterSpec load_cluster(const std::string& path) {
+  LOOM_REQUIRE(std::filesystem::exists(path), "cluster file {} does not exist: write this "
+               "machine's with loom plan --calibrate, or use one of configs/clusters/", path);
   return parse_cluster(read_file_text(path), path);
 }
 
