@@ -77,11 +77,7 @@ int run_search(const PlanOpts& o) {
   const RunConfig base = load_run_config(o.config, o.overrides);
   const ClusterSpec cluster = load_cluster(o.cluster);
   const CostModel model{cluster, o.world > 0 ? o.world : cluster.world()};
-  const int64_t global = o.global_batch > 0 ? o.global_batch
-                         : base.train.global_batch > 0
-                             ? base.train.global_batch
-                             : int64_t(base.train.micro_batch) * base.train.grad_accum *
-                                   base.parallel.dp;
+  const int64_t global = o.global_batch > 0 ? o.global_batch : global_batch_of(base);
   const SearchResult r = search_layouts(base, model, global, parse_layout_filter(o.layout));
   const int top = o.top > 0 ? o.top : 10;
   fmt::print("{}", format_plan(r, model, global, top));

@@ -109,15 +109,9 @@ RunConfig elastic_config(RunConfig cfg, int world, int rank) {
 RunConfig auto_layout(const RunConfig& cfg, const TrainOpts& o, int world, int rank) {
   LOOM_REQUIRE(o.layout == "auto", "--layout '{}': only 'auto' is accepted (fix fields with "
                "--dp, --tp, ... instead)", o.layout);
-  LOOM_REQUIRE(std::filesystem::exists(o.cluster), "--layout auto prices layouts on a cluster "
-               "file: {} does not exist; write it with loom plan --calibrate or pass --cluster",
-               o.cluster);
   const ClusterSpec cluster = load_cluster(o.cluster);
   const CostModel model(cluster, world);
-  const int64_t global = cfg.train.global_batch > 0
-                             ? cfg.train.global_batch
-                             : int64_t(cfg.train.micro_batch) * cfg.train.grad_accum *
-                                   cfg.parallel.dp;
+  const int64_t global = global_batch_of(cfg);
   const SearchResult r = search_layouts(cfg, model, global);
   LOOM_REQUIRE(!r.ranked.empty(), "--layout auto: none of the {} layouts of {} ranks fits in "
                "memory on {}", r.priced, world, o.cluster);

@@ -141,6 +141,12 @@ bool valid(const RunConfig& base, const Layout& l) {
 
 }  // namespace
 
+int64_t global_batch_of(const RunConfig& cfg) {
+  return cfg.train.global_batch > 0
+             ? cfg.train.global_batch
+             : int64_t(cfg.train.micro_batch) * cfg.train.grad_accum * cfg.parallel.dp;
+}
+
 std::vector<Layout> enumerate_layouts(const RunConfig& base, int world, int64_t global_batch,
                                       const LayoutFilter& filter) {
   LOOM_REQUIRE(world >= 1 && global_batch >= 1, "plan: need --world >= 1 and a global batch "

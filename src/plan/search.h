@@ -28,6 +28,10 @@ struct LayoutFilter {
 // spelled out). Throws InputError naming a bad field or value.
 LayoutFilter parse_layout_filter(const std::string& spec);
 
+// The sequences per optimizer step `cfg` asks for: [train] global_batch, or when that is 0
+// micro_batch x grad_accum x dp.
+int64_t global_batch_of(const RunConfig& cfg);
+
 // Every valid layout of `world` ranks whose micro_batch x microbatches x dp = global_batch,
 // admitted by `filter`, in a fixed order.
 std::vector<Layout> enumerate_layouts(const RunConfig& base, int world, int64_t global_batch,

@@ -119,10 +119,7 @@ VerifyResult verify_plan(const RunConfig& config, const ClusterSpec& cluster,
   base.run.threads = 0;
   write_random_shard(shard, base);
   const CostModel model(cluster, opt.ranks);
-  const int64_t global = base.train.global_batch > 0
-                             ? base.train.global_batch
-                             : int64_t(base.train.micro_batch) * base.train.grad_accum *
-                                   base.parallel.dp;
+  const int64_t global = global_batch_of(base);
   const SearchResult s = search_layouts(base, model, global, {}, 1 << 30);
   LOOM_REQUIRE(s.ranked.size() >= 2, "plan --verify: {} layouts of {} ranks fit; need >= 2 to "
                "compare", s.ranked.size(), opt.ranks);
