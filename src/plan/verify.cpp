@@ -14,6 +14,7 @@
 #include "core/timer.h"
 #include "launch/child.h"
 #include "train/bench_train.h"
+#include "train/report.h"
 
 namespace loom {
 
@@ -210,11 +211,7 @@ void plot_verify(const VerifyResult& r, const std::string& png) {
       "'points.dat' using 1:2 with points pointtype 7 pointsize 1.5 title 'layout'\n",
       1.1 * hi, 100 * r.median_abs_error, r.spearman);
   write_file_atomic(dir / "plot.gp", std::string_view(script));
-  const CommandResult g = run_command(
-      fmt::format("cd '{}' && gnuplot plot.gp > gnuplot.log 2>&1", dir.string()), 60);
-  LOOM_REQUIRE(!g.timed_out && g.status == 0 && fs::exists(dir / "plot.png"),
-               "plan --verify: gnuplot could not draw {} (is gnuplot-nox installed? see {})", png,
-               (dir / "gnuplot.log").string());
+  run_gnuplot(dir, "plan --verify", out.string());
   fs::rename(dir / "plot.png", out);
   fs::remove_all(dir);
 }

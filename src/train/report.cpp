@@ -154,31 +154,6 @@ std::string gnuplot_script(bool has_val) {
   return s;
 }
 
-// Runs `gnuplot plot.gp` in `dir`, its output to dir/gnuplot.log.
-void run_gnuplot(const fs::path& dir) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  const std::string log = (dir / "gnuplot.log").string();
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  posix_spawn_file_actions_addchdir_np(&fa, dir.c_str());
-  char arg0[] = "gnuplot", arg1[] = "plot.gp";
-  char* argv[] = {arg0, arg1, nullptr};
-  pid_t pid = -1;
-  const int rc = posix_spawnp(&pid, "gnuplot", &fa, nullptr, argv, environ);
-  posix_spawn_file_actions_destroy(&fa);
-  LOOM_REQUIRE(rc != ENOENT, "report: gnuplot is not installed (on Debian: apt-get install "
-               "gnuplot-nox); it draws loss.png and tokens_per_s.png");
-  LOOM_REQUIRE(rc == 0, "report: cannot run gnuplot: {}", std::strerror(rc));
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  LOOM_REQUIRE(!(WIFEXITED(status) && WEXITSTATUS(status) == 127),
-               "report: gnuplot is not installed (on Debian: apt-get install gnuplot-nox)");
-  LOOM_REQUIRE(WIFEXITED(status) && WEXITSTATUS(status) == 0, "report: gnuplot failed:\n{}",
-               fs::exists(log) ? read_file_text(log) : std::string("(no output)"));
-}
-
 void copy_into(const fs::path& from, const fs::path& to) {
   const std::vector<uint8_t> bytes = read_file_bytes(from);
   write_file_atomic(to, std::span<const uint8_t>(bytes));
@@ -192,7 +167,7 @@ int plot_metrics(const fs::path& run_dir, const fs::path& metrics_file) {
   write_series(tmp.path() / "val_loss.dat", m.val_loss);
   write_series(tmp.path() / "tokens_per_s.dat", m.tokens_per_s);
   write_file_atomic(tmp.path() / "plot.gp", std::string_view(gnuplot_script(!m.val_loss.empty())));
-  run_gnuplot(tmp.path());
+  run_gnuplot(tmp.path(), "report", "loss.png and tokens_per_s.png");
   // Drawn in the temp dir, then moved in atomically: a failed plot leaves the old ones.
   copy_into(tmp.path() / "loss.png", run_dir / "loss.png");
   copy_into(tmp.path() / "tokens_per_s.png", run_dir / "tokens_per_s.png");
@@ -200,6 +175,31 @@ int plot_metrics(const fs::path& run_dir, const fs::path& metrics_file) {
 }
 
 }  // namespace
+
+void run_gnuplot(const fs::path& dir, const std::string& who, const std::string& draws) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  const std::string log = (dir / "gnuplot.log").string();
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawn_file_actions_addchdir_np(&fa, dir.c_str());
+  char arg0[] = "gnuplot", arg1[] = "plot.gp";
+  char* argv[] = {arg0, arg1, nullptr};
+  pid_t pid = -1;
+  const int rc = posix_spawnp(&pid, "gnuplot", &fa, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  LOOM_REQUIRE(rc != ENOENT, "{}: gnuplot is not installed (on Debian: apt-get install "
+               "gnuplot-nox); it draws {}", who, draws);
+  LOOM_REQUIRE(rc == 0, "{}: cannot run gnuplot: {}", who, std::strerror(rc));
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  LOOM_REQUIRE(!(WIFEXITED(status) && WEXITSTATUS(status) == 127),
+               "{}: gnuplot is not installed (on Debian: apt-get install gnuplot-nox)", who);
+  LOOM_REQUIRE(WIFEXITED(status) && WEXITSTATUS(status) == 0, "{}: gnuplot failed:\n{}", who,
+               fs::exists(log) ? read_file_text(log) : std::string("(no output)"));
+}
+
 
 std::vector<fs::path> find_rank_traces(const fs::path& trace_dir) {
   std::vector<std::pair<int, fs::path>> found;
@@ -302,7 +302,7 @@ int compare_runs(const std::vector<fs::path>& run_dirs, const fs::path& out_png)
       "set grid\nset key top right\nset xlabel 'step'\nset ylabel 'loss'\n"
       "set title 'loss by run'\nset output 'compare.png'\nplot " + plot + "\nunset output\n";
   write_file_atomic(tmp.path() / "plot.gp", std::string_view(script));
-  run_gnuplot(tmp.path());
+  run_gnuplot(tmp.path(), "report", "loss.png and tokens_per_s.png");
   copy_into(tmp.path() / "compare.png", out_png);
   return steps;
 }

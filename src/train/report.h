@@ -53,6 +53,11 @@ struct ReportResult {
 // metrics.jsonl is missing or unreadable, or gnuplot is not installed.
 ReportResult make_report(const std::filesystem::path& run_dir);
 
+// Runs `gnuplot plot.gp` in `dir`, its output to dir/gnuplot.log. InputError naming `who`
+// (the command) when gnuplot is missing, and what it would have drawn, or when it fails.
+void run_gnuplot(const std::filesystem::path& dir, const std::string& who,
+                 const std::string& draws);
+
 // One PNG with every run's train loss (lines) and validation loss (dashed, points), one
 // colour per run, titled by the run directory's name (e.g. fp32 and bf16 runs of the same
 // seed). Returns the most steps any run logged. InputError as make_report.
