@@ -191,6 +191,19 @@ void crossentropy_forward(float* losses, const float* logits, const int32_t* tar
 void crossentropy_fused(float* losses, float* logits, const int32_t* targets, int N, int V,
                         int Vp, float dloss);
 
+// Vocab-parallel cross-entropy: each tensor-parallel rank holds the columns [v0, v0+Vl) of
+// the padded logits. Per row of its local logits (N,Vl), over the real columns (global
+// index < V): stats[i] = {max m, sum of exp(x - m), x[target] if the target is local else
+// 0}. With keep_exps the real columns are overwritten with exp(x - m), which
+// vocab_ce_finish turns into the gradient without a second exp.
+void vocab_ce_local_stats(float* stats, float* logits, const int32_t* targets, int N, int Vl,
+                          int v0, int V, bool keep_exps);
+// Combines the tp ranks' stats (all (tp,N,3), rank order) into losses (N); with dloss > 0
+// also overwrites the local logits, which must hold what vocab_ce_local_stats left with
+// keep_exps, with dloss * (softmax - onehot) (0 on padding columns).
+void vocab_ce_finish(float* losses, float* logits, const float* all_stats, int tp,
+                     const int32_t* targets, int N, int Vl, int v0, int V, float dloss);
+
 // ---- AdamW (torch.optim.AdamW, decoupled decay) ------------------------------------------
 // For i in [0,n): p *= (1 - lr*wd); m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
 // p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), with g = grad[i] * grad_scale.

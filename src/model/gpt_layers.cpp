@@ -276,9 +276,9 @@ void Gpt::head_rows_forward(Slot& a, const TensorView& in, const int32_t* target
     // Vocab-parallel: (max, sum exp, target logit) per token from every rank.
     float* stats = scr(kCeStats);
     float* mine = stats + size_t(tp_size_) * n * 3;
-    vocab_ce_local_stats(mine, logits, tg, n, Vl, v0, V);
+    k::vocab_ce_local_stats(mine, logits, tg, n, Vl, v0, V, /*keep_exps=*/dscale > 0);
     grid_->tp_comm().allgather(mine, stats, size_t(n) * 3);
-    vocab_ce_finish(losses, logits, stats, tp_size_, tg, n, Vl, v0, V, dscale);
+    k::vocab_ce_finish(losses, logits, stats, tp_size_, tg, n, Vl, v0, V, dscale);
   }
   // logits now hold d loss/d logits: this block's part of wte's gradient and of d lnf.
   if (dscale > 0)

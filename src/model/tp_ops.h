@@ -21,13 +21,4 @@ void vocab_embedding_backward(float* dwte_local, const float* dout, const int32_
 void add_positions(float* out, const float* wpe, int n, int row0, int T, int C);
 void positions_backward(float* dwpe, const float* dout, int n, int row0, int T, int C);
 
-// Per row of the local logits (N,Vl), over the real columns (global index < V):
-// stats[i] = {max, sum of exp(x - max), x[target] if the target is local else 0}.
-void vocab_ce_local_stats(float* stats, const float* logits, const int32_t* targets, int N,
-                          int Vl, int v0, int V);
-// Combines the tp ranks' stats (all (tp,N,3), rank order) into losses (N); with dloss > 0
-// also overwrites the local logits with dloss * (softmax - onehot) (0 on padding columns).
-void vocab_ce_finish(float* losses, float* logits, const float* all_stats, int tp,
-                     const int32_t* targets, int N, int Vl, int v0, int V, float dloss);
-
 }  // namespace loom

@@ -208,13 +208,19 @@ void check_vocab_ce(int N, int V, int Vp, int tp, uint32_t seed) {
                   local.begin() + ptrdiff_t(size_t(i) * Vl));
     return local;
   };
-  std::vector<float> stats(size_t(tp) * N * 3);
-  std::vector<std::vector<float>> locals;
+  // Evaluation keeps the logits; training leaves exps in them. Both give the same stats.
+  std::vector<float> stats(size_t(tp) * N * 3), train_stats(stats.size());
+  std::vector<std::vector<float>> locals, exps;
   for (int r = 0; r < tp; ++r) {
     locals.push_back(split(r));
-    vocab_ce_local_stats(stats.data() + size_t(r) * N * 3, locals.back().data(), targets.data(), N,
-                         Vl, r * Vl, V);
+    k::vocab_ce_local_stats(stats.data() + size_t(r) * N * 3, locals.back().data(),
+                            targets.data(), N, Vl, r * Vl, V, false);
+    ASSERT_EQ(locals.back(), split(r)) << "rank " << r;
+    exps.push_back(split(r));
+    k::vocab_ce_local_stats(train_stats.data() + size_t(r) * N * 3, exps.back().data(),
+                            targets.data(), N, Vl, r * Vl, V, true);
   }
+  ASSERT_EQ(std::memcmp(stats.data(), train_stats.data(), stats.size() * sizeof(float)), 0);
 
   // Evaluation (dloss <= 0): logits untouched, losses as crossentropy_forward.
   std::vector<float> ref_loss(static_cast<size_t>(N));
@@ -222,7 +228,8 @@ void check_vocab_ce(int N, int V, int Vp, int tp, uint32_t seed) {
   for (float dl : {0.0f, -1.0f}) {
     for (int r = 0; r < tp; ++r) {
       std::vector<float> loc = locals[size_t(r)], loss(size_t(N), -7.0f);
-      vocab_ce_finish(loss.data(), loc.data(), stats.data(), tp, targets.data(), N, Vl, r * Vl, V, dl);
+      k::vocab_ce_finish(loss.data(), loc.data(), stats.data(), tp, targets.data(), N, Vl, r * Vl,
+                         V, dl);
       ASSERT_EQ(std::memcmp(loc.data(), locals[size_t(r)].data(), loc.size() * sizeof(float)), 0);
       for (int i = 0; i < N; ++i)
         ASSERT_NEAR(loss[size_t(i)], ref_loss[size_t(i)], 1e-6 * std::abs(ref_loss[size_t(i)]))
@@ -237,9 +244,9 @@ void check_vocab_ce(int N, int V, int Vp, int tp, uint32_t seed) {
   std::vector<float> grad(size_t(N) * Vp), loss0;
   for (int r = 0; r < tp; ++r) {
     std::vector<float> loss(static_cast<size_t>(N));
-    std::vector<float>& loc = locals[size_t(r)];
-    vocab_ce_finish(loss.data(), loc.data(), stats.data(), tp, targets.data(), N, Vl, r * Vl, V,
-                    dloss);
+    std::vector<float>& loc = exps[size_t(r)];
+    k::vocab_ce_finish(loss.data(), loc.data(), stats.data(), tp, targets.data(), N, Vl, r * Vl, V,
+                       dloss);
     for (int i = 0; i < N; ++i)
       std::copy_n(loc.begin() + ptrdiff_t(size_t(i) * Vl), Vl,
                   grad.begin() + ptrdiff_t(size_t(i) * Vp + size_t(r) * Vl));
@@ -278,10 +285,10 @@ TEST(TpVocabCrossEntropy, PaddingRankStatsAreNeutral) {
   // A rank without real columns reports max=-inf, sum=0, target logit 0: it must not move
   // the loss, and its gradient is all zeros.
   const int N = 4, Vl = 32, V = 60;
-  const std::vector<float> logits = random_floats(size_t(N) * Vl, 5, 100.0f);
+  std::vector<float> logits = random_floats(size_t(N) * Vl, 5, 100.0f);
   const std::vector<int32_t> targets = random_targets(N, V, 6);
   std::vector<float> st(size_t(N) * 3);
-  vocab_ce_local_stats(st.data(), logits.data(), targets.data(), N, Vl, 64, V);
+  k::vocab_ce_local_stats(st.data(), logits.data(), targets.data(), N, Vl, 64, V, true);
   for (int i = 0; i < N; ++i) {
     EXPECT_TRUE(std::isinf(st[size_t(i) * 3]) && st[size_t(i) * 3] < 0);
     EXPECT_EQ(st[size_t(i) * 3 + 1], 0.0f);
