@@ -2,7 +2,10 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
 #include <map>
 #include <optional>
 
@@ -15,6 +18,7 @@
 #include "core/file_io.h"
 #include "kernels/bench_kernels.h"
 #include "kernels/openblas.h"
+#include "launch/child.h"
 #include "comm/process_grid.h"
 #include "infer/bench_generate.h"
 #include "infer/generate.h"
@@ -64,15 +68,73 @@ nlohmann::json print_gemm_sweep(const std::vector<kernels::KernelBenchRow>& rows
              "M", "N", "K", "GFLOP/s");
   nlohmann::json out = nlohmann::json::array();
   for (const kernels::KernelBenchRow& r : rows) {
-    fmt::print("{:<6} {:>7} {:>6} {:>6} {:>6} {:>9.1f}\n", r.dtype, r.threads, r.M, r.N, r.K,
-               r.gflops);
+    const bool per_core = r.impl.find("one per core") != std::string::npos;
+    const bool wide = r.impl.rfind("wide", 0) == 0;
+    fmt::print("{:<6} {:>7} {:>6} {:>6} {:>6} {:>9.1f}{}{}\n", r.dtype, r.threads, r.M, r.N, r.K,
+               r.gflops, wide ? "  linear fwd+bwd" : "",
+               per_core ? "  (one single-threaded per core at once: their sum)" : "");
     out.push_back({{"dtype", r.dtype}, {"threads", r.threads}, {"M", r.M}, {"N", r.N},
-                   {"K", r.K}, {"median_s", r.median_seconds}, {"gflops", r.gflops}});
+                   {"K", r.K}, {"median_s", r.median_seconds}, {"gflops", r.gflops},
+                   {"one_per_core", per_core}, {"wide", wide}});
   }
   return out;
 }
 
-int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
+namespace fs = std::filesystem;
+
+nlohmann::json sweep_json(const std::vector<kernels::KernelBenchRow>& rows) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const kernels::KernelBenchRow& r : rows)
+    out.push_back({{"dtype", r.dtype}, {"threads", r.threads}, {"M", r.M}, {"N", r.N},
+                   {"K", r.K}, {"median_s", r.median_seconds}, {"gflops", r.gflops},
+                   {"impl", r.impl}});
+  return out;
+}
+
+// The one-thread sweep run by `cores` processes at once (loom bench kernels --sweep-worker),
+// as ranks of one thread each run: per shape, the sum of their GFLOP/s, impl "... one per
+// core". Processes, not threads: a process's threads share its allocator and page tables.
+std::vector<kernels::KernelBenchRow> sweep_one_per_core(int cores, int repeats) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("loom-sweep-{}", ::getpid());
+  fs::create_directories(dir);
+  const std::string exe = fs::read_symlink("/proc/self/exe").string();
+  std::string cmd = "pids=''; ";
+  for (int i = 0; i < cores; ++i)
+    cmd += fmt::format("'{}' bench kernels --sweep-worker --repeats {} --json '{}/w{}.json' "
+                       "> '{}/w{}.log' 2>&1 & pids=\"$pids $!\"; ", exe, repeats, dir.string(), i,
+                       dir.string(), i);
+  cmd += "for p in $pids; do wait $p || exit 1; done";
+  const CommandResult r = run_command(cmd, 3600);
+  LOOM_REQUIRE(!r.timed_out && r.status == 0, "bench kernels: the one-per-core sweep {}; see {}",
+               r.timed_out ? "ran past an hour" : "failed", dir.string());
+  std::vector<kernels::KernelBenchRow> sum;
+  for (int i = 0; i < cores; ++i) {
+    const nlohmann::json w = nlohmann::json::parse(read_file_text(dir / fmt::format("w{}.json", i)));
+    LOOM_REQUIRE(i == 0 || w.size() == sum.size(), "bench kernels: sweep workers disagree");
+    for (size_t j = 0; j < w.size(); ++j) {
+      if (i == 0) {
+        kernels::KernelBenchRow row;
+        row.dtype = w[j].at("dtype");
+        row.M = w[j].at("M"), row.N = w[j].at("N"), row.K = w[j].at("K");
+        row.threads = cores;
+        row.impl = w[j].at("impl").get<std::string>().empty()
+                       ? "one per core" : w[j].at("impl").get<std::string>() + ", one per core";
+        sum.push_back(row);
+      }
+      sum[j].gflops += w[j].at("gflops").get<double>();
+      sum[j].median_seconds = std::max(sum[j].median_seconds, w[j].at("median_s").get<double>());
+    }
+  }
+  fs::remove_all(dir);
+  return sum;
+}
+
+int run_bench_kernels(int threads, int repeats, const std::string& json_out, bool worker) {
+  if (worker) {  // one process of sweep_one_per_core
+    kernels::set_compute_threads(1);
+    write_file_atomic(json_out, sweep_json(kernels::bench_gemm_sweep(repeats, {1})).dump());
+    return 0;
+  }
   const std::string openblas = kernels::use_best_openblas_core(), cpu = kernels::cpu_summary();
   kernels::set_compute_threads(threads);
   fmt::print("bench kernels: fp32 kernels of GPT-2 124M (B=4, T=256), {} threads, median of {}\n"
@@ -92,12 +154,25 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out) {
                    {"gflops", r.gflops}});
   }
   const nlohmann::json peaks = print_dtype_peaks(kernels::bench_gemm_dtypes(repeats));
-  const nlohmann::json sweep = print_gemm_sweep(
-      kernels::bench_gemm_sweep(repeats, threads > 1 ? std::vector<int>{1, threads}
-                                                     : std::vector<int>{1}));
+  std::vector<kernels::KernelBenchRow> sweep_rows = kernels::bench_gemm_sweep(
+      repeats, threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1});
+  if (threads > 1)
+    for (kernels::KernelBenchRow& r : sweep_one_per_core(threads, repeats))
+      sweep_rows.push_back(r);
+  const nlohmann::json sweep = print_gemm_sweep(sweep_rows);
+  // Streaming bandwidth (arrays beyond the caches) on one thread and on all of them.
+  nlohmann::json stream = nlohmann::json::array();
+  for (int n : threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1}) {
+    kernels::set_compute_threads(n);
+    const double gbs = kernels::measure_read_bandwidth_gbs();
+    fmt::print("memory read bandwidth, {} thread{}: {:.1f} GB/s\n", n, n > 1 ? "s" : "", gbs);
+    stream.push_back({{"threads", n}, {"gbs", gbs}});
+  }
+  kernels::set_compute_threads(threads);
   write_file_atomic(json_out, nlohmann::json{{"threads", threads}, {"cpu", cpu},
                                              {"openblas", openblas}, {"gemm", out},
-                                             {"gemm_dtypes", peaks}, {"gemm_sweep", sweep}}
+                                             {"gemm_dtypes", peaks}, {"gemm_sweep", sweep},
+                                             {"read_bandwidth", stream}}
                                   .dump(2));
   fmt::print("wrote {}\n", json_out);
   return 0;
@@ -234,6 +309,7 @@ RunFn setup_bench(CLI::App& sub) {
     std::vector<std::string> overrides;
     std::string torch_script = LOOM_SOURCE_DIR "/bench/torch_train.py";
     std::optional<std::string> precision;
+    bool sweep_worker = false;
   };
   auto o = std::make_shared<Opts>();
   sub.require_subcommand(1);
@@ -243,6 +319,7 @@ RunFn setup_bench(CLI::App& sub) {
   k->add_option("--threads", o->threads, "threads")->capture_default_str();
   k->add_option("--repeats", o->repeats, "timed repeats per shape")->capture_default_str();
   k->add_option("--json", o->json, "JSON output (default loom-bench-kernels.json)");
+  k->add_flag("--sweep-worker", o->sweep_worker, "")->group("");  // one process of the sweep
   CLI::App* c = sub.add_subcommand("collectives", "Comm vs raw MPI bandwidth (under mpirun)");
   c->add_option("--min-bytes", o->min_bytes, "smallest size")->capture_default_str();
   c->add_option("--max-bytes", o->max_bytes, "largest size (x4 steps)")->capture_default_str();
@@ -304,7 +381,8 @@ RunFn setup_bench(CLI::App& sub) {
                                    o->json.empty() ? "loom-bench-collectives.json" : o->json);
     if (k->parsed())
       return run_bench_kernels(o->threads, o->repeats,
-                               o->json.empty() ? "loom-bench-kernels.json" : o->json);
+                               o->json.empty() ? "loom-bench-kernels.json" : o->json,
+                               o->sweep_worker);
     TrainBenchOptions opt;
     opt.openblas = kernels::use_best_openblas_core();  // PyTorch's fp32 matmul and gemm=openblas
     opt.cpu = kernels::cpu_summary();

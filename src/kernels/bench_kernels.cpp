@@ -244,6 +244,40 @@ KernelBenchRow bench_typed_gemm(DType t, int M, int N, int K, int repeats) {
   return r;
 }
 
+// Seconds of a linear layer's forward and backward (matmul_forward_typed and
+// matmul_backward_typed, the backward's fp32 gradient rounded through a stage) of M rows,
+// C = K inputs and N outputs in dtype t: the median of `repeats`.
+double linear_seconds(DType t, int M, int N, int K, int repeats) {
+  const size_t es = dtype_size(compute_storage(t));
+  const auto x = random_floats(size_t(M) * K, 51), w = random_floats(size_t(N) * K, 52, -0.1f, 0.1f);
+  std::vector<unsigned char> xc(x.size() * es), wc(w.size() * es), stage(size_t(M) * N * es);
+  to_compute(t, xc.data(), x.data(), x.size());
+  to_compute(t, wc.data(), w.data(), w.size());
+  std::vector<float> out(size_t(M) * N), dout = random_floats(size_t(M) * N, 53, -1e-3f, 1e-3f),
+                     dx(x.size()), dw(w.size(), 0.0f);
+  std::vector<double> times;
+  for (int r = 0; r <= repeats; ++r) {
+    Timer timer;
+    matmul_forward_typed(t, out.data(), xc.data(), wc.data(), nullptr, M, K, N);
+    matmul_backward_typed(t, dx.data(), dw.data(), nullptr, dout.data(), xc.data(), wc.data(),
+                          stage.data(), size_t(M) * N, M, K, N);
+    if (r > 0) times.push_back(timer.seconds());
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+// A linear layer whose outputs are a vocabulary (N = kVp): its GFLOP/s (three GEMMs).
+KernelBenchRow bench_wide_linear(DType t, int K, int repeats) {
+  constexpr int M = kWideRows, N = kVp;
+  const double flops = 3 * 2.0 * M * N * K, sec = linear_seconds(t, M, N, K, repeats);
+  KernelBenchRow r = make_row(fmt::format("linear.{}.wide", dtype_name(t)), M, N, K, "onednn",
+                              omp_get_max_threads(), sec, flops / sec / 1e9);
+  r.dtype = dtype_name(t);
+  r.impl = "wide";
+  return r;
+}
+
 }  // namespace
 
 std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats) {
@@ -275,6 +309,12 @@ std::vector<KernelBenchRow> bench_gemm_sweep(int repeats, const std::vector<int>
           rows.push_back(bench_typed_gemm(t, kGemmSweepM, s, kGemmSweepM, repeats));
       }
     }
+  }
+  // Wide linear layers (a vocabulary's outputs) on one thread, fewer repeats: they are long.
+  omp_set_num_threads(1);
+  for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+    if (!gemm_typed_available(t)) continue;
+    for (int s : kGemmSweepSizes) rows.push_back(bench_wide_linear(t, s, std::max(1, repeats / 3)));
   }
   omp_set_num_threads(restore);
   return rows;

@@ -42,10 +42,15 @@ struct KernelBenchRow {
 std::vector<KernelBenchRow> bench_gemm_dtypes(int repeats);
 
 // GEMM GFLOP/s against the size of its smallest dimension: (M, M, s) and (M, s, M) with
-// M = kGemmSweepM for each s of kGemmSweepSizes (the square one once), per available dtype, at each of `threads`
-// OpenMP thread counts (the rows say which). Small dimensions starve the GEMM: the
-// planner's cost model prices a GEMM by its smallest dimension from these rows.
-constexpr int kGemmSweepM = 1024;
+// M = kGemmSweepM for each s of kGemmSweepSizes (the square one once), per available dtype,
+// at each of `threads` OpenMP thread counts (the rows say which); then, on one thread, "wide"
+// rows (impl "wide"): a linear layer (forward and backward as the trainer runs it, the
+// backward's gradient rounded through a stage) of kWideRows rows, K = s inputs and a
+// vocabulary's 50304 outputs, whose output and gradient outgrow the caches. Small dimensions
+// starve a GEMM and wide ones wait on memory: the planner's cost model prices a GEMM by its
+// smallest dimension and its width from these rows (`loom bench kernels` adds the same rows
+// run one process per core at once).
+constexpr int kGemmSweepM = 1024, kWideRows = 256;
 constexpr int kGemmSweepSizes[] = {32, 64, 128, 256, 512, 1024};  // the last: square, once
 std::vector<KernelBenchRow> bench_gemm_sweep(int repeats, const std::vector<int>& threads);
 

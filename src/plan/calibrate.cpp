@@ -87,18 +87,34 @@ std::string sweep_section(const nlohmann::json& k) {
   const int cores = k.at("threads").get<int>();
   std::map<int, int> sizes;  // size -> rows seen
   std::map<std::string, std::map<int, std::vector<double>>> rates;  // "fp32_one_thread" -> ...
+  int wide_columns = 0;
   for (const nlohmann::json& row : k.at("gemm_sweep")) {
     const int M = row.at("M"), N = row.at("N"), K = row.at("K"), threads = row.at("threads");
+    const std::string dtype = row.at("dtype");
+    const bool per_core = row.value("one_per_core", false);
+    if (row.value("wide", false)) {  // keyed by its inputs K: the layer's width is its outputs
+      wide_columns = N;
+      rates[dtype + (per_core ? "_wide_one_per_core" : "_wide_one_thread")][K].push_back(
+          row.at("gflops"));
+      continue;
+    }
     const int size = std::min({M, N, K});
     sizes[size] += 1;
+    if (per_core) {
+      rates[dtype + "_one_per_core"][size].push_back(row.at("gflops"));
+      continue;
+    }
     for (const char* which : {"_one_thread", "_all_threads"}) {
       if ((threads == 1) != (std::string(which) == "_one_thread") && cores > 1) continue;
-      rates[row.at("dtype").get<std::string>() + which][size].push_back(row.at("gflops"));
+      rates[dtype + which][size].push_back(row.at("gflops"));
     }
   }
   std::string out = "\n[gemm_sweep]  # GFLOP/s by the GEMM's smallest dimension: bench kernels' "
                     "sweep\nsizes = [";
   for (const auto& [size, n] : sizes) out += fmt::format("{}{}", size, size == sizes.rbegin()->first ? "]\n" : ", ");
+  if (wide_columns > 0)
+    out += fmt::format("wide_columns = {}  # the wide rows: a linear layer of this many outputs, "
+                       "forward and backward, by its inputs\n", wide_columns);
   for (const auto& [key, by_size] : rates) {
     LOOM_REQUIRE(by_size.size() == sizes.size(), "the kernels file's sweep lacks sizes for {}",
                  key);
@@ -107,6 +123,21 @@ std::string sweep_section(const nlohmann::json& k) {
       out += fmt::format("{:.1f}{}", median(v), size == by_size.rbegin()->first ? "]\n" : ", ");
   }
   return out;
+}
+
+// stream_bandwidth_gbs (every core) and _one_gbs (one) from bench kernels' read bandwidth.
+std::string stream_lines(const nlohmann::json& k) {
+  if (!k.contains("read_bandwidth")) return "";
+  double one = 0, all = 0;
+  for (const nlohmann::json& row : k.at("read_bandwidth")) {
+    const double gbs = row.at("gbs").get<double>();
+    if (row.at("threads").get<int>() == 1) one = gbs;
+    all = std::max(all, gbs);
+  }
+  LOOM_REQUIRE(one > 0, "the kernels file's read_bandwidth has no one-thread row");
+  return fmt::format("stream_bandwidth_gbs = {:.4g}      # read bandwidth beyond the caches, "
+                     "every core\nstream_bandwidth_one_gbs = {:.4g}  # and one core alone\n",
+                     all, one);
 }
 
 }  // namespace
@@ -132,14 +163,15 @@ std::string calibrated_cluster_toml(const nlohmann::json& kernels,
       "gemm_efficiency = {:.4f}     # median GFLOP/s of GPT-2 124M's GEMMs / fp32 peak\n"
       "attention_efficiency = {:.4f}  # attention fwd+bwd at the model's FLOP count / peak\n"
       "memory_bandwidth_gbs = {:.4g}  # median of layernorm, residual and GELU bytes/s\n"
-      "memory_efficiency = 1.0\n\n"
+      "memory_efficiency = 1.0\n{}\n"
       "[network]                    # shared memory, fitted to {} rows of loom's Comm\n"
       "intra_bandwidth_gbs = {:.4g}\nintra_alpha_us = {:.4g}\nintra_efficiency = 1.0\n"
       "inter_bandwidth_gbs = {:.4g}  # one host: the same fit\n"
       "inter_alpha_us = {:.4g}\ninter_efficiency = 1.0\n{}",
       sources, k.threads, host_memory_bytes / (1024.0 * 1024 * 1024),
       k.peak["fp32"] * per_core, bf16 * per_core, fp16 * per_core, k.gemm_eff, k.attn_eff,
-      k.mem_gbs, link.rows, link.bandwidth_gbs, link.alpha_us, link.bandwidth_gbs,
+      k.mem_gbs, stream_lines(kernels), link.rows, link.bandwidth_gbs, link.alpha_us,
+      link.bandwidth_gbs,
       link.alpha_us, sweep_section(kernels));
 }
 

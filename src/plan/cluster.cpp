@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <variant>
 #include <vector>
 
@@ -54,21 +55,32 @@ GemmSweep parse_sweep(const toml::table& t, const std::string& source) {
   g.sizes = numbers(t.get("sizes"), at + "sizes");
   for (size_t i = 1; i < g.sizes.size(); ++i)
     LOOM_REQUIRE(g.sizes[i] > g.sizes[i - 1], "{}sizes must ascend", at);
+  std::map<std::string, std::map<DType, std::vector<double>>*> tables = {
+      {"_one_thread", &g.one}, {"_all_threads", &g.all}, {"_one_per_core", &g.per_core},
+      {"_wide_one_thread", &g.wide_one}, {"_wide_one_per_core", &g.wide_per_core}};
   for (const auto& [key, node] : t) {
     const std::string k(key.str());
     if (k == "sizes") continue;
+    if (k == "wide_columns") {
+      const std::optional<int64_t> w = node.value<int64_t>();
+      LOOM_REQUIRE(w && *w > 0, "{}wide_columns must be a positive integer", at);
+      g.wide_columns = double(*w);
+      continue;
+    }
     const size_t us = k.find('_');
     const std::string dtype = k.substr(0, us), which = us == std::string::npos ? "" : k.substr(us);
-    LOOM_REQUIRE((dtype == "fp32" || dtype == "bf16" || dtype == "fp16") &&
-                     (which == "_one_thread" || which == "_all_threads"),
-                 "{}{}: unknown key (<fp32|bf16|fp16>_one_thread, _all_threads)", at, k);
+    LOOM_REQUIRE((dtype == "fp32" || dtype == "bf16" || dtype == "fp16") && tables.count(which),
+                 "{}{}: unknown key (wide_columns, or <fp32|bf16|fp16> with _one_thread, "
+                 "_all_threads, _one_per_core, _wide_one_thread, _wide_one_per_core)", at, k);
     std::vector<double> v = numbers(&node, at + k);
     LOOM_REQUIRE(v.size() == g.sizes.size(), "{}{} has {} entries for {} sizes", at, k, v.size(),
                  g.sizes.size());
-    (which == "_one_thread" ? g.one : g.all)[parse_dtype(dtype)] = std::move(v);
+    (*tables.at(which))[parse_dtype(dtype)] = std::move(v);
   }
   LOOM_REQUIRE(g.one.count(DType::kF32) && g.all.count(DType::kF32),
                "{}needs fp32_one_thread and fp32_all_threads", at);
+  LOOM_REQUIRE(g.wide_one.empty() == (g.wide_columns == 0),
+               "{}the wide rows and wide_columns come together", at);
   return g;
 }
 
@@ -76,6 +88,7 @@ GemmSweep parse_sweep(const toml::table& t, const std::string& source) {
 struct Key {
   std::variant<double*, int*, std::string*> dst;
   double scale = 1, lo = 0, hi = 1e30;
+  bool optional = false;
 };
 
 using Section = std::map<std::string, Key>;
@@ -96,7 +109,9 @@ std::map<std::string, Section> schema(ClusterSpec& c, std::string& kind) {
         {"gemm_efficiency", {&c.gemm_efficiency, 1, 1e-3, 1}},
         {"attention_efficiency", {&c.attention_efficiency, 1, 1e-3, 1}},
         {"memory_bandwidth_gbs", {&c.memory_bandwidth_bytes, G, 1e-3, 1e9}},
-        {"memory_efficiency", {&c.memory_efficiency, 1, 1e-3, 1}}}},
+        {"memory_efficiency", {&c.memory_efficiency, 1, 1e-3, 1}},
+        {"stream_bandwidth_gbs", {&c.stream_bandwidth_bytes, G, 1e-3, 1e9, true}},
+        {"stream_bandwidth_one_gbs", {&c.stream_bandwidth_one_bytes, G, 1e-3, 1e9, true}}}},
       {"network",
        {{"intra_bandwidth_gbs", {&c.intra.bandwidth_gbs, 1, 1e-6, 1e9}},
         {"intra_alpha_us", {&c.intra.alpha_us, 1, 0, 1e9}},
@@ -149,6 +164,7 @@ ClusterSpec parse_cluster(const std::string& toml_text, const std::string& sourc
                    section, key.str());
     for (const auto& [key, k] : fields) {
       const toml::node* node = t->get(key);
+      if (node == nullptr && k.optional) continue;
       LOOM_REQUIRE(node != nullptr, "{}: [{}] {} is missing", source, section, key);
       assign(k, *node, fmt::format("{}: [{}] {}", source, section, key));
     }
@@ -156,6 +172,9 @@ ClusterSpec parse_cluster(const std::string& toml_text, const std::string& sourc
   LOOM_REQUIRE(kind == "gpu" || kind == "cpu", "{}: [cluster] kind = '{}' must be 'gpu' or "
                "'cpu'", source, kind);
   c.cpu = kind == "cpu";
+  // Without a measured streaming bandwidth, arrays beyond the caches move at the memory's.
+  if (c.stream_bandwidth_bytes == 0) c.stream_bandwidth_bytes = c.memory_bandwidth_bytes;
+  if (c.stream_bandwidth_one_bytes == 0) c.stream_bandwidth_one_bytes = c.stream_bandwidth_bytes;
   return c;
 }
 

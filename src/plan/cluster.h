@@ -22,10 +22,15 @@ struct LinkSpec {
 };
 
 // Measured GEMM GFLOP/s against the GEMM's smallest dimension (loom bench kernels' sweep):
-// what one thread does alone and what the whole host does with every core busy.
+// what one thread does alone, one process with all the host's threads, and (optional) the
+// whole host running one single-threaded GEMM per core at once, as ranks of one thread do.
+// Optional wide rows: a linear layer of wide_columns outputs (a vocabulary), forward and
+// backward, by its inputs (the same sizes), alone on one thread and one per core at once.
 struct GemmSweep {
-  std::vector<double> sizes;                             // ascending
-  std::map<DType, std::vector<double>> one, all;         // GFLOP/s per size
+  std::vector<double> sizes;                            // ascending
+  std::map<DType, std::vector<double>> one, all, per_core;  // GFLOP/s per size
+  double wide_columns = 0;                              // 0: no wide rows
+  std::map<DType, std::vector<double>> wide_one, wide_per_core;
   bool empty() const { return sizes.empty(); }
   // GFLOP/s at smallest dimension s (log-linear between sizes, flat beyond the ends).
   static double at(const std::vector<double>& sizes, const std::vector<double>& v, double s);
@@ -41,6 +46,9 @@ struct ClusterSpec {
   double gemm_efficiency = 1, attention_efficiency = 1;
   double memory_bandwidth_bytes = 0;  // per device; a CPU host's (its ranks share it)
   double memory_efficiency = 1;
+  // Arrays beyond the caches (a vocabulary's logits, optimizer state), optional: the whole
+  // device or host streaming, and one core alone (a CPU host); the memory's when not given.
+  double stream_bandwidth_bytes = 0, stream_bandwidth_one_bytes = 0;
   LinkSpec intra, inter;  // within a host, across hosts
   GemmSweep sweep;        // optional [gemm_sweep] (a calibrated CPU host)
 
@@ -50,7 +58,8 @@ struct ClusterSpec {
 
 // Parses a cluster file; unknown keys, missing keys and values out of range are InputErrors
 // naming the file and key. [gemm_sweep] is optional: sizes = [...] and, per dtype,
-// <dtype>_one_thread and <dtype>_all_threads of the same length.
+// <dtype>_one_thread and <dtype>_all_threads of the same length, and optionally
+// <dtype>_one_per_core and wide_columns with <dtype>_wide_one_thread and _wide_one_per_core.
 ClusterSpec parse_cluster(const std::string& toml_text, const std::string& source);
 ClusterSpec load_cluster(const std::string& path);
 

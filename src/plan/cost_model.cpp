@@ -3,10 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "core/check.h"
 #include "core/dtype.h"
+#include "kernels/bench_kernels.h"
 #include "kernels/kernels.h"
 #include "parallel/partition.h"
 #include "parallel/schedule.h"
@@ -70,32 +72,73 @@ struct Rates {
   DType dtype = DType::kF32;
   double threads = 1, cores = 1;
   double gemm_flops = 0, attn = 0, mem = 0;
+  double stream = 0;  // bytes/s of arrays beyond the caches
   // A CPU host whose ranks are all busy: the rank's work takes this times the host's
-  // cores' time (ranks per host x a rank's rate alone / the host's rate with every core
-  // busy); above 1, ranks wait for cores.
+  // cores' time (ranks per host x a rank's GEMM seconds on the whole host / its seconds
+  // alone); above 1, ranks wait for cores.
   double host_share = 0;
 
-  // GFLOP/s of a rank alone at smallest dimension s: its threads between the sweep's one
-  // thread and the whole host.
-  double sweep_rate(double s) const {
-    const double one = GemmSweep::at(sweep->sizes, sweep->one.at(dtype), s);
-    const double all = GemmSweep::at(sweep->sizes, sweep->all.at(dtype), s);
-    return 1e9 * (cores > 1 ? one + (all - one) * (threads - 1) / (cores - 1) : one);
+  double sweep_at(const std::map<DType, std::vector<double>>& table, double s) const {
+    return GemmSweep::at(sweep->sizes, table.at(dtype), s);
+  }
+  // A GEMM as wide as w (its largest dimension) runs at the square sweep's rate times this:
+  // the wide rows' ratio at w = wide_columns, none at the square sweep's 1024, log-linear
+  // between (its output and gradient outgrow the caches).
+  double wide_factor(double s, double w, const std::map<DType, std::vector<double>>& wide,
+                     const std::map<DType, std::vector<double>>& square) const {
+    if (sweep->wide_columns <= kernels::kGemmSweepM || !wide.count(dtype) ||
+        w <= kernels::kGemmSweepM)
+      return 1;
+    const double f = std::min(1.0, std::log(w / kernels::kGemmSweepM) /
+                                       std::log(sweep->wide_columns / kernels::kGemmSweepM));
+    return 1 + f * (sweep_at(wide, s) / sweep_at(square, s) - 1);
+  }
+  // FLOP/s of a rank alone at smallest dimension s and largest w: its threads between the
+  // sweep's one thread and the whole host.
+  double sweep_rate(double s, double w) const {
+    const double one = sweep_at(sweep->one, s), all = sweep_at(sweep->all, s);
+    const double rate = cores > 1 ? one + (all - one) * (threads - 1) / (cores - 1) : one;
+    return 1e9 * rate * wide_factor(s, w, sweep->wide_one, sweep->one);
+  }
+  // FLOP/s of the whole host with every core busy: one GEMM per core where measured, else
+  // one process on all the threads.
+  double host_rate(double s, double w) const {
+    if (sweep->per_core.count(dtype))
+      return 1e9 * sweep_at(sweep->per_core, s) *
+             wide_factor(s, w, sweep->wide_per_core, sweep->per_core);
+    return 1e9 * sweep_at(sweep->all, s) * wide_factor(s, w, sweep->wide_one, sweep->one);
   }
   // Seconds of an (M, N, K) GEMM.
   double gemm(double M, double N, double K) const {
     const double flops = 2 * M * N * K;
-    return sweep ? flops / sweep_rate(std::min({M, N, K})) : flops / gemm_flops;
+    return sweep ? flops / sweep_rate(std::min({M, N, K}), std::max({M, N, K}))
+                 : flops / gemm_flops;
   }
 };
 
-Rates rates_of(const ClusterSpec& c, int rpn, DType t, double typical_dim) {
+// The GEMMs (M, N, K) of one micro-batch through the whole model on a rank: the blocks'
+// four (tp slices) and the head's vocabulary slice.
+std::vector<std::array<double, 3>> gemm_mix(const RunConfig& cfg) {
+  const double N = double(cfg.train.micro_batch) * cfg.train.seq_len, C = cfg.model.n_embd,
+               tp = cfg.parallel.tp, Vp = double(cfg.model.padded_vocab(cfg.parallel.tp));
+  std::vector<std::array<double, 3>> out;
+  for (int l = 0; l < cfg.model.n_layer; ++l)
+    for (const std::array<double, 3>& g : {std::array<double, 3>{N, 3 * C / tp, C},
+                                           {N, C, C / tp}, {N, 4 * C / tp, C}, {N, C, 4 * C / tp}})
+      out.push_back(g);
+  out.push_back({N, Vp / tp, C});
+  return out;
+}
+
+Rates rates_of(const ClusterSpec& c, int rpn, const RunConfig& cfg) {
+  const DType t = parse_dtype(cfg.train.precision);
   const double peak = c.peak_flops(t);
   Rates r;
   if (!c.cpu) {
     r.gemm_flops = peak * c.gemm_efficiency;
     r.attn = peak * c.attention_efficiency;
     r.mem = c.memory_bandwidth_bytes * c.memory_efficiency;
+    r.stream = c.stream_bandwidth_bytes * c.memory_efficiency;
     return r;
   }
   r.cores = c.devices_per_node;
@@ -104,15 +147,21 @@ Rates rates_of(const ClusterSpec& c, int rpn, DType t, double typical_dim) {
   r.attn = peak * c.attention_efficiency * r.threads;
   // The host's bandwidth, shared by the ranks running at once.
   r.mem = c.memory_bandwidth_bytes * c.memory_efficiency / std::min(rpn, c.devices_per_node);
-  double alone = r.gemm_flops, host = peak * c.gemm_efficiency * r.cores;
-  if (!c.sweep.empty()) {
-    // Without a typed GEMM for the dtype (fp16 here), it runs as fp32.
-    r.dtype = c.sweep.one.count(t) && c.sweep.all.count(t) ? t : DType::kF32;
-    r.sweep = &c.sweep;
-    alone = r.sweep_rate(typical_dim);
-    host = 1e9 * GemmSweep::at(c.sweep.sizes, c.sweep.all.at(r.dtype), typical_dim);
+  r.stream = c.memory_efficiency * std::min(c.stream_bandwidth_one_bytes * r.threads,
+                                            c.stream_bandwidth_bytes /
+                                                std::min(rpn, c.devices_per_node));
+  r.host_share = rpn * r.threads / r.cores;
+  if (c.sweep.empty()) return r;
+  // Without a typed GEMM for the dtype (fp16 here), it runs as fp32.
+  r.dtype = c.sweep.one.count(t) && c.sweep.all.count(t) ? t : DType::kF32;
+  r.sweep = &c.sweep;
+  double alone = 0, host = 0;
+  for (const auto& [M, N, K] : gemm_mix(cfg)) {
+    const double s = std::min({M, N, K}), w = std::max({M, N, K});
+    alone += 2 * M * N * K / r.sweep_rate(s, w);
+    host += 2 * M * N * K / r.host_rate(s, w);
   }
-  r.host_share = rpn * alone / host;
+  r.host_share = rpn * host / alone;
   return r;
 }
 
@@ -167,9 +216,10 @@ Piece embed_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link) {
 Piece head_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link) {
   const double gemm = r.gemm(s.N, s.Vp / s.tp, s.C), logits = 4 * s.N * s.Vp / s.tp;
   Piece p;
-  // ln_f, the lm_head GEMM, and the fused loss: max, exp-sum and the gradient over the logits.
-  p.fwd = gemm + (8 * s.N * s.C + 3 * logits) / r.mem;
-  p.bwd = 2 * gemm + (8 * s.N * s.C + logits) / r.mem;
+  // ln_f, the lm_head GEMM, and the fused loss: max, exp-sum and the gradient over the
+  // logits, which outgrow the caches.
+  p.fwd = gemm + 8 * s.N * s.C / r.mem + 3 * logits / r.stream;
+  p.bwd = 2 * gemm + 8 * s.N * s.C / r.mem + logits / r.stream;
   p.fwd_comm = s.tp > 1 ? gather_s(12 * s.N * s.tp, int(s.tp), tp_link) : 0;
   return p;
 }
@@ -324,13 +374,13 @@ DpTimes dp_times(const RunConfig& cfg, const CostModel& cm, double overlap) {
   return t;
 }
 
-// AdamW over the rank's shard (7 floats read or written per parameter), and the cast of the
-// masters to the compute precision.
+// AdamW over the rank's shard (7 floats read or written per parameter), the gradient norm
+// (1) and zeroing the gradients (1), and the cast of the masters to the compute precision.
 double optimizer_s(const RunConfig& cfg, const Rates& r) {
   const double P = rank_params(cfg);
   const double shard = cfg.parallel.zero >= 1 ? P / cfg.parallel.dp : P;
   const double cast = cfg.train.precision != "fp32" ? 6 * P : 0;
-  return (28 * shard + cast) / r.mem;
+  return (36 * shard + cast) / r.stream;
 }
 
 double model_params(const GptConfig& g) {
@@ -345,8 +395,7 @@ Prediction CostModel::price(const RunConfig& cfg, bool simulate) const {
   LOOM_REQUIRE(par.dp * par.tp * par.pp == world, "layout dp={} x tp={} x pp={} is not the {} "
                "ranks of the world", par.dp, par.tp, par.pp, world);
   const int rpn = ranks_per_node();
-  const Rates r =
-      rates_of(cluster, rpn, parse_dtype(cfg.train.precision), cfg.model.n_embd / par.tp);
+  const Rates r = rates_of(cluster, rpn, cfg);
   const StageTimes st = stage_times(cfg, *this, r);
   const PipeResult pipe = run_pipeline(cfg, st, simulate);
   const int p = par.pp, m = cfg.train.grad_accum;

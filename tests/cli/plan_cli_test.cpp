@@ -104,9 +104,19 @@ TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
         sweep.push_back({{"dtype", dtype}, {"threads", threads}, {"M", 1024}, {"N", s},
                          {"K", 1024}, {"gflops", gflops}});
       }
+  // One process per core at once, and the wide linear layers alone and one per core.
+  for (int s : {64, 512}) {
+    sweep.push_back({{"dtype", "fp32"}, {"threads", 2}, {"M", 1024}, {"N", 1024}, {"K", s},
+                     {"gflops", s == 64 ? 58.0 : 78.0}, {"one_per_core", true}});
+    for (bool per_core : {false, true})
+      sweep.push_back({{"dtype", "fp32"}, {"threads", per_core ? 2 : 1}, {"M", 256},
+                       {"N", 50304}, {"K", s}, {"gflops", (per_core ? 2 : 1) * (s == 64 ? 20.0 : 35.0)},
+                       {"one_per_core", per_core}, {"wide", true}});
+  }
   const nlohmann::json kernels = {
       {"threads", 2}, {"cpu", "test"}, {"gemm", gemm}, {"gemm_sweep", sweep},
-      {"gemm_dtypes", {{{"dtype", "fp32"}, {"gflops", 100.0}}, {{"dtype", "bf16"}, {"gflops", 200.0}}}}};
+      {"gemm_dtypes", {{{"dtype", "fp32"}, {"gflops", 100.0}}, {{"dtype", "bf16"}, {"gflops", 200.0}}}},
+      {"read_bandwidth", {{{"threads", 1}, {"gbs", 12.5}}, {{"threads", 2}, {"gbs", 20.0}}}}};
   std::ofstream(dir.path() / "kernels.json") << kernels.dump();
   nlohmann::json rows = nlohmann::json::array();
   for (double bytes : {4096.0, 1048576.0, 67108864.0})
@@ -128,6 +138,12 @@ TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
   EXPECT_TRUE(contains(text, "sizes = [64, 512]\n")) << text;
   EXPECT_TRUE(contains(text, "fp32_one_thread = [30.0, 40.0]\n")) << text;
   EXPECT_TRUE(contains(text, "bf16_all_threads = [120.0, 160.0]\n")) << text;
+  EXPECT_TRUE(contains(text, "fp32_one_per_core = [58.0, 78.0]\n")) << text;
+  EXPECT_TRUE(contains(text, "wide_columns = 50304 ")) << text;
+  EXPECT_TRUE(contains(text, "fp32_wide_one_thread = [20.0, 35.0]\n")) << text;
+  EXPECT_TRUE(contains(text, "fp32_wide_one_per_core = [40.0, 70.0]\n")) << text;
+  EXPECT_TRUE(contains(text, "stream_bandwidth_gbs = 20 ")) << text;
+  EXPECT_TRUE(contains(text, "stream_bandwidth_one_gbs = 12.5 ")) << text;
   r = loom_cmd("plan --config " + kSource + "/configs/gpt2-124m.toml --cluster " +
                local.string() + " --world 4 --global-batch 8");
   ASSERT_EQ(r.code, 0) << r.output;

@@ -207,6 +207,46 @@ TEST(CostModel, ACpuHostsRanksShareItsCores) {
   EXPECT_EQ(eight.memory_limit, cpu.device_memory_bytes / 8);
 }
 
+// A calibrated 2-core host: the square sweep, and what the tests below add to it.
+ClusterSpec calibrated_host(const std::string& more) {
+  std::string text = kCluster;
+  text.replace(text.find("kind = \"gpu\""), 12, "kind = \"cpu\"");
+  text.replace(text.find("nodes = 2"), 9, "nodes = 1");
+  text.replace(text.find("devices_per_node = 4"), 20, "devices_per_node = 2");
+  return parse_cluster(text + "[gemm_sweep]\nsizes = [32, 1024]\n"
+                              "fp32_one_thread = [100, 100]\nfp32_all_threads = [100, 100]\n" +
+                           more,
+                       "host.toml");
+}
+
+TEST(CostModel, ACalibratedHostPricesWideGemmsProcessesPerCoreAndStreaming) {
+  RunConfig base = small_run();
+  base.model.vocab_size = 50257;  // a head as wide as the wide rows
+  const Layout two{.dp = 2, .microbatches = 4};
+  // Two threads in one process do no better than one here; two processes do twice as well:
+  // with that measured, two ranks on two cores do not wait for cores.
+  const ClusterSpec threads_only = calibrated_host("");
+  const ClusterSpec per_core = calibrated_host("fp32_one_per_core = [200, 200]\n");
+  EXPECT_GT(CostModel(threads_only, 2).price(with_layout(base, two)).contention_s, 0);
+  EXPECT_EQ(CostModel(per_core, 2).price(with_layout(base, two)).contention_s, 0);
+  // A wide GEMM (the head) runs at the wide rows' rate: half the square one costs more.
+  const ClusterSpec wide = calibrated_host(
+      "wide_columns = 50304\nfp32_wide_one_thread = [50, 50]\n"
+      "fp32_one_per_core = [200, 200]\nfp32_wide_one_per_core = [100, 100]\n");
+  const Layout one{.dp = 1, .microbatches = 8};
+  const Prediction square_p = CostModel(per_core, 1).price(with_layout(base, one));
+  const Prediction wide_p = CostModel(wide, 1).price(with_layout(base, one));
+  EXPECT_GT(wide_p.compute_s, 1.5 * square_p.compute_s);
+  // Arrays beyond the caches move at the streaming bandwidth: the optimizer slows with it.
+  ClusterSpec slow = per_core;
+  slow.stream_bandwidth_bytes = slow.stream_bandwidth_one_bytes = slow.memory_bandwidth_bytes / 4;
+  EXPECT_NEAR(CostModel(slow, 1).price(with_layout(base, one)).optimizer_s,
+              4 * square_p.optimizer_s, 1e-9 * square_p.optimizer_s);
+  // The wide rows come with their width, and only known tables are read.
+  EXPECT_THROW(calibrated_host("fp32_wide_one_thread = [50, 50]\n"), InputError);
+  EXPECT_THROW(calibrated_host("fp32_two_per_core = [50, 50]\n"), InputError);
+}
+
 TEST(Calibrate, TheFitRecoversAKnownAlphaAndBeta) {
   const double alpha = 7, gbs = 3;  // us, GB/s
   std::vector<nlohmann::json> files;
