@@ -5,7 +5,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <filesystem>
+#include <thread>
 #include <map>
 #include <optional>
 
@@ -16,7 +19,9 @@
 #include "comm/mpi_comm.h"
 #include "core/check.h"
 #include "core/file_io.h"
+#include "core/timer.h"
 #include "kernels/bench_kernels.h"
+#include "kernels/kernels.h"
 #include "kernels/openblas.h"
 #include "launch/child.h"
 #include "comm/process_grid.h"
@@ -178,6 +183,50 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out, boo
   return 0;
 }
 
+// Ranks computing between collectives, as a training step's do, one thread each: a work
+// unit (single-threaded GEMMs, ~50 ms) timed on rank 0 while the others sleep, then rounds
+// in which every rank computes one unit and all-reduces a value. On a host with more ranks
+// than cores the rounds take longer than the units' share of the cores: what the planner
+// calls the oversubscribed efficiency.
+nlohmann::json busy_ranks(Comm& world) {
+  kernels::set_compute_threads(1);
+  constexpr int M = 512, kRounds = 8;
+  std::vector<float> a(size_t(M) * M, 0.01f), b(a.size(), 0.02f), c(a.size());
+  auto gemm = [&] {
+    kernels::gemm(false, false, M, M, M, 1.0f, a.data(), M, b.data(), M, 0.0f, c.data(), M);
+  };
+  double unit[2] = {0, 0};  // GEMMs per unit, seconds of a unit alone
+  if (world.rank() == 0) {
+    gemm();
+    Timer one;
+    gemm();
+    unit[0] = std::max(1.0, std::ceil(0.05 / one.seconds()));
+    Timer alone;
+    for (int i = 0; i < int(unit[0]); ++i) gemm();
+    unit[1] = alone.seconds();
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // idle, not polling
+  }
+  world.allreduce(unit, 2, ReduceOp::kMax);
+  auto work = [&] {
+    for (int i = 0; i < int(unit[0]); ++i) gemm();
+  };
+  work();
+  world.barrier();
+  Timer rounds;
+  for (int r = 0; r < kRounds; ++r) {
+    work();
+    double x = 1;
+    world.allreduce(&x, 1, ReduceOp::kSum);
+  }
+  const double round = rounds.seconds() / kRounds;
+  if (world.rank() == 0)
+    fmt::print("busy ranks: a work unit takes {:.1f} ms alone; {} ranks each computing one then "
+               "all-reducing take {:.1f} ms a round ({:.2f} units)\n",
+               1e3 * unit[1], world.size(), 1e3 * round, round / unit[1]);
+  return {{"work_s", unit[1]}, {"round_s", round}};
+}
+
 int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,
                           const std::string& json_out) {
   LOOM_REQUIRE(launched_under_mpi(),
@@ -190,6 +239,7 @@ int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,
                "in the same run; busbw = algbw*2(n-1)/n (allreduce), (n-1)/n (others)\n",
                world->size());
   const std::vector<CollectiveRow> rows = bench_collectives(*world, min_bytes, max_bytes, iters);
+  const nlohmann::json busy = busy_ranks(*world);
   if (!root) return 0;
   fmt::print("{:<15} {:>12} {:>11} | {:>10} {:>8} {:>8} {:>7} | {:>10} {:>8} {:>8} {:>7} | {:>6}\n",
              "op", "size(B)", "count", "loom(us)", "algbw", "busbw", "#wrong", "mpi(us)", "algbw",
@@ -207,7 +257,8 @@ int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,
                      {"time_us", r->time_us}, {"algbw_GBps", r->algbw},
                      {"busbw_GBps", r->busbw}, {"wrong", r->wrong}});
   }
-  write_file_atomic(json_out, nlohmann::json{{"ranks", world->size()}, {"rows", out}}.dump(2));
+  write_file_atomic(json_out,
+                    nlohmann::json{{"ranks", world->size()}, {"rows", out}, {"busy", busy}}.dump(2));
   fmt::print("wrote {}\n", json_out);
   long wrong = 0;
   for (const CollectiveRow& r : rows) wrong += r.wrong;

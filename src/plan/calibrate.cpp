@@ -140,6 +140,30 @@ std::string stream_lines(const nlohmann::json& k) {
                      all, one);
 }
 
+// [oversubscribed] from bench collectives' busy ranks at rank counts beyond the cores: the
+// units' share of the cores (work x ranks / cores) over the measured round.
+std::string oversubscribed_section(const std::vector<nlohmann::json>& collectives, int cores) {
+  std::map<int, double> eff;
+  for (const nlohmann::json& f : collectives) {
+    const int ranks = f.at("ranks").get<int>();
+    if (ranks <= cores || !f.contains("busy")) continue;
+    const double work = f.at("busy").at("work_s").get<double>(),
+                 round = f.at("busy").at("round_s").get<double>();
+    LOOM_REQUIRE(work > 0 && round > 0, "the {}-rank collectives file's busy times are not "
+                 "positive", ranks);
+    eff[ranks] = std::min(1.0, work * ranks / cores / round);
+  }
+  if (eff.empty()) return "";
+  std::string ranks, values;
+  for (const auto& [r, e] : eff) {
+    ranks += fmt::format("{}{}", ranks.empty() ? "" : ", ", r);
+    values += fmt::format("{}{:.3f}", values.empty() ? "" : ", ", e);
+  }
+  return fmt::format("\n[oversubscribed]  # more ranks than cores: bench collectives' busy "
+                     "ranks, the cores' share of their work / the measured round\n"
+                     "ranks = [{}]\nefficiency = [{}]\n", ranks, values);
+}
+
 }  // namespace
 
 std::string calibrated_cluster_toml(const nlohmann::json& kernels,
@@ -171,8 +195,8 @@ std::string calibrated_cluster_toml(const nlohmann::json& kernels,
       sources, k.threads, host_memory_bytes / (1024.0 * 1024 * 1024),
       k.peak["fp32"] * per_core, bf16 * per_core, fp16 * per_core, k.gemm_eff, k.attn_eff,
       k.mem_gbs, stream_lines(kernels), link.rows, link.bandwidth_gbs, link.alpha_us,
-      link.bandwidth_gbs,
-      link.alpha_us, sweep_section(kernels));
+      link.bandwidth_gbs, link.alpha_us,
+      sweep_section(kernels) + oversubscribed_section(collectives, k.threads));
 }
 
 }  // namespace loom

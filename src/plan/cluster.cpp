@@ -34,6 +34,10 @@ double GemmSweep::at(const std::vector<double>& sizes, const std::vector<double>
   return v[i - 1] + f * (v[i] - v[i - 1]);
 }
 
+double Oversubscribed::at(double r) const {
+  return ranks.empty() ? 1.0 : GemmSweep::at(ranks, efficiency, r);
+}
+
 namespace {
 
 std::vector<double> numbers(const toml::node* node, const std::string& where) {
@@ -82,6 +86,24 @@ GemmSweep parse_sweep(const toml::table& t, const std::string& source) {
   LOOM_REQUIRE(g.wide_one.empty() == (g.wide_columns == 0),
                "{}the wide rows and wide_columns come together", at);
   return g;
+}
+
+Oversubscribed parse_oversubscribed(const toml::table& t, const std::string& source) {
+  const std::string at = source + ": [oversubscribed] ";
+  for (const auto& [key, node] : t)
+    LOOM_REQUIRE(key.str() == "ranks" || key.str() == "efficiency",
+                 "{}{}: unknown key (ranks, efficiency)", at, key.str());
+  Oversubscribed o{numbers(t.get("ranks"), at + "ranks"),
+                   numbers(t.get("efficiency"), at + "efficiency")};
+  LOOM_REQUIRE(o.ranks.size() == o.efficiency.size(), "{}ranks and efficiency differ in length",
+               at);
+  for (size_t i = 0; i < o.ranks.size(); ++i) {
+    LOOM_REQUIRE(o.ranks[i] >= 2 && (i == 0 || o.ranks[i] > o.ranks[i - 1]),
+                 "{}ranks must ascend from 2", at);
+    LOOM_REQUIRE(o.efficiency[i] > 0 && o.efficiency[i] <= 1, "{}efficiency {} is outside (0, 1]",
+                 at, o.efficiency[i]);
+  }
+  return o;
 }
 
 // One key of the file: where it goes, the factor from the file's unit, and its range.
@@ -153,8 +175,12 @@ ClusterSpec parse_cluster(const std::string& toml_text, const std::string& sourc
       c.sweep = parse_sweep(*node.as_table(), source);
       continue;
     }
+    if (name.str() == "oversubscribed" && node.is_table()) {
+      c.oversubscribed = parse_oversubscribed(*node.as_table(), source);
+      continue;
+    }
     LOOM_REQUIRE(keys.count(std::string(name.str())), "{}: unknown section [{}] (sections: "
-                 "cluster, compute, network, gemm_sweep)", source, name.str());
+                 "cluster, compute, network, gemm_sweep, oversubscribed)", source, name.str());
   }
   for (const auto& [section, fields] : keys) {
     const toml::table* t = root[section].as_table();

@@ -36,6 +36,14 @@ struct GemmSweep {
   static double at(const std::vector<double>& sizes, const std::vector<double>& v, double s);
 };
 
+// A CPU host with more ranks than cores (optional [oversubscribed], from bench collectives'
+// busy ranks): the fraction of the cores' time the ranks' work gets, by rank count.
+struct Oversubscribed {
+  std::vector<double> ranks, efficiency;  // ranks ascending
+  // 1 without measurements; log-linear between the measured rank counts, flat beyond.
+  double at(double r) const;
+};
+
 struct ClusterSpec {
   std::string name, source;  // source: the file it came from
   bool cpu = false;          // kind = "cpu": ranks on a host share its cores
@@ -51,6 +59,7 @@ struct ClusterSpec {
   double stream_bandwidth_bytes = 0, stream_bandwidth_one_bytes = 0;
   LinkSpec intra, inter;  // within a host, across hosts
   GemmSweep sweep;        // optional [gemm_sweep] (a calibrated CPU host)
+  Oversubscribed oversubscribed;
 
   int world() const { return nodes * devices_per_node; }
   double peak_flops(DType t) const;  // per device, dense
