@@ -18,6 +18,7 @@
 #include "comm/bench_collectives.h"
 #include "comm/mpi_comm.h"
 #include "core/check.h"
+#include "core/dtype.h"
 #include "core/file_io.h"
 #include "core/timer.h"
 #include "kernels/bench_kernels.h"
@@ -183,48 +184,56 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out, boo
   return 0;
 }
 
-// Ranks computing between collectives, as a training step's do, one thread each: a work
-// unit (single-threaded GEMMs, ~50 ms) timed on rank 0 while the others sleep, then rounds
-// in which every rank computes one unit and all-reduces a value. On a host with more ranks
-// than cores the rounds take longer than the units' share of the cores: what the planner
-// calls the oversubscribed efficiency.
+// Ranks computing between collectives, as a training step's do, one thread each, per GEMM
+// dtype: a work unit (~50 ms of single-threaded GEMMs of a block's shape) timed on rank 0
+// while the others sleep, then rounds in which every rank computes one unit and all-reduces
+// a value. On a host with more ranks than cores the rounds take longer than the units'
+// share of the cores: what the planner calls the oversubscribed efficiency.
 nlohmann::json busy_ranks(Comm& world) {
   kernels::set_compute_threads(1);
-  constexpr int M = 512, kRounds = 8;
-  std::vector<float> a(size_t(M) * M, 0.01f), b(a.size(), 0.02f), c(a.size());
-  auto gemm = [&] {
-    kernels::gemm(false, false, M, M, M, 1.0f, a.data(), M, b.data(), M, 0.0f, c.data(), M);
-  };
-  double unit[2] = {0, 0};  // GEMMs per unit, seconds of a unit alone
-  if (world.rank() == 0) {
-    gemm();
-    Timer one;
-    gemm();
-    unit[0] = std::max(1.0, std::ceil(0.05 / one.seconds()));
-    Timer alone;
-    for (int i = 0; i < int(unit[0]); ++i) gemm();
-    unit[1] = alone.seconds();
-  } else {
-    std::this_thread::sleep_for(std::chrono::milliseconds(600));  // idle, not polling
+  constexpr int M = 1024, N = 1024, K = 128, kRounds = 6;
+  const std::vector<float> a(size_t(M) * K, 0.01f), b(size_t(N) * K, 0.02f);
+  std::vector<float> c(size_t(M) * N);
+  std::vector<uint16_t> A(a.size() * 2), B(b.size() * 2);
+  nlohmann::json out = nlohmann::json::object();
+  for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+    if (!kernels::gemm_typed_available(t)) continue;
+    kernels::convert(A.data(), t, a.data(), DType::kF32, a.size());
+    kernels::convert(B.data(), t, b.data(), DType::kF32, b.size());
+    auto work = [&](double gemms) {
+      for (int i = 0; i < int(gemms); ++i)
+        kernels::gemm_typed(t, false, true, M, N, K, 1.0f, A.data(), K, B.data(), K, 0.0f,
+                            c.data(), N);
+    };
+    double unit[2] = {0, 0};  // GEMMs per unit, seconds of a unit alone
+    if (world.rank() == 0) {
+      work(1);
+      Timer one;
+      work(1);
+      unit[0] = std::max(1.0, std::ceil(0.05 / one.seconds()));
+      Timer alone;
+      work(unit[0]);
+      unit[1] = alone.seconds();
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(600));  // idle, not polling
+    }
+    world.allreduce(unit, 2, ReduceOp::kMax);
+    work(unit[0]);
+    world.barrier();
+    Timer rounds;
+    for (int r = 0; r < kRounds; ++r) {
+      work(unit[0]);
+      double x = 1;
+      world.allreduce(&x, 1, ReduceOp::kSum);
+    }
+    const double round = rounds.seconds() / kRounds;
+    if (world.rank() == 0)
+      fmt::print("busy ranks, {}: a work unit takes {:.1f} ms alone; {} ranks each computing one "
+                 "then all-reducing take {:.1f} ms a round ({:.2f} units)\n",
+                 dtype_name(t), 1e3 * unit[1], world.size(), 1e3 * round, round / unit[1]);
+    out[dtype_name(t)] = {{"work_s", unit[1]}, {"round_s", round}};
   }
-  world.allreduce(unit, 2, ReduceOp::kMax);
-  auto work = [&] {
-    for (int i = 0; i < int(unit[0]); ++i) gemm();
-  };
-  work();
-  world.barrier();
-  Timer rounds;
-  for (int r = 0; r < kRounds; ++r) {
-    work();
-    double x = 1;
-    world.allreduce(&x, 1, ReduceOp::kSum);
-  }
-  const double round = rounds.seconds() / kRounds;
-  if (world.rank() == 0)
-    fmt::print("busy ranks: a work unit takes {:.1f} ms alone; {} ranks each computing one then "
-               "all-reducing take {:.1f} ms a round ({:.2f} units)\n",
-               1e3 * unit[1], world.size(), 1e3 * round, round / unit[1]);
-  return {{"work_s", unit[1]}, {"round_s", round}};
+  return out;
 }
 
 int run_bench_collectives(size_t min_bytes, size_t max_bytes, int iters,

@@ -140,28 +140,33 @@ std::string stream_lines(const nlohmann::json& k) {
                      all, one);
 }
 
-// [oversubscribed] from bench collectives' busy ranks at rank counts beyond the cores: the
-// units' share of the cores (work x ranks / cores) over the measured round.
+// [oversubscribed] from bench collectives' busy ranks at rank counts beyond the cores, per
+// GEMM dtype: the units' share of the cores (work x ranks / cores) over the measured round.
 std::string oversubscribed_section(const std::vector<nlohmann::json>& collectives, int cores) {
-  std::map<int, double> eff;
+  std::map<std::string, std::map<int, double>> eff;  // dtype -> ranks -> efficiency
   for (const nlohmann::json& f : collectives) {
     const int ranks = f.at("ranks").get<int>();
     if (ranks <= cores || !f.contains("busy")) continue;
-    const double work = f.at("busy").at("work_s").get<double>(),
-                 round = f.at("busy").at("round_s").get<double>();
-    LOOM_REQUIRE(work > 0 && round > 0, "the {}-rank collectives file's busy times are not "
-                 "positive", ranks);
-    eff[ranks] = std::min(1.0, work * ranks / cores / round);
+    for (const auto& [dtype, b] : f.at("busy").items()) {
+      const double work = b.at("work_s"), round = b.at("round_s");
+      LOOM_REQUIRE(work > 0 && round > 0, "the {}-rank collectives file's busy {} times are not "
+                   "positive", ranks, dtype);
+      eff[dtype][ranks] = std::min(1.0, work * ranks / cores / round);
+    }
   }
-  if (eff.empty()) return "";
-  std::string ranks, values;
-  for (const auto& [r, e] : eff) {
-    ranks += fmt::format("{}{}", ranks.empty() ? "" : ", ", r);
-    values += fmt::format("{}{:.3f}", values.empty() ? "" : ", ", e);
+  if (!eff.count("fp32")) return "";
+  std::string out = "\n[oversubscribed]  # more ranks than cores: bench collectives' busy ranks, "
+                    "the cores' share of their work / the measured round\nranks = [";
+  for (const auto& [r, e] : eff.at("fp32"))
+    out += fmt::format("{}{}", r, r == eff.at("fp32").rbegin()->first ? "]\n" : ", ");
+  for (const auto& [dtype, by_ranks] : eff) {
+    LOOM_REQUIRE(by_ranks.size() == eff.at("fp32").size(), "the collectives files' busy ranks "
+                 "lack {} at some rank count", dtype);
+    out += dtype + "_efficiency = [";
+    for (const auto& [r, e] : by_ranks)
+      out += fmt::format("{:.3f}{}", e, r == by_ranks.rbegin()->first ? "]\n" : ", ");
   }
-  return fmt::format("\n[oversubscribed]  # more ranks than cores: bench collectives' busy "
-                     "ranks, the cores' share of their work / the measured round\n"
-                     "ranks = [{}]\nefficiency = [{}]\n", ranks, values);
+  return out;
 }
 
 }  // namespace

@@ -34,8 +34,10 @@ double GemmSweep::at(const std::vector<double>& sizes, const std::vector<double>
   return v[i - 1] + f * (v[i] - v[i - 1]);
 }
 
-double Oversubscribed::at(double r) const {
-  return ranks.empty() ? 1.0 : GemmSweep::at(ranks, efficiency, r);
+double Oversubscribed::at(DType t, double r) const {
+  if (ranks.empty()) return 1.0;
+  const auto e = efficiency.find(t);
+  return GemmSweep::at(ranks, e != efficiency.end() ? e->second : efficiency.at(DType::kF32), r);
 }
 
 namespace {
@@ -90,19 +92,25 @@ GemmSweep parse_sweep(const toml::table& t, const std::string& source) {
 
 Oversubscribed parse_oversubscribed(const toml::table& t, const std::string& source) {
   const std::string at = source + ": [oversubscribed] ";
-  for (const auto& [key, node] : t)
-    LOOM_REQUIRE(key.str() == "ranks" || key.str() == "efficiency",
-                 "{}{}: unknown key (ranks, efficiency)", at, key.str());
-  Oversubscribed o{numbers(t.get("ranks"), at + "ranks"),
-                   numbers(t.get("efficiency"), at + "efficiency")};
-  LOOM_REQUIRE(o.ranks.size() == o.efficiency.size(), "{}ranks and efficiency differ in length",
-               at);
-  for (size_t i = 0; i < o.ranks.size(); ++i) {
+  Oversubscribed o;
+  o.ranks = numbers(t.get("ranks"), at + "ranks");
+  for (size_t i = 0; i < o.ranks.size(); ++i)
     LOOM_REQUIRE(o.ranks[i] >= 2 && (i == 0 || o.ranks[i] > o.ranks[i - 1]),
                  "{}ranks must ascend from 2", at);
-    LOOM_REQUIRE(o.efficiency[i] > 0 && o.efficiency[i] <= 1, "{}efficiency {} is outside (0, 1]",
-                 at, o.efficiency[i]);
+  for (const auto& [key, node] : t) {
+    const std::string k(key.str());
+    if (k == "ranks") continue;
+    const std::string dtype = k.substr(0, k.find('_'));
+    LOOM_REQUIRE((dtype == "fp32" || dtype == "bf16" || dtype == "fp16") &&
+                     k == dtype + "_efficiency",
+                 "{}{}: unknown key (ranks, <fp32|bf16|fp16>_efficiency)", at, k);
+    std::vector<double> v = numbers(&node, at + k);
+    LOOM_REQUIRE(v.size() == o.ranks.size(), "{}{} has {} entries for {} rank counts", at, k,
+                 v.size(), o.ranks.size());
+    for (double e : v) LOOM_REQUIRE(e > 0 && e <= 1, "{}{}: {} is outside (0, 1]", at, k, e);
+    o.efficiency[parse_dtype(dtype)] = std::move(v);
   }
+  LOOM_REQUIRE(o.efficiency.count(DType::kF32), "{}needs fp32_efficiency", at);
   return o;
 }
 

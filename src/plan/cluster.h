@@ -39,9 +39,11 @@ struct GemmSweep {
 // A CPU host with more ranks than cores (optional [oversubscribed], from bench collectives'
 // busy ranks): the fraction of the cores' time the ranks' work gets, by rank count.
 struct Oversubscribed {
-  std::vector<double> ranks, efficiency;  // ranks ascending
-  // 1 without measurements; log-linear between the measured rank counts, flat beyond.
-  double at(double r) const;
+  std::vector<double> ranks;                        // ascending
+  std::map<DType, std::vector<double>> efficiency;  // per GEMM dtype, per rank count
+  // 1 without measurements (fp32's for a dtype without its own); log-linear between the
+  // measured rank counts, flat beyond.
+  double at(DType t, double r) const;
 };
 
 struct ClusterSpec {

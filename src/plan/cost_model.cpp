@@ -424,7 +424,7 @@ Prediction CostModel::price(const RunConfig& cfg, bool simulate) const {
   const double shared = r.host_share > 1 ? mean_busy * r.host_share : 0;
   // And lose a measured part of their time to switching between ranks.
   const double eff = cluster.cpu && rpn > cluster.devices_per_node
-                         ? cluster.oversubscribed.at(rpn) : 1.0;
+                         ? cluster.oversubscribed.at(r.dtype, rpn) : 1.0;
   out.contention_s = std::max(pipe.makespan, shared) / eff - pipe.makespan;
   out.step_s = pipe.makespan + out.contention_s + dpt.exposed + dpt.gathers + out.optimizer_s;
   const double tokens = double(cfg.train.micro_batch) * m * par.dp * cfg.train.seq_len;

@@ -123,12 +123,25 @@ TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
     rows.push_back({{"op", "allreduce"}, {"impl", "loom"}, {"bytes", bytes},
                     {"time_us", 2 * 10 + bytes / 4e3}});  // α 10 us, 4 GB/s
   std::ofstream(dir.path() / "coll2.json") << nlohmann::json{{"ranks", 2}, {"rows", rows}}.dump();
+  // Four ranks on the two cores: busy rounds of 2.5 units (fp32) and 4 (bf16) where their
+  // share of the cores is 2: efficiencies 0.8 and 0.5.
+  const nlohmann::json busy = {{"fp32", {{"work_s", 0.05}, {"round_s", 0.125}}},
+                               {"bf16", {{"work_s", 0.05}, {"round_s", 0.2}}}};
+  nlohmann::json rows4 = nlohmann::json::array();
+  for (double bytes : {4096.0, 1048576.0, 67108864.0})
+    rows4.push_back({{"op", "allreduce"}, {"impl", "loom"}, {"bytes", bytes},
+                     {"time_us", 6 * 10 + 1.5 * bytes / 4e3}});  // the same link at 4 ranks
+  std::ofstream(dir.path() / "coll4.json")
+      << nlohmann::json{{"ranks", 4}, {"rows", rows4}, {"busy", busy}}.dump();
   const fs::path local = dir.path() / "local.toml";
   Result r = loom_cmd("plan --calibrate --kernels " + (dir.path() / "kernels.json").string() +
-                      " --collectives " + (dir.path() / "coll2.json").string() + " --out " +
-                      local.string());
+                      " --collectives " + (dir.path() / "coll2.json").string() + " " +
+                      (dir.path() / "coll4.json").string() + " --out " + local.string());
   ASSERT_EQ(r.code, 0) << r.output;
   const std::string text = loom::test::slurp(local);
+  EXPECT_TRUE(contains(text, "[oversubscribed]")) << text;
+  EXPECT_TRUE(contains(text, "ranks = [4]\nbf16_efficiency = [0.500]\nfp32_efficiency = [0.800]\n"))
+      << text;
   EXPECT_TRUE(contains(text, "kind = \"cpu\"")) << text;
   EXPECT_TRUE(contains(text, "peak_tflops_fp32 = 0.05 ")) << text;  // 100 GFLOP/s / 2 cores
   EXPECT_TRUE(contains(text, "peak_tflops_bf16 = 0.1 ")) << text;

@@ -247,6 +247,39 @@ TEST(CostModel, ACalibratedHostPricesWideGemmsProcessesPerCoreAndStreaming) {
   EXPECT_THROW(calibrated_host("fp32_two_per_core = [50, 50]\n"), InputError);
 }
 
+TEST(CostModel, RanksBeyondTheCoresLoseTheMeasuredOversubscribedEfficiency) {
+  const RunConfig base = small_run();
+  const std::string sweep = "fp32_one_per_core = [200, 200]\n";
+  const ClusterSpec plain = calibrated_host(sweep);
+  const ClusterSpec half = calibrated_host(
+      sweep + "[oversubscribed]\nranks = [4, 8]\nfp32_efficiency = [0.5, 0.25]\n");
+  EXPECT_DOUBLE_EQ(half.oversubscribed.at(DType::kF32, 4), 0.5);
+  EXPECT_DOUBLE_EQ(half.oversubscribed.at(DType::kBF16, 8), 0.25);  // fp32's, without its own
+  EXPECT_NEAR(half.oversubscribed.at(DType::kF32, std::sqrt(32.0)), 0.375, 1e-12);
+  EXPECT_DOUBLE_EQ(plain.oversubscribed.at(DType::kF32, 8), 1.0);
+  // Two ranks on two cores are not oversubscribed; four are, and take twice as long.
+  const Layout two{.dp = 2, .microbatches = 4}, four{.dp = 4, .microbatches = 2};
+  EXPECT_EQ(CostModel(half, 2).price(with_layout(base, two)).step_s,
+            CostModel(plain, 2).price(with_layout(base, two)).step_s);
+  const Prediction p = CostModel(plain, 4).price(with_layout(base, four));
+  const Prediction h = CostModel(half, 4).price(with_layout(base, four));
+  const double shared = p.step_s - p.optimizer_s - p.exposed_comm_s + p.bubble_s;
+  EXPECT_NEAR(h.step_s - p.step_s, shared, 1e-9 * shared);
+  // Bad sections are named.
+  auto refused = [&](const std::string& section, const std::string& says) {
+    try {
+      calibrated_host(sweep + "[oversubscribed]\n" + section);
+      ADD_FAILURE() << "accepted: " << section;
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  refused("ranks = [4]\nfp32_efficiency = [1.5]\n", "outside (0, 1]");
+  refused("ranks = [4]\nbf16_efficiency = [0.5]\n", "needs fp32_efficiency");
+  refused("ranks = [4, 2]\nfp32_efficiency = [0.5, 0.5]\n", "ascend");
+  refused("ranks = [4]\nfp32_waits = [0.5]\n", "unknown key");
+}
+
 TEST(Calibrate, TheFitRecoversAKnownAlphaAndBeta) {
   const double alpha = 7, gbs = 3;  // us, GB/s
   std::vector<nlohmann::json> files;
