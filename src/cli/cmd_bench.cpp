@@ -67,33 +67,33 @@ nlohmann::json print_dtype_peaks(const std::vector<kernels::KernelBenchRow>& row
   return out;
 }
 
-// GFLOP/s by the smallest dimension, per dtype and thread count; the JSON rows.
-nlohmann::json print_gemm_sweep(const std::vector<kernels::KernelBenchRow>& rows) {
-  fmt::print("\nGEMM GFLOP/s by its smallest dimension s: (M,M,s) and (M,s,M), M = {}:\n"
-             "{:<6} {:>7} {:>6} {:>6} {:>6} {:>9}\n", kernels::kGemmSweepM, "dtype", "threads",
-             "M", "N", "K", "GFLOP/s");
-  nlohmann::json out = nlohmann::json::array();
-  for (const kernels::KernelBenchRow& r : rows) {
-    const bool per_core = r.impl.find("one per core") != std::string::npos;
-    const bool wide = r.impl.rfind("wide", 0) == 0;
-    fmt::print("{:<6} {:>7} {:>6} {:>6} {:>6} {:>9.1f}{}{}\n", r.dtype, r.threads, r.M, r.N, r.K,
-               r.gflops, wide ? "  linear fwd+bwd" : "",
-               per_core ? "  (one single-threaded per core at once: their sum)" : "");
-    out.push_back({{"dtype", r.dtype}, {"threads", r.threads}, {"M", r.M}, {"N", r.N},
-                   {"K", r.K}, {"median_s", r.median_seconds}, {"gflops", r.gflops},
-                   {"one_per_core", per_core}, {"wide", wide}});
-  }
-  return out;
-}
-
 namespace fs = std::filesystem;
 
+// The sweep's JSON rows: impl says which kind ("", "wide", "... one per core"), and the
+// flags the calibration reads say it again.
 nlohmann::json sweep_json(const std::vector<kernels::KernelBenchRow>& rows) {
   nlohmann::json out = nlohmann::json::array();
   for (const kernels::KernelBenchRow& r : rows)
     out.push_back({{"dtype", r.dtype}, {"threads", r.threads}, {"M", r.M}, {"N", r.N},
                    {"K", r.K}, {"median_s", r.median_seconds}, {"gflops", r.gflops},
-                   {"impl", r.impl}});
+                   {"impl", r.impl},
+                   {"one_per_core", r.impl.find("one per core") != std::string::npos},
+                   {"wide", r.impl.rfind("wide", 0) == 0}});
+  return out;
+}
+
+// GFLOP/s by the smallest dimension, per dtype and thread count; the JSON rows.
+nlohmann::json print_gemm_sweep(const std::vector<kernels::KernelBenchRow>& rows) {
+  fmt::print("\nGEMM GFLOP/s by its smallest dimension s: (M,M,s) and (M,s,M), M = {}:\n"
+             "{:<6} {:>7} {:>6} {:>6} {:>6} {:>9}\n", kernels::kGemmSweepM, "dtype", "threads",
+             "M", "N", "K", "GFLOP/s");
+  const nlohmann::json out = sweep_json(rows);
+  for (const nlohmann::json& r : out)
+    fmt::print("{:<6} {:>7} {:>6} {:>6} {:>6} {:>9.1f}{}{}\n", r["dtype"].get<std::string>(),
+               r["threads"].get<int>(), r["M"].get<int>(), r["N"].get<int>(), r["K"].get<int>(),
+               r["gflops"].get<double>(), r["wide"].get<bool>() ? "  linear fwd+bwd" : "",
+               r["one_per_core"].get<bool>()
+                   ? "  (one single-threaded per core at once: their sum)" : "");
   return out;
 }
 
@@ -160,15 +160,15 @@ int run_bench_kernels(int threads, int repeats, const std::string& json_out, boo
                    {"gflops", r.gflops}});
   }
   const nlohmann::json peaks = print_dtype_peaks(kernels::bench_gemm_dtypes(repeats));
-  std::vector<kernels::KernelBenchRow> sweep_rows = kernels::bench_gemm_sweep(
-      repeats, threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1});
+  const std::vector<int> counts = threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1};
+  std::vector<kernels::KernelBenchRow> sweep_rows = kernels::bench_gemm_sweep(repeats, counts);
   if (threads > 1)
     for (kernels::KernelBenchRow& r : sweep_one_per_core(threads, repeats))
       sweep_rows.push_back(r);
   const nlohmann::json sweep = print_gemm_sweep(sweep_rows);
   // Streaming bandwidth (arrays beyond the caches) on one thread and on all of them.
   nlohmann::json stream = nlohmann::json::array();
-  for (int n : threads > 1 ? std::vector<int>{1, threads} : std::vector<int>{1}) {
+  for (int n : counts) {
     kernels::set_compute_threads(n);
     const double gbs = kernels::measure_read_bandwidth_gbs();
     fmt::print("memory read bandwidth, {} thread{}: {:.1f} GB/s\n", n, n > 1 ? "s" : "", gbs);

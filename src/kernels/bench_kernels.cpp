@@ -255,16 +255,11 @@ double linear_seconds(DType t, int M, int N, int K, int repeats) {
   to_compute(t, wc.data(), w.data(), w.size());
   std::vector<float> out(size_t(M) * N), dout = random_floats(size_t(M) * N, 53, -1e-3f, 1e-3f),
                      dx(x.size()), dw(w.size(), 0.0f);
-  std::vector<double> times;
-  for (int r = 0; r <= repeats; ++r) {
-    Timer timer;
+  return median_seconds(repeats, [&] {
     matmul_forward_typed(t, out.data(), xc.data(), wc.data(), nullptr, M, K, N);
     matmul_backward_typed(t, dx.data(), dw.data(), nullptr, dout.data(), xc.data(), wc.data(),
                           stage.data(), size_t(M) * N, M, K, N);
-    if (r > 0) times.push_back(timer.seconds());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
+  });
 }
 
 // A linear layer whose outputs are a vocabulary (N = kVp): its GFLOP/s (three GEMMs).

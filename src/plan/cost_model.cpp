@@ -116,18 +116,10 @@ struct Rates {
   }
 };
 
-// The GEMMs (M, N, K) of one micro-batch through the whole model on a rank: the blocks'
-// four (tp slices) and the head's vocabulary slice.
-std::vector<std::array<double, 3>> gemm_mix(const RunConfig& cfg) {
-  const double N = double(cfg.train.micro_batch) * cfg.train.seq_len, C = cfg.model.n_embd,
-               tp = cfg.parallel.tp, Vp = double(cfg.model.padded_vocab(cfg.parallel.tp));
-  std::vector<std::array<double, 3>> out;
-  for (int l = 0; l < cfg.model.n_layer; ++l)
-    for (const std::array<double, 3>& g : {std::array<double, 3>{N, 3 * C / tp, C},
-                                           {N, C, C / tp}, {N, 4 * C / tp, C}, {N, C, 4 * C / tp}})
-      out.push_back(g);
-  out.push_back({N, Vp / tp, C});
-  return out;
+// A block's four GEMMs (M, N, K) on one rank for N tokens: qkv, the attention projection,
+// the MLP's two, each the rank's column or row slice of tp.
+std::array<std::array<double, 3>, 4> block_gemms(double N, double C, double tp) {
+  return {{{N, 3 * C / tp, C}, {N, C, C / tp}, {N, 4 * C / tp, C}, {N, C, 4 * C / tp}}};
 }
 
 Rates rates_of(const ClusterSpec& c, int rpn, const RunConfig& cfg) {
@@ -155,12 +147,18 @@ Rates rates_of(const ClusterSpec& c, int rpn, const RunConfig& cfg) {
   // Without a typed GEMM for the dtype (fp16 here), it runs as fp32.
   r.dtype = c.sweep.one.count(t) && c.sweep.all.count(t) ? t : DType::kF32;
   r.sweep = &c.sweep;
+  // The layout's GEMM mix, one micro-batch through the model: every block's and the head's.
+  const double N = double(cfg.train.micro_batch) * cfg.train.seq_len, C = cfg.model.n_embd,
+               tp = cfg.parallel.tp, Vp = double(cfg.model.padded_vocab(cfg.parallel.tp));
   double alone = 0, host = 0;
-  for (const auto& [M, N, K] : gemm_mix(cfg)) {
-    const double s = std::min({M, N, K}), w = std::max({M, N, K});
-    alone += 2 * M * N * K / r.sweep_rate(s, w);
-    host += 2 * M * N * K / r.host_rate(s, w);
-  }
+  auto add = [&](const std::array<double, 3>& g, double times) {
+    const auto [M, Nn, K] = g;
+    const double s = std::min({M, Nn, K}), w = std::max({M, Nn, K}), flops = 2 * M * Nn * K;
+    alone += times * flops / r.sweep_rate(s, w);
+    host += times * flops / r.host_rate(s, w);
+  };
+  for (const std::array<double, 3>& g : block_gemms(N, C, tp)) add(g, cfg.model.n_layer);
+  add({N, Vp / tp, C}, 1);
   r.host_share = rpn * host / alone;
   return r;
 }
@@ -178,9 +176,8 @@ struct Shapes {
 
 Piece block_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link,
                   const std::string& recompute) {
-  // qkv, the attention projection, the MLP's two: each rank's column or row slice.
-  const double gemm = r.gemm(s.N, 3 * s.C / s.tp, s.C) + r.gemm(s.N, s.C, s.C / s.tp) +
-                      r.gemm(s.N, 4 * s.C / s.tp, s.C) + r.gemm(s.N, s.C, 4 * s.C / s.tp);
+  double gemm = 0;
+  for (const auto& [M, N, K] : block_gemms(s.N, s.C, s.tp)) gemm += r.gemm(M, N, K);
   const double attn = 2 * s.N * s.T * s.C / s.tp;  // causal Q K^T and P V
   const double rows = s.sp ? s.N / s.tp : s.N;
   // Two layernorms (read + write) and two residual adds (two reads, a write) on the rows,
