@@ -205,8 +205,8 @@ RunFn setup_train(CLI::App& sub) {
   sub.add_option("--virtual-stages", o->virtual_stages,
                  "model chunks per pipeline rank (interleaved, >= 2)");
   sub.add_option("--stage-layers", o->stage_layers,
-                 "blocks per virtual stage, e.g. 3,4,4,1; auto (default): balanced by measured "
-                 "cost; '' by FLOP count");
+                 "blocks per virtual stage, e.g. 3,4,4,1 (the last may be 0: the head alone); "
+                 "auto (default): balanced by measured cost; '' by FLOP count");
   sub.add_option("--recompute", o->recompute,
                  "activation recomputation: none | selective | full ([train] recompute)");
   sub.add_option("--attention", o->attention,

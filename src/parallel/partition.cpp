@@ -43,6 +43,12 @@ struct StageCost {
 
 using Table = std::vector<std::vector<double>>;  // [stage s][first block i]
 
+// The fewest blocks virtual stage s of S holds: one, except that the last of several may
+// hold the head alone (with a large vocabulary the head can outweigh many blocks).
+int min_blocks(int s, int S) { return s == S - 1 && S > 1 ? 0 : 1; }
+// The fewest blocks stages [s, S) hold together.
+int min_blocks_from(int s, int S) { return S - s - (S > 1 && s < S ? 1 : 0); }
+
 // The smallest possible cost of the most expensive stage (the pipeline's bottleneck).
 // best[s][i] is that minimum over stages s..S-1 covering blocks [i, L).
 double min_max_cost(const StageCost& cost, int L) {
@@ -50,8 +56,8 @@ double min_max_cost(const StageCost& cost, int L) {
   Table best(S + 1, std::vector<double>(L + 1, kInf));
   best[S][L] = 0;
   for (int s = S - 1; s >= 0; --s)
-    for (int i = s; i <= L - (S - s); ++i)            // stages before s hold >= s blocks
-      for (int j = i + 1; j <= L - (S - s - 1); ++j)  // stages after s need >= 1 each
+    for (int i = s; i <= L - min_blocks_from(s, S); ++i)  // stages before s hold >= s blocks
+      for (int j = i + min_blocks(s, S); j <= L - min_blocks_from(s + 1, S); ++j)
         best[s][i] = std::min(best[s][i], std::max(cost(s, i, j), best[s + 1][j]));
   return best[0][0];
 }
@@ -63,8 +69,8 @@ Table min_sum_squares(const StageCost& cost, int L, double target) {
   Table sq(S + 1, std::vector<double>(L + 1, kInf));
   sq[S][L] = 0;
   for (int s = S - 1; s >= 0; --s)
-    for (int i = s; i <= L - (S - s); ++i)
-      for (int j = i + 1; j <= L - (S - s - 1); ++j) {
+    for (int i = s; i <= L - min_blocks_from(s, S); ++i)
+      for (int j = i + min_blocks(s, S); j <= L - min_blocks_from(s + 1, S); ++j) {
         const double c = cost(s, i, j);
         if (c <= target) sq[s][i] = std::min(sq[s][i], c * c + sq[s + 1][j]);
       }
@@ -86,9 +92,8 @@ int parse_entry(std::string_view tok, int pos, const std::string& spec) {
   const auto [end, ec] = std::from_chars(tok.data(), tok.data() + tok.size(), value);
   LOOM_REQUIRE(!tok.empty() && ec == std::errc() && end == tok.data() + tok.size(),
                "stage layers '{}': entry {} ('{}') is not an integer", spec, pos, tok);
-  LOOM_REQUIRE(value >= 1,
-               "stage layers '{}': entry {} is {}, every virtual stage needs >= 1 block", spec,
-               pos, value);
+  LOOM_REQUIRE(value >= 0, "stage layers '{}': entry {} is {}, a block count must be >= 0",
+               spec, pos, value);
   return value;
 }
 
@@ -149,6 +154,10 @@ StagePartition parse_stage_layers(const std::string& spec, const LayerCosts& cos
   LOOM_REQUIRE(static_cast<int>(counts.size()) == S,
                "stage layers '{}' has {} entries, need one per virtual stage: {}", spec,
                counts.size(), name_stages(S, pp));
+  for (int s = 0; s < S; ++s)
+    LOOM_REQUIRE(counts[size_t(s)] >= min_blocks(s, S),
+                 "stage layers '{}': entry {} is 0, every virtual stage but the last needs >= 1 "
+                 "block (the last may hold the head alone)", spec, s + 1);
   const int64_t sum = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   LOOM_REQUIRE(sum == L, "stage layers '{}' sum to {} blocks, the model has n_layer={}", spec, sum,
                L);
@@ -165,8 +174,9 @@ std::string describe(const StagePartition& part, int p) {
   std::string out;
   for (int s = 0; s < S; ++s) {
     const int lo = part.first[s], hi = part.first[s + 1] - 1;
-    std::string blocks =
-        lo == hi ? fmt::format("block {}", lo) : fmt::format("blocks {}-{}", lo, hi);
+    std::string blocks = lo > hi    ? std::string("no blocks")
+                         : lo == hi ? fmt::format("block {}", lo)
+                                    : fmt::format("blocks {}-{}", lo, hi);
     if (s == 0) blocks += " + embeddings";
     if (s == S - 1) blocks += " + head";
     const double percent = total > 0 ? 100 * part.cost[s] / total : 0.0;
@@ -196,14 +206,17 @@ LayerCosts measured_layer_costs(const StagePartition& part, const std::vector<do
     t += seconds[size_t(s)];
     k += part.blocks(s);
   }
-  if (k == 0) {  // every stage holds an end: the first stage's blocks price a block
+  const bool first_prices = k == 0;
+  if (first_prices) {  // every stage holds an end: the first stage's blocks price a block
     t = seconds[0];
     k = part.blocks(0);
   }
   const double block = t / k;
   LayerCosts c;
   c.block.assign(size_t(part.first.back()), block);
-  const double first = std::max(0.0, seconds[0] - part.blocks(0) * block);
+  // (When the first stage's blocks price a block, its end is free by definition.)
+  const double first =
+      first_prices ? 0.0 : std::max(0.0, seconds[0] - part.blocks(0) * block);
   const double last = std::max(0.0, seconds[size_t(S - 1)] - part.blocks(S - 1) * block);
   if (S == 1) {
     c.head = first;

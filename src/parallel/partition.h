@@ -38,7 +38,9 @@ struct LayerCosts {
 // Throws InputError for a config that fails validate() or seq_len outside [1, block_size].
 LayerCosts model_layer_costs(const GptConfig& cfg, int seq_len);
 
-// Splits the L blocks into S contiguous virtual stages of >= 1 block each, minimising the
+// Splits the L blocks into S contiguous virtual stages of >= 1 block each, except that the
+// last of several may hold the head alone (a 50k-row lm_head can outweigh several blocks:
+// GPT-2's outweighs 6 blocks of the demo's 384 channels), minimising the
 // cost of the most expensive stage (the pipeline's throughput; exact dynamic programme,
 // O(S * L^2)). Many splits usually share that bottleneck; among them it takes the one
 // with the least sum of squared stage costs (the most even, so an error in the cost model
@@ -48,8 +50,8 @@ LayerCosts model_layer_costs(const GptConfig& cfg, int seq_len);
 // (when > 0) only makes that message name the pipeline size and virtual stages per rank.
 StagePartition balance_stages(const LayerCosts& costs, int S, int pp = 0);
 
-// An explicit split, e.g. "3,4,4,1": blocks per virtual stage, S entries of >= 1 summing
-// to L. Throws InputError naming what is wrong (`pp` as for balance_stages).
+// An explicit split, e.g. "3,4,4,1": blocks per virtual stage, S entries of >= 1 (the
+// last may be 0: the head alone) summing to L. Throws InputError naming what is wrong (`pp` as for balance_stages).
 StagePartition parse_stage_layers(const std::string& spec, const LayerCosts& costs, int S,
                                   int pp = 0);
 

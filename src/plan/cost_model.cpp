@@ -305,13 +305,23 @@ PipeResult run_pipeline(const RunConfig& cfg, const StageTimes& st, bool in_simu
   return out;
 }
 
-// Parameters the busiest rank holds: its stage's blocks (tp slices) and the embeddings.
-double rank_params(const RunConfig& cfg) {
+// Parameters the pipeline rank holding the most holds: its blocks (tp slices) over all its
+// chunks, the wte slice with the embeddings or the head, wpe, ln_f.
+double rank_params(const RunConfig& cfg, const StagePartition& part) {
   const double C = cfg.model.n_embd, tp = cfg.parallel.tp;
-  const double blocks = std::ceil(double(cfg.model.n_layer) / cfg.parallel.pp);
-  return blocks * (6 * C + (12 * C * C + 7 * C) / tp) +
-         double(cfg.model.padded_vocab(cfg.parallel.tp)) * C / tp +
-         double(cfg.model.block_size) * C + 2 * C;
+  const double block = 6 * C + (12 * C * C + 7 * C) / tp;
+  const double wte = double(cfg.model.padded_vocab(cfg.parallel.tp)) * C / tp;
+  const int p = cfg.parallel.pp, S = part.stages();
+  double most = 0;
+  for (int r = 0; r < p; ++r) {
+    double params = 0;
+    for (int vs = r; vs < S; vs += p) params += part.blocks(vs) * block;
+    if (r == 0) params += double(cfg.model.block_size) * C;
+    if (r == (S - 1) % p) params += 2 * C;
+    if (r == 0 || r == (S - 1) % p) params += wte;
+    most = std::max(most, params);
+  }
+  return most;
 }
 
 }  // namespace
@@ -322,11 +332,7 @@ const StagePartition& CostModel::partition(const RunConfig& cfg) const {
   const auto key = std::make_tuple(cfg.model.n_layer, cfg.train.seq_len, S, par.stage_layers);
   auto it = partitions.find(key);
   if (it != partitions.end()) return it->second;
-  const LayerCosts flops = model_layer_costs(cfg.model, cfg.train.seq_len);
-  StagePartition part = par.stage_layers.empty() || par.stage_layers == "auto"
-                            ? balance_stages(flops, S, par.pp)
-                            : parse_stage_layers(par.stage_layers, flops, S, par.pp);
-  return partitions.emplace(key, std::move(part)).first->second;
+  return partitions.emplace(key, stage_partition(cfg)).first->second;
 }
 
 int CostModel::ranks_per_node() const {
@@ -355,7 +361,7 @@ DpTimes dp_times(const RunConfig& cfg, const CostModel& cm, double overlap) {
   if (par.dp <= 1) return t;
   const LinkSpec& link = par.tp * par.dp > cm.ranks_per_node() ? cm.cluster.inter
                                                                : cm.cluster.intra;
-  const double P = rank_params(cfg), grad_bytes = P * (par.grad_reduce == "bf16" ? 2 : 4);
+  const double P = rank_params(cfg, cm.partition(cfg)), grad_bytes = P * (par.grad_reduce == "bf16" ? 2 : 4);
   // ZeRO 2 and 3 reduce each bucket to its owners only: about a reduce-scatter's bytes.
   auto reduce = [&](double bytes) {
     return par.zero >= 2 ? gather_s(bytes, par.dp, link) : allreduce_s(bytes, par.dp, link);
@@ -373,8 +379,8 @@ DpTimes dp_times(const RunConfig& cfg, const CostModel& cm, double overlap) {
 
 // AdamW over the rank's shard (7 floats read or written per parameter), the gradient norm
 // (1) and zeroing the gradients (1), and the cast of the masters to the compute precision.
-double optimizer_s(const RunConfig& cfg, const Rates& r) {
-  const double P = rank_params(cfg);
+double optimizer_s(const RunConfig& cfg, const StagePartition& part, const Rates& r) {
+  const double P = rank_params(cfg, part);
   const double shard = cfg.parallel.zero >= 1 ? P / cfg.parallel.dp : P;
   const double cast = cfg.train.precision != "fp32" ? 6 * P : 0;
   return (36 * shard + cast) / r.stream;
@@ -414,7 +420,7 @@ Prediction CostModel::price(const RunConfig& cfg, bool simulate) const {
   out.exposed_comm_s = comm + dpt.exposed + dpt.gathers;
   // Every rank steps at once: past a CPU host's cores they take turns.
   const double over = cluster.cpu ? std::max(1.0, double(rpn) / cluster.devices_per_node) : 1;
-  out.optimizer_s = optimizer_s(cfg, r) * over;
+  out.optimizer_s = optimizer_s(cfg, partition(cfg), r) * over;
   // A CPU host with more ranks than cores: they take turns on the cores.
   double mean_busy = 0;
   for (double b : pipe.busy) mean_busy += b / p;
@@ -429,7 +435,7 @@ Prediction CostModel::price(const RunConfig& cfg, bool simulate) const {
   out.mfu = out.tokens_per_s * model_flops_per_token(int64_t(model_params(cfg.model)), cfg.model,
                                                      cfg.train.seq_len) /
             world_peak_flops(cfg.train.precision);
-  out.memory = estimate_rank_memory(cfg);
+  out.memory = estimate_rank_memory(cfg, partition(cfg));
   out.memory_limit = cluster.cpu ? cluster.device_memory_bytes / rpn : cluster.device_memory_bytes;
   out.fits = out.memory.total() <= out.memory_limit;
   return out;

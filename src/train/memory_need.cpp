@@ -45,9 +45,16 @@ double inflight(const RunConfig& cfg, const Sizes& s) {
   return std::min(s.ga, (cfg.parallel.schedule == "interleaved" ? 2 : 1) * s.pp);
 }
 
-// Bytes of the activation arena Gpt::reserve lays out (model/activations.h) for the rank
-// with the most blocks, its blocks spread over its virtual stages and the head counted.
-double activation_bytes(const RunConfig& cfg, const Sizes& s, double blocks) {
+// What one pipeline rank holds: its blocks (over all its chunks) and whether it holds the
+// embeddings (virtual stage 0) and the head (the last virtual stage).
+struct RankShare {
+  double blocks = 0;
+  bool embed = false, head = false;
+};
+
+// Bytes of the activation arena Gpt::reserve lays out (model/activations.h) for a rank
+// holding `share` over v chunks.
+double activation_bytes(const RunConfig& cfg, const Sizes& s, const RankShare& share) {
   const ActDims d =
       activation_dims(cfg.model, cfg.train.micro_batch, cfg.train.seq_len, int(s.tp), s.sp,
                       parse_attention(cfg.train.attention), parse_dtype(cfg.train.precision));
@@ -58,19 +65,17 @@ double activation_bytes(const RunConfig& cfg, const Sizes& s, double blocks) {
   const double empty = bytes({0, false}, 1);
   const double input = bytes({0, false}, 2) - empty;  // a chunk's input, per slot
   const double block = bytes({1, false}, 1) - empty;  // a kept block, per slot
-  const double head = bytes({0, true}, 1) - empty;
+  const double head = share.head ? bytes({0, true}, 1) - empty : 0;
   const double shared = empty - input;  // scratch and the recomputed entries' one copy
-  return inflight(cfg, s) * (blocks * block + s.v * input + head) + shared;
+  return inflight(cfg, s) * (share.blocks * block + s.v * input + head) + shared;
 }
 
-}  // namespace
-
-MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
-  const Sizes s = sizes_of(cfg);
-  const double blocks = std::ceil(s.L / s.pp);
+MemoryNeed rank_memory(const RunConfig& cfg, const Sizes& s, const RankShare& share) {
   const double block = 6 * s.C + (12 * s.C * s.C + 7 * s.C) / s.tp;
-  const double embed = s.Vp * s.C / s.tp + s.maxT * s.C + 2 * s.C;  // wte slice, wpe, ln_f
-  const double P = blocks * block + embed;
+  // The wte slice (the embeddings' and the tied lm_head's), wpe, ln_f.
+  const double embed = (share.embed || share.head ? s.Vp * s.C / s.tp : 0) +
+                       (share.embed ? s.maxT * s.C : 0) + (share.head ? 2 * s.C : 0);
+  const double P = share.blocks * block + embed;
   MemoryNeed m;
   m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
   const DType precision = parse_dtype(cfg.train.precision);
@@ -85,9 +90,53 @@ MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
   // bf16 gradient reduction: the buckets' bf16 copies.
   if (cfg.parallel.grad_reduce == "bf16" && s.dp > 1) m.grads += 2 * P;
   m.optimizer = 8 * (s.zero >= 1 ? P / s.dp : P);
-  m.activations = activation_bytes(cfg, s, blocks);
+  m.activations = activation_bytes(cfg, s, share);
   if (cfg.checkpoint.async) m.snapshot = 4 * P + m.optimizer;  // the host copy being written
   return m;
+}
+
+// Beyond this many cells of balance_stages' table, the FLOP-balanced split is taken as even
+// (no model trained today has more than a few hundred blocks; absurd sizes stay cheap).
+constexpr double kMaxBalanceCells = 1e8;
+
+}  // namespace
+
+StagePartition stage_partition(const RunConfig& cfg) {
+  const ParallelConfig& p = cfg.parallel;
+  const int S = std::max(1, p.pp) * std::max(1, p.virtual_stages);
+  const LayerCosts costs = model_layer_costs(cfg.model, cfg.train.seq_len);
+  if (!p.stage_layers.empty() && p.stage_layers != "auto")
+    return parse_stage_layers(p.stage_layers, costs, S, p.pp);
+  return balance_stages(costs, S, p.pp);
+}
+
+MemoryNeed estimate_rank_memory(const RunConfig& cfg, const StagePartition& part) {
+  const Sizes s = sizes_of(cfg);
+  const int p = int(s.pp), S = part.stages();
+  MemoryNeed worst;
+  for (int r = 0; r < p; ++r) {
+    RankShare share;
+    for (int vs = r; vs < S; vs += p) {
+      share.blocks += part.blocks(vs);
+      share.embed |= vs == 0;
+      share.head |= vs == S - 1;
+    }
+    const MemoryNeed m = rank_memory(cfg, s, share);
+    if (r == 0 || m.total() > worst.total()) worst = m;
+  }
+  return worst;
+}
+
+MemoryNeed estimate_rank_memory(const RunConfig& cfg) {
+  const Sizes s = sizes_of(cfg);
+  const double S = s.pp * s.v;
+  const bool explicit_split = !cfg.parallel.stage_layers.empty() &&
+                              cfg.parallel.stage_layers != "auto";
+  if (s.pp > 1 && (explicit_split || S * s.L * s.L <= kMaxBalanceCells))
+    return estimate_rank_memory(cfg, stage_partition(cfg));
+  // One rank holds everything, or an even split: the first stage's ceil(L/pp) blocks, the
+  // embeddings, and (counted to be safe) the head.
+  return rank_memory(cfg, s, RankShare{std::ceil(s.L / s.pp), true, true});
 }
 
 std::string MemoryNeed::breakdown() const {

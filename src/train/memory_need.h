@@ -9,6 +9,7 @@
 #include <string>
 
 #include "core/memory.h"
+#include "parallel/partition.h"
 #include "train/run_config.h"
 
 namespace loom {
@@ -19,9 +20,17 @@ struct MemoryNeed {
   std::string breakdown() const;  // "weights 1.0 GiB, gradients ..."
 };
 
-// Per rank, for the rank with the most blocks (the first stage, which also holds the
-// embeddings, when the blocks do not divide evenly). Doubles, so absurd sizes (n_layer
-// 2^31, n_embd 2^30) are computed without overflow.
+// The trainer's split of cfg's blocks over its virtual stages: the explicit
+// [parallel] stage_layers, else the FLOP-balanced split ("auto" is measured at start-up;
+// before that the FLOP split stands in for it). Throws InputError as balance_stages does.
+StagePartition stage_partition(const RunConfig& cfg);
+
+// Per rank under `part`, for the pipeline rank that needs the most (its blocks over all its
+// chunks, the embeddings on the first and the head on the last virtual stage). Doubles, so
+// absurd sizes (n_layer 2^31, n_embd 2^30) are computed without overflow.
+MemoryNeed estimate_rank_memory(const RunConfig& cfg, const StagePartition& part);
+// The same under stage_partition(cfg); past 1e8 cells of the balancing table (absurd
+// n_layer) an even split, counting the head on the first stage.
 MemoryNeed estimate_rank_memory(const RunConfig& cfg);
 
 // Throws InputError (exit 2) when estimate_rank_memory(cfg) exceeds `limit`, naming both and

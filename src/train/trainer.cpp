@@ -36,14 +36,9 @@ RunConfig checked(const RunConfig& cfg, const ProcessGrid& grid, const MemoryLim
 }  // namespace
 
 StagePartition Trainer::make_partition(const RunConfig& cfg) {
-  const ParallelConfig& p = cfg.parallel;
-  const int S = p.pp * p.virtual_stages;
-  const LayerCosts costs = model_layer_costs(cfg.model, cfg.train.seq_len);
   // "auto" is resolved by measurement before a trainer is made (train/stage_profile.h);
   // left unresolved it is the FLOP-balanced split.
-  return p.stage_layers.empty() || p.stage_layers == "auto"
-             ? balance_stages(costs, S, p.pp)
-             : parse_stage_layers(p.stage_layers, costs, S, p.pp);
+  return stage_partition(cfg);
 }
 
 ModelLayout Trainer::make_layout(const RunConfig& cfg, const ProcessGrid& grid,

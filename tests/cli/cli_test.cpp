@@ -181,7 +181,10 @@ TEST_F(Cli, HybridTracesReportAndRejectsUnsupportedLayouts) {
                  "OMP_NUM_THREADS=1", 2);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(contains(r.output, "pipeline partition (1f1b schedule, 2 micro-batches)")) << r.output;
-  EXPECT_TRUE(contains(r.output, "(virtual stage 1): block 1 + head")) << r.output;
+  // The tiny model's 50k-row head outweighs both blocks: measured, it holds 1 block or none.
+  EXPECT_TRUE(contains(r.output, "(virtual stage 1): block 1 + head") ||
+              contains(r.output, "(virtual stage 1): no blocks + head"))
+      << r.output;
   ASSERT_TRUE(fs::exists(run_dir / "trace/rank_00000.json"));
   ASSERT_TRUE(fs::exists(run_dir / "trace/rank_00001.json"));
   r = run("report " + run_dir.string());
@@ -309,7 +312,7 @@ TEST_F(Cli, StageLayersAutoMeasuresThenResumesWithTheRecordedSplit) {
   const size_t at = toml.find("stage_layers = '");
   ASSERT_NE(at, std::string::npos) << toml;
   const std::string split = toml.substr(at + 16, toml.find('\'', at + 16) - at - 16);
-  EXPECT_TRUE(split == "1,3" || split == "2,2" || split == "3,1") << split;
+  EXPECT_TRUE(split == "1,3" || split == "2,2" || split == "3,1" || split == "4,0") << split;
   r = run(base + " --set train.steps=3 --resume auto", "", 2);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(contains(r.output, "resuming with the recorded split " + split)) << r.output;

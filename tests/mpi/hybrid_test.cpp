@@ -37,12 +37,21 @@ struct Case {
   int v = 1, m = 1, zero = 0;
   bool sp = false;
   std::string precision = "fp32";
+  std::string stage_layers;  // "" = FLOP-balanced
   std::string name() const {
-    return fmt::format("dp{} tp{} pp{} {}{} m{} zero{}{}{}", shape.dp, shape.tp, shape.pp,
+    return fmt::format("dp{} tp{} pp{} {}{} m{} zero{}{}{}{}", shape.dp, shape.tp, shape.pp,
                        schedule, v > 1 ? fmt::format(" v{}", v) : "", m, zero, sp ? " sp" : "",
-                       precision == "fp32" ? "" : " " + precision);
+                       precision == "fp32" ? "" : " " + precision,
+                       stage_layers.empty() ? "" : " split " + stage_layers);
   }
 };
+
+// The 8 blocks over S - 1 virtual stages and the last holding the head alone: "3,3,2,0".
+std::string head_alone(int S) {
+  std::string out;
+  for (int s = 0; s + 1 < S; ++s) out += fmt::format("{},", 8 / (S - 1) + (s < 8 % (S - 1)));
+  return out + "0";
+}
 
 // L = 8 blocks, 8 heads (tp up to 8), T = 8, V = 97 (padded to 128).
 RunConfig hybrid_config(const std::filesystem::path& dir, int rows, int accum,
@@ -76,6 +85,7 @@ RunConfig case_config(const std::filesystem::path& dir, const Case& c) {
   cfg.parallel.schedule = c.schedule;
   cfg.parallel.virtual_stages = c.v;
   cfg.parallel.sequence_parallel = c.sp;
+  cfg.parallel.stage_layers = c.stage_layers;
   return cfg;
 }
 
@@ -151,6 +161,10 @@ std::vector<Case> cases_for(const GridShape& g) {
       out.push_back({g, "1f1b", 1, m, zero});
       if (8 >= 2 * g.pp) out.push_back({g, "interleaved", 2, m, zero});
     }
+    // The last virtual stage holding the head alone, with tp's sequence parallelism.
+    out.push_back({g, "1f1b", 1, g.pp, zero, g.tp > 1, "fp32", head_alone(g.pp)});
+    if (8 >= 2 * g.pp)
+      out.push_back({g, "interleaved", 2, 2 * g.pp, zero, false, "fp32", head_alone(2 * g.pp)});
   }
   if (g.tp > 1) out.push_back({g, "1f1b", 1, g.pp, zero, true});  // sequence parallel
   return out;
