@@ -245,6 +245,9 @@ RunFn setup_plan(CLI::App& sub) {
   sub.add_option("--sample", o->check.sample, "layouts --verify trains in all: the --top "
                  "best and an even spread of the rest")->capture_default_str()
       ->check(in_range(2, 1e6));
+  sub.add_option("--repeats", o->check.repeats, "runs of each layout (--verify), round the "
+                 "whole sample; the fastest counts")->capture_default_str()
+      ->check(in_range(1, 100));
   sub.add_option("--dir", o->check.dir, "where --verify writes its runs")->capture_default_str();
   sub.add_option("--published", o->published,
                  "price published runs (configs/clusters/published-runs.toml) beside the "

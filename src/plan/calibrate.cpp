@@ -11,34 +11,60 @@
 
 namespace loom {
 
-LinkFit fit_collectives(const std::vector<nlohmann::json>& files) {
+namespace {
+
+struct AlphaBeta {
+  double alpha_us, us_per_byte;
+  int rows;
+};
+
+// Weighted least squares of t = steps * α + x * b, x the bus bytes of one rank (or of all
+// the file's ranks, `host`), over the rows of collective `only` (every one when empty).
+AlphaBeta fit_alpha_beta(const std::vector<nlohmann::json>& files, bool host,
+                         const std::string& only = "") {
   // Normal equations of t = x1 a + x2 b (a = α in us, b = 1/β in us per byte).
   double s11 = 0, s12 = 0, s22 = 0, s1t = 0, s2t = 0;
-  LinkFit fit;
+  int rows = 0;
   for (const nlohmann::json& f : files) {
     const double g = f.at("ranks").get<double>();
     LOOM_REQUIRE(g >= 2, "a collectives file with {} ranks says nothing of the network", g);
     for (const nlohmann::json& r : f.at("rows")) {
-      if (r.at("impl") != "loom") continue;
       const std::string op = r.at("op");
+      if (r.at("impl") != "loom" || (!only.empty() && op != only)) continue;
       const double bytes = r.at("bytes").get<double>(), t = r.at("time_us").get<double>();
       const bool ar = op == "allreduce";
-      const double x1 = (ar ? 2 : 1) * (g - 1), x2 = (ar ? 2 : 1) * (g - 1) / g * bytes;
+      const double x1 = (ar ? 2 : 1) * (g - 1),
+                   x2 = (ar ? 2 : 1) * (g - 1) / g * bytes * (host ? g : 1);
       // Relative error: weight each row by 1/t^2, so small messages fit α and large ones β.
       const double w = 1 / (t * t);
       s11 += w * x1 * x1, s12 += w * x1 * x2, s22 += w * x2 * x2;
       s1t += w * x1 * t, s2t += w * x2 * t;
-      ++fit.rows;
+      ++rows;
     }
   }
-  LOOM_REQUIRE(fit.rows >= 2, "the collectives files hold {} rows of loom's Comm; need >= 2",
-               fit.rows);
+  if (rows < 2) return {0, 0, rows};
   const double det = s11 * s22 - s12 * s12;
   double a = (s1t * s22 - s2t * s12) / det, b = (s11 * s2t - s12 * s1t) / det;
   if (a < 0) a = 0, b = s2t / s22;  // latency below resolution: fit the bandwidth alone
   LOOM_REQUIRE(b > 0, "the collectives files give no positive bandwidth");
-  fit.alpha_us = a;
-  fit.bandwidth_gbs = 1e6 / b / 1e9;
+  return {a, b, rows};
+}
+
+}  // namespace
+
+LinkFit fit_collectives(const std::vector<nlohmann::json>& files) {
+  const AlphaBeta rank = fit_alpha_beta(files, false);
+  LOOM_REQUIRE(rank.rows >= 2, "the collectives files hold {} rows of loom's Comm; need >= 2",
+               rank.rows);
+  LinkFit fit;
+  fit.rows = rank.rows;
+  fit.alpha_us = rank.alpha_us;
+  fit.bandwidth_gbs = 1e6 / rank.us_per_byte / 1e9;
+  const char* const ops[] = {"allreduce", "reduce_scatter", "allgather"};
+  for (size_t k = 0; k < fit.host_gbs.size(); ++k) {  // 0 where the files lack the collective
+    const AlphaBeta host = fit_alpha_beta(files, true, ops[k]);
+    fit.host_gbs[k] = host.rows >= 2 ? 1e6 / host.us_per_byte / 1e9 : 0;
+  }
   return fit;
 }
 
@@ -171,6 +197,20 @@ std::string oversubscribed_section(const std::vector<nlohmann::json>& collective
 
 }  // namespace
 
+namespace {
+
+// The host's bus bandwidth per collective, where the files measured it.
+std::string host_lines(const LinkFit& link) {
+  const char* const keys[] = {"host_allreduce_gbs", "host_reduce_scatter_gbs",
+                              "host_allgather_gbs"};
+  std::string out = "# the host's, summed over its ranks communicating at once, per collective\n";
+  for (size_t k = 0; k < link.host_gbs.size(); ++k)
+    if (link.host_gbs[k] > 0) out += fmt::format("{} = {:.4g}\n", keys[k], link.host_gbs[k]);
+  return out;
+}
+
+}  // namespace
+
 std::string calibrated_cluster_toml(const nlohmann::json& kernels,
                                     const std::vector<nlohmann::json>& collectives,
                                     double host_memory_bytes, const std::string& sources) {
@@ -196,11 +236,12 @@ std::string calibrated_cluster_toml(const nlohmann::json& kernels,
       "[network]                    # shared memory, fitted to {} rows of loom's Comm\n"
       "intra_bandwidth_gbs = {:.4g}\nintra_alpha_us = {:.4g}\nintra_efficiency = 1.0\n"
       "inter_bandwidth_gbs = {:.4g}  # one host: the same fit\n"
-      "inter_alpha_us = {:.4g}\ninter_efficiency = 1.0\n{}",
+      "inter_alpha_us = {:.4g}\ninter_efficiency = 1.0\n"
+      "{}{}",
       sources, k.threads, host_memory_bytes / (1024.0 * 1024 * 1024),
       k.peak["fp32"] * per_core, bf16 * per_core, fp16 * per_core, k.gemm_eff, k.attn_eff,
       k.mem_gbs, stream_lines(kernels), link.rows, link.bandwidth_gbs, link.alpha_us,
-      link.bandwidth_gbs, link.alpha_us,
+      link.bandwidth_gbs, link.alpha_us, host_lines(link),
       sweep_section(kernels) + oversubscribed_section(collectives, k.threads));
 }
 

@@ -148,7 +148,10 @@ std::map<std::string, Section> schema(ClusterSpec& c, std::string& kind) {
         {"intra_efficiency", {&c.intra.efficiency, 1, 1e-3, 1}},
         {"inter_bandwidth_gbs", {&c.inter.bandwidth_gbs, 1, 1e-6, 1e9}},
         {"inter_alpha_us", {&c.inter.alpha_us, 1, 0, 1e9}},
-        {"inter_efficiency", {&c.inter.efficiency, 1, 1e-3, 1}}}},
+        {"inter_efficiency", {&c.inter.efficiency, 1, 1e-3, 1}},
+        {"host_allreduce_gbs", {&c.host_collective_bytes[0], G, 1e-6, 1e9, true}},
+        {"host_reduce_scatter_gbs", {&c.host_collective_bytes[1], G, 1e-6, 1e9, true}},
+        {"host_allgather_gbs", {&c.host_collective_bytes[2], G, 1e-6, 1e9, true}}}},
   };
 }
 

@@ -6,6 +6,7 @@
 // collectives` on this machine (a CPU host: the "devices" are its cores, shared by its ranks).
 #pragma once
 
+#include <array>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,11 +15,19 @@
 
 namespace loom {
 
+enum class Collective { kAllReduce, kReduceScatter, kAllGather };
+
 struct LinkSpec {
   double bandwidth_gbs = 0;  // GB/s per rank per direction
   double alpha_us = 0;       // latency of one message step
   double efficiency = 1;     // fraction of the bandwidth a collective's bus bandwidth reaches
+  // Per collective where known (a calibrated CPU host's share), else 0: bandwidth_gbs.
+  std::array<double, 3> collective_gbs{};
   double bytes_per_s() const { return bandwidth_gbs * 1e9 * efficiency; }
+  double bytes_per_s(Collective c) const {
+    const double gbs = collective_gbs[size_t(c)];
+    return gbs > 0 ? gbs * 1e9 * efficiency : bytes_per_s();
+  }
 };
 
 // Measured GEMM GFLOP/s against the GEMM's smallest dimension (loom bench kernels' sweep):
@@ -60,6 +69,10 @@ struct ClusterSpec {
   // device or host streaming, and one core alone (a CPU host); the memory's when not given.
   double stream_bandwidth_bytes = 0, stream_bandwidth_one_bytes = 0;
   LinkSpec intra, inter;  // within a host, across hosts
+  // A CPU host's shared-memory bus bandwidth per collective (all-reduce, reduce-scatter,
+  // all-gather) summed over its ranks, optional: the ranks communicating at once share it
+  // (calibration fits it; 0 = not measured).
+  std::array<double, 3> host_collective_bytes{};
   GemmSweep sweep;        // optional [gemm_sweep] (a calibrated CPU host)
   Oversubscribed oversubscribed;
 

@@ -54,12 +54,13 @@ constexpr double kUs = 1e-6;
 
 double allreduce_s(double bytes, int g, const LinkSpec& l) {
   if (g <= 1) return 0;
-  return 2.0 * (g - 1) * l.alpha_us * kUs + 2.0 * (g - 1) / g * bytes / l.bytes_per_s();
+  return 2.0 * (g - 1) * l.alpha_us * kUs +
+         2.0 * (g - 1) / g * bytes / l.bytes_per_s(Collective::kAllReduce);
 }
-// All-gather or reduce-scatter of `bytes` in all (each rank holding or ending with 1/g).
-double gather_s(double bytes, int g, const LinkSpec& l) {
+// All-gather or reduce-scatter (`c`) of `bytes` in all (each rank holding or ending with 1/g).
+double gather_s(double bytes, int g, const LinkSpec& l, Collective c) {
   if (g <= 1) return 0;
-  return (g - 1) * l.alpha_us * kUs + double(g - 1) / g * bytes / l.bytes_per_s();
+  return (g - 1) * l.alpha_us * kUs + double(g - 1) / g * bytes / l.bytes_per_s(c);
 }
 double p2p_s(double bytes, const LinkSpec& l) {
   return l.alpha_us * kUs + bytes / l.bytes_per_s();
@@ -190,7 +191,11 @@ Piece block_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link,
   p.bwd = 2 * gemm + 2.5 * attn / r.attn + 2 * (ln_res + gelu) / r.mem;
   // Two all-reduces of (N, C) fp32 per direction (with sequence parallelism a reduce-scatter
   // and an all-gather each: the same bytes on the wire).
-  const double comm = s.tp > 1 ? 2 * allreduce_s(4 * s.N * s.C, int(s.tp), tp_link) : 0;
+  const double bytes = 4 * s.N * s.C;
+  const double one = s.sp ? gather_s(bytes, int(s.tp), tp_link, Collective::kReduceScatter) +
+                                gather_s(bytes, int(s.tp), tp_link, Collective::kAllGather)
+                          : allreduce_s(bytes, int(s.tp), tp_link);
+  const double comm = s.tp > 1 ? 2 * one : 0;
   p.fwd_comm = comm;
   p.bwd_comm = comm;
   if (recompute == "full") {
@@ -217,7 +222,8 @@ Piece head_piece(const Shapes& s, const Rates& r, const LinkSpec& tp_link) {
   // logits, which outgrow the caches.
   p.fwd = gemm + 8 * s.N * s.C / r.mem + 3 * logits / r.stream;
   p.bwd = 2 * gemm + 8 * s.N * s.C / r.mem + logits / r.stream;
-  p.fwd_comm = s.tp > 1 ? gather_s(12 * s.N * s.tp, int(s.tp), tp_link) : 0;
+  p.fwd_comm = s.tp > 1 ? gather_s(12 * s.N * s.tp, int(s.tp), tp_link, Collective::kAllGather)
+                        : 0;
   return p;
 }
 
@@ -234,7 +240,7 @@ struct StageTimes {
 StageTimes stage_times(const RunConfig& cfg, const CostModel& cm, const Rates& r) {
   const ParallelConfig& par = cfg.parallel;
   const int rpn = cm.ranks_per_node(), S = par.pp * par.virtual_stages;
-  const LinkSpec& tp_link = par.tp > rpn ? cm.cluster.inter : cm.cluster.intra;
+  const LinkSpec& tp_link = par.tp > rpn ? cm.cluster.inter : cm.intra;
   const bool sp = par.sequence_parallel && par.tp > 1;
   const double N = double(cfg.train.micro_batch) * cfg.train.seq_len;
   const Shapes s{N, double(cfg.train.seq_len), double(cfg.model.n_embd),
@@ -258,7 +264,7 @@ StageTimes stage_times(const RunConfig& cfg, const CostModel& cm, const Rates& r
       p.bwd_comm += end->bwd_comm;
     }
     auto link = [&](int a, int b) -> const LinkSpec& {
-      return host(a) != host(b) ? cm.cluster.inter : cm.cluster.intra;
+      return host(a) != host(b) ? cm.cluster.inter : cm.intra;
     };
     if (vs + 1 < S) p.fwd_comm += p2p_s(s.act_bytes, link(vs, vs + 1));
     if (vs > 0) p.bwd_comm += p2p_s(s.act_bytes, link(vs, vs - 1));
@@ -326,6 +332,13 @@ double rank_params(const RunConfig& cfg, const StagePartition& part) {
 
 }  // namespace
 
+CostModel::CostModel(const ClusterSpec& c, int ranks) : cluster(c), world(ranks), intra(c.intra) {
+  for (size_t k = 0; k < intra.collective_gbs.size(); ++k)
+    if (c.cpu && c.host_collective_bytes[k] > 0)
+      intra.collective_gbs[k] =
+          std::min(intra.bandwidth_gbs, c.host_collective_bytes[k] / 1e9 / ranks_per_node());
+}
+
 const StagePartition& CostModel::partition(const RunConfig& cfg) const {
   const ParallelConfig& par = cfg.parallel;
   const int S = par.pp * par.virtual_stages;
@@ -359,21 +372,22 @@ DpTimes dp_times(const RunConfig& cfg, const CostModel& cm, double overlap) {
   const ParallelConfig& par = cfg.parallel;
   DpTimes t;
   if (par.dp <= 1) return t;
-  const LinkSpec& link = par.tp * par.dp > cm.ranks_per_node() ? cm.cluster.inter
-                                                               : cm.cluster.intra;
+  const LinkSpec& link = par.tp * par.dp > cm.ranks_per_node() ? cm.cluster.inter : cm.intra;
   const double P = rank_params(cfg, cm.partition(cfg)), grad_bytes = P * (par.grad_reduce == "bf16" ? 2 : 4);
   // ZeRO 2 and 3 reduce each bucket to its owners only: about a reduce-scatter's bytes.
   auto reduce = [&](double bytes) {
-    return par.zero >= 2 ? gather_s(bytes, par.dp, link) : allreduce_s(bytes, par.dp, link);
+    return par.zero >= 2 ? gather_s(bytes, par.dp, link, Collective::kReduceScatter)
+                         : allreduce_s(bytes, par.dp, link);
   };
   const double all = reduce(grad_bytes);
   const double bucket = reduce(std::min(grad_bytes, par.bucket_mb * 1024 * 1024));
   t.exposed = std::max(all - overlap, bucket);
   const bool low = cfg.train.precision != "fp32";
   const double weight_bytes = P * (low ? 2 : 4);
-  if (par.zero >= 1) t.gathers += gather_s(weight_bytes, par.dp, link);
+  const double gather = gather_s(weight_bytes, par.dp, link, Collective::kAllGather);
+  if (par.zero >= 1) t.gathers += gather;
   // ZeRO-3 gathers every block before its forward and again before its backward.
-  if (par.zero == 3) t.gathers += 2.0 * cfg.train.grad_accum * gather_s(weight_bytes, par.dp, link);
+  if (par.zero == 3) t.gathers += 2.0 * cfg.train.grad_accum * gather;
   return t;
 }
 

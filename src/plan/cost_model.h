@@ -62,11 +62,16 @@ struct Prediction {
 };
 
 struct CostModel {
-  CostModel(const ClusterSpec& c, int ranks) : cluster(c), world(ranks) {}
+  CostModel(const ClusterSpec& c, int ranks);
   const ClusterSpec& cluster;
   int world;  // ranks of the run
   // Ranks on one host: a GPU host's devices; a CPU host's share of the world.
   int ranks_per_node() const;
+  // The link within a host as this world uses it: on a CPU host with measured aggregates
+  // (host_collective_bytes), each rank gets at most its share of them, since the ranks on
+  // the host communicate at once (every dp group reduces at the step's end, every tp group
+  // within each block).
+  LinkSpec intra;
   // Prices `cfg` (a resolved, valid RunConfig at this world size). With `simulate`, the
   // pipeline's makespan comes from the simulator on the schedule's action lists; without, a
   // closed form ((m + (p-1)/v) times the busiest rank's work per micro-batch) for a fast

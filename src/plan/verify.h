@@ -21,6 +21,7 @@ struct VerifyOptions {
   int steps = 4;         // optimizer steps per layout (the first is not timed)
   int top = 4;           // the best predicted, all run
   int sample = 12;       // layouts run in all: the top and an even sample of the rest
+  int repeats = 1;       // runs of each layout, round the sample; the fastest counts
   std::string dir = "runs/plan-verify";  // a run directory per layout, the shard, the plot
   std::string loom;      // the binary to run (default: this one)
   double timeout_s = 600;  // per layout

@@ -148,6 +148,15 @@ TEST(PlanCli, CalibrationWritesAClusterFileThePlannerReads) {
   EXPECT_TRUE(contains(text, "gemm_efficiency = 0.8000")) << text;
   EXPECT_TRUE(contains(text, "intra_bandwidth_gbs = 4\n")) << text;
   EXPECT_TRUE(contains(text, "intra_alpha_us = 10\n")) << text;
+  // The host's all-reduce bandwidth over all its ranks (8 GB/s at 2 ranks, 16 at 4: in
+  // between); the files hold no reduce-scatter or all-gather, so those are left out.
+  const size_t host = text.find("host_allreduce_gbs = ");
+  ASSERT_NE(host, std::string::npos) << text;
+  const double host_gbs = std::stod(text.substr(host + 21));
+  EXPECT_GT(host_gbs, 8);
+  EXPECT_LT(host_gbs, 16);
+  EXPECT_FALSE(contains(text, "host_reduce_scatter_gbs")) << text;
+  EXPECT_FALSE(contains(text, "host_allgather_gbs")) << text;
   EXPECT_TRUE(contains(text, "sizes = [64, 512]\n")) << text;
   EXPECT_TRUE(contains(text, "fp32_one_thread = [30.0, 40.0]\n")) << text;
   EXPECT_TRUE(contains(text, "bf16_all_threads = [120.0, 160.0]\n")) << text;
@@ -224,11 +233,16 @@ TEST(PlanCli, VerifyTrainsTheSampleAndSetsMeasuredBesidePredicted) {
   const fs::path json = dir.path() / "verify.json";
   const Result r = loom_cmd("plan --verify --config " + (dir.path() / "tiny.toml").string() +
                             " --cluster " + (dir.path() / "cpu.toml").string() +
-                            " --ranks 2 --steps 2 --top 2 --sample 3 --dir " +
+                            " --ranks 2 --steps 2 --top 2 --sample 3 --repeats 2 --dir " +
                             (dir.path() / "runs").string() + " --json " + json.string());
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_TRUE(contains(r.output, "Spearman")) << r.output;
+  // Twice round the sample; the fastest of the two counts.
+  EXPECT_TRUE(contains(r.output, "(repeat 2 of 2)")) << r.output;
+  EXPECT_TRUE(contains(r.output, "2 times (tokens/s: median of steps 2..2, the fastest repeat)"))
+      << r.output;
   const nlohmann::json j = nlohmann::json::parse(loom::test::slurp(json));
+  EXPECT_EQ(j["repeats"], 2);
   ASSERT_EQ(j["layouts"].size(), 3u);
   EXPECT_EQ(j["layouts"][0]["predicted_rank"], 1);
   EXPECT_EQ(j["layouts"][1]["predicted_rank"], 2);

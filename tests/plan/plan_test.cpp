@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 
@@ -299,6 +300,43 @@ TEST(Calibrate, TheFitRecoversAKnownAlphaAndBeta) {
   EXPECT_NEAR(fit.alpha_us, alpha, 1e-6 * alpha);
   EXPECT_NEAR(fit.bandwidth_gbs, gbs, 1e-6 * gbs);
   EXPECT_EQ(fit.rows, 3 * 3 * 7);  // 3 rank counts, 3 ops, 7 sizes of 4 KiB..16 MiB x 4
+}
+
+// Ranks that share a host's bus: each rank's bytes take as long as all the ranks' bytes
+// at the host's bandwidth, one per collective.
+TEST(Calibrate, TheFitRecoversEachCollectivesHostBandwidth) {
+  const double alpha = 7;
+  const std::map<std::string, double> host = {
+      {"allreduce", 6}, {"reduce_scatter", 4}, {"allgather", 10}};  // GB/s
+  std::vector<nlohmann::json> files;
+  for (int g : {2, 4, 8}) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (double bytes = 4096; bytes <= 64e6; bytes *= 4)
+      for (const auto& [op, gbs] : host) {
+        const double k = op == "allreduce" ? 2 : 1;
+        const double t = k * (g - 1) * alpha + k * (g - 1.0) / g * bytes * g / (gbs * 1e3);
+        rows.push_back({{"op", op}, {"impl", "loom"}, {"bytes", bytes}, {"time_us", t}});
+      }
+    files.push_back({{"ranks", g}, {"rows", rows}});
+  }
+  const LinkFit fit = fit_collectives(files);
+  EXPECT_NEAR(fit.host_gbs[0], 6, 1e-6);
+  EXPECT_NEAR(fit.host_gbs[1], 4, 1e-6);
+  EXPECT_NEAR(fit.host_gbs[2], 10, 1e-6);
+  // The cost model gives each of a host's ranks its share: 8 ranks a quarter of what 2 get;
+  // without the host's figures, the link's per-rank bandwidth.
+  ClusterSpec c = test_cluster();
+  c.cpu = true;
+  c.nodes = 1;
+  c.devices_per_node = 2;
+  c.intra.bandwidth_gbs = 100;
+  c.intra.efficiency = 1;
+  c.host_collective_bytes = {6e9, 4e9, 10e9};
+  EXPECT_NEAR(CostModel(c, 2).intra.bytes_per_s(Collective::kAllReduce), 3e9, 1);
+  EXPECT_NEAR(CostModel(c, 8).intra.bytes_per_s(Collective::kReduceScatter), 0.5e9, 1);
+  EXPECT_NEAR(CostModel(c, 8).intra.bytes_per_s(Collective::kAllGather), 1.25e9, 1);
+  c.host_collective_bytes = {};
+  EXPECT_NEAR(CostModel(c, 8).intra.bytes_per_s(Collective::kAllGather), 100e9, 1);
 }
 
 TEST(Verify, TheSampleIsTheTopAndAnEvenSpreadToTheLast) {
