@@ -195,10 +195,6 @@ std::string oversubscribed_section(const std::vector<nlohmann::json>& collective
   return out;
 }
 
-}  // namespace
-
-namespace {
-
 // The host's bus bandwidth per collective, where the files measured it.
 std::string host_lines(const LinkFit& link) {
   const char* const keys[] = {"host_allreduce_gbs", "host_reduce_scatter_gbs",

@@ -311,25 +311,6 @@ PipeResult run_pipeline(const RunConfig& cfg, const StageTimes& st, bool in_simu
   return out;
 }
 
-// Parameters the pipeline rank holding the most holds: its blocks (tp slices) over all its
-// chunks, the wte slice with the embeddings or the head, wpe, ln_f.
-double rank_params(const RunConfig& cfg, const StagePartition& part) {
-  const double C = cfg.model.n_embd, tp = cfg.parallel.tp;
-  const double block = 6 * C + (12 * C * C + 7 * C) / tp;
-  const double wte = double(cfg.model.padded_vocab(cfg.parallel.tp)) * C / tp;
-  const int p = cfg.parallel.pp, S = part.stages();
-  double most = 0;
-  for (int r = 0; r < p; ++r) {
-    double params = 0;
-    for (int vs = r; vs < S; vs += p) params += part.blocks(vs) * block;
-    if (r == 0) params += double(cfg.model.block_size) * C;
-    if (r == (S - 1) % p) params += 2 * C;
-    if (r == 0 || r == (S - 1) % p) params += wte;
-    most = std::max(most, params);
-  }
-  return most;
-}
-
 }  // namespace
 
 CostModel::CostModel(const ClusterSpec& c, int ranks) : cluster(c), world(ranks), intra(c.intra) {
@@ -373,7 +354,8 @@ DpTimes dp_times(const RunConfig& cfg, const CostModel& cm, double overlap) {
   DpTimes t;
   if (par.dp <= 1) return t;
   const LinkSpec& link = par.tp * par.dp > cm.ranks_per_node() ? cm.cluster.inter : cm.intra;
-  const double P = rank_params(cfg, cm.partition(cfg)), grad_bytes = P * (par.grad_reduce == "bf16" ? 2 : 4);
+  const double P = most_rank_params(cfg, cm.partition(cfg));
+  const double grad_bytes = P * (par.grad_reduce == "bf16" ? 2 : 4);
   // ZeRO 2 and 3 reduce each bucket to its owners only: about a reduce-scatter's bytes.
   auto reduce = [&](double bytes) {
     return par.zero >= 2 ? gather_s(bytes, par.dp, link, Collective::kReduceScatter)
@@ -394,7 +376,7 @@ DpTimes dp_times(const RunConfig& cfg, const CostModel& cm, double overlap) {
 // AdamW over the rank's shard (7 floats read or written per parameter), the gradient norm
 // (1) and zeroing the gradients (1), and the cast of the masters to the compute precision.
 double optimizer_s(const RunConfig& cfg, const StagePartition& part, const Rates& r) {
-  const double P = rank_params(cfg, part);
+  const double P = most_rank_params(cfg, part);
   const double shard = cfg.parallel.zero >= 1 ? P / cfg.parallel.dp : P;
   const double cast = cfg.train.precision != "fp32" ? 6 * P : 0;
   return (36 * shard + cast) / r.stream;

@@ -74,10 +74,13 @@ std::string launcher(int ranks, const std::string& loom) {
                      ranks, ::geteuid() == 0 ? " --allow-run-as-root" : "", loom);
 }
 
-// Trains one layout for opt.steps and reads back what it measured; of several repeats the
-// row keeps the fastest (a shared host's interference only ever slows a run down) and the
-// largest peak.
-void measure(const RunConfig& base, VerifyRow& row, int index, const VerifyOptions& opt) {
+struct Measured {
+  double tokens_per_s, peak_bytes;
+};
+
+// Trains one layout for opt.steps and reads back what it measured.
+Measured measure(const RunConfig& base, const VerifyRow& row, int index,
+                 const VerifyOptions& opt) {
   const fs::path dir = fs::path(opt.dir) / fmt::format("layout_{:03d}", index);
   RunConfig cfg = with_layout(base, row.predicted.layout);
   cfg.run.dir = dir.string();
@@ -100,10 +103,8 @@ void measure(const RunConfig& base, VerifyRow& row, int index, const VerifyOptio
   }
   LOOM_REQUIRE(!tps.empty(), "plan --verify: {} has no timed step (need --steps >= 2)",
                (dir / "metrics.jsonl").string());
-  row.measured_tokens_per_s = std::max(row.measured_tokens_per_s, median(tps));
-  row.measured_peak_bytes =
-      std::max(row.measured_peak_bytes, nlohmann::json::parse(read_file_text(dir / "memory.json"))
-                                            .at("peak_rank_bytes").get<double>());
+  return {median(tps), nlohmann::json::parse(read_file_text(dir / "memory.json"))
+                          .at("peak_rank_bytes").get<double>()};
 }
 
 }  // namespace
@@ -132,17 +133,18 @@ VerifyResult verify_plan(const RunConfig& config, const ClusterSpec& cluster,
   for (int i : verify_selection(out.feasible, opt.top, opt.sample))
     out.rows.push_back(VerifyRow{s.ranked[size_t(i)], i + 1});
   // Repeats go round the whole sample, so a slow spell of the host spreads over layouts.
+  // Each row keeps its fastest run (a shared host's interference only ever slows a run
+  // down) and its largest peak.
   for (int rep = 0; rep < opt.repeats; ++rep)
     for (VerifyRow& row : out.rows) {
-      const double before = row.measured_tokens_per_s;
-      row.measured_tokens_per_s = 0;
-      measure(base, row, row.predicted_rank, opt);
+      const Measured m = measure(base, row, row.predicted_rank, opt);
       fmt::print("  {:>4} {:<80} predicted {:>9.1f} measured {:>9.1f} tokens/s{}\n",
                  row.predicted_rank, to_string(row.predicted.layout), row.predicted.tokens_per_s,
-                 row.measured_tokens_per_s,
+                 m.tokens_per_s,
                  opt.repeats > 1 ? fmt::format(" (repeat {} of {})", rep + 1, opt.repeats) : "");
       std::fflush(stdout);
-      row.measured_tokens_per_s = std::max(before, row.measured_tokens_per_s);
+      row.measured_tokens_per_s = std::max(row.measured_tokens_per_s, m.tokens_per_s);
+      row.measured_peak_bytes = std::max(row.measured_peak_bytes, m.peak_bytes);
     }
   std::vector<double> pred, meas, err, mem_err;
   double best = 0;

@@ -70,11 +70,29 @@ double activation_bytes(const RunConfig& cfg, const Sizes& s, const RankShare& s
   return inflight(cfg, s) * (share.blocks * block + s.v * input + head) + shared;
 }
 
+// Parameters of one block (tp slices), and the ends `share` holds: the wte slice (the
+// embeddings' and the tied lm_head's), wpe, ln_f.
+double block_params(const Sizes& s) { return 6 * s.C + (12 * s.C * s.C + 7 * s.C) / s.tp; }
+double end_params(const Sizes& s, const RankShare& share) {
+  return (share.embed || share.head ? s.Vp * s.C / s.tp : 0) + (share.embed ? s.maxT * s.C : 0) +
+         (share.head ? 2 * s.C : 0);
+}
+
+// What each pipeline rank holds under `part` (virtual stage vs on rank vs % pp).
+std::vector<RankShare> rank_shares(const StagePartition& part, int pp) {
+  const int S = part.stages();
+  std::vector<RankShare> out(static_cast<size_t>(pp));
+  for (int vs = 0; vs < S; ++vs) {
+    RankShare& share = out[size_t(vs % pp)];
+    share.blocks += part.blocks(vs);
+    share.embed |= vs == 0;
+    share.head |= vs == S - 1;
+  }
+  return out;
+}
+
 MemoryNeed rank_memory(const RunConfig& cfg, const Sizes& s, const RankShare& share) {
-  const double block = 6 * s.C + (12 * s.C * s.C + 7 * s.C) / s.tp;
-  // The wte slice (the embeddings' and the tied lm_head's), wpe, ln_f.
-  const double embed = (share.embed || share.head ? s.Vp * s.C / s.tp : 0) +
-                       (share.embed ? s.maxT * s.C : 0) + (share.head ? 2 * s.C : 0);
+  const double block = block_params(s), embed = end_params(s, share);
   const double P = share.blocks * block + embed;
   MemoryNeed m;
   m.weights = 4 * (s.zero == 3 ? P / s.dp + embed + block : P);
@@ -112,19 +130,22 @@ StagePartition stage_partition(const RunConfig& cfg) {
 
 MemoryNeed estimate_rank_memory(const RunConfig& cfg, const StagePartition& part) {
   const Sizes s = sizes_of(cfg);
-  const int p = int(s.pp), S = part.stages();
   MemoryNeed worst;
-  for (int r = 0; r < p; ++r) {
-    RankShare share;
-    for (int vs = r; vs < S; vs += p) {
-      share.blocks += part.blocks(vs);
-      share.embed |= vs == 0;
-      share.head |= vs == S - 1;
-    }
+  bool first = true;
+  for (const RankShare& share : rank_shares(part, int(s.pp))) {
     const MemoryNeed m = rank_memory(cfg, s, share);
-    if (r == 0 || m.total() > worst.total()) worst = m;
+    if (first || m.total() > worst.total()) worst = m;
+    first = false;
   }
   return worst;
+}
+
+double most_rank_params(const RunConfig& cfg, const StagePartition& part) {
+  const Sizes s = sizes_of(cfg);
+  double most = 0;
+  for (const RankShare& share : rank_shares(part, int(s.pp)))
+    most = std::max(most, share.blocks * block_params(s) + end_params(s, share));
+  return most;
 }
 
 MemoryNeed estimate_rank_memory(const RunConfig& cfg) {

@@ -29,7 +29,10 @@ StagePartition stage_partition(const RunConfig& cfg);
 // chunks, the embeddings on the first and the head on the last virtual stage). Doubles, so
 // absurd sizes (n_layer 2^31, n_embd 2^30) are computed without overflow.
 MemoryNeed estimate_rank_memory(const RunConfig& cfg, const StagePartition& part);
-// The same under stage_partition(cfg); past 1e8 cells of the balancing table (absurd
+// Parameters of the pipeline rank holding the most under `part` (tp slices; the wte slice
+// where the embeddings or the head are).
+double most_rank_params(const RunConfig& cfg, const StagePartition& part);
+// estimate_rank_memory(cfg, part) under stage_partition(cfg); past 1e8 cells of the balancing table (absurd
 // n_layer) an even split, counting the head on the first stage.
 MemoryNeed estimate_rank_memory(const RunConfig& cfg);
 

@@ -37,7 +37,7 @@ struct Case {
   int v = 1, m = 1, zero = 0;
   bool sp = false;
   std::string precision = "fp32";
-  std::string stage_layers;  // "" = FLOP-balanced
+  std::string stage_layers = "";  // "" = FLOP-balanced
   std::string name() const {
     return fmt::format("dp{} tp{} pp{} {}{} m{} zero{}{}{}{}", shape.dp, shape.tp, shape.pp,
                        schedule, v > 1 ? fmt::format(" v{}", v) : "", m, zero, sp ? " sp" : "",
