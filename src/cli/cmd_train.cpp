@@ -252,7 +252,10 @@ RunFn setup_train(CLI::App& sub) {
       const ProcessGrid grid = ProcessGrid::single();
       return train_on(resolve_stages(cfg, grid, *o), grid, *o);
     }
-    MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s});
+    MpiRuntime mpi(MpiOptions{.timeout_s = cfg.comm.timeout_s,
+                              .on_failure = [](const FailureRecord& r) {
+                                send_failure_record(r);
+                              }});
     try {
       if (o->elastic) cfg = elastic_config(cfg, mpi.world_size(), mpi.world_rank());
       if (!o->layout.empty()) cfg = auto_layout(cfg, *o, mpi.world_size(), mpi.world_rank());
@@ -266,6 +269,15 @@ RunFn setup_train(CLI::App& sub) {
       // Every rank sees the same config error; a rank-local one must still end the job.
       fmt::print(stderr, "error (rank {}): {}\n", mpi.world_rank(), e.what());
       std::fflush(stderr);
+      // Under loom launch the supervisor decides from this record, not from the words.
+      FailureRecord r;
+      r.kind = failure_kind_for_exit(e.exit_code());
+      r.rank = mpi.world_rank();
+      r.step = mpi.progress().step;
+      r.micro_batch = mpi.progress().micro_batch;
+      r.exit_code = e.exit_code();
+      r.message = e.what();
+      send_failure_record(r);
       mpi.world()->abort(e.exit_code());
     }
     return 1;  // not reached: abort() ends the job

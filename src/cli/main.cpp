@@ -1,11 +1,37 @@
 // The `loom` binary: one subcommand per file (cmd_*.cpp).
 #include <fmt/core.h>
 
+#include <cstdlib>
 #include <map>
 #include <string>
 
 #include "cli/command.h"
 #include "core/check.h"
+#include "core/failure.h"
+#include "launch/heartbeat.h"
+
+namespace {
+
+// Under `loom launch`, a rank that fails before its training loop (a flag or a config it
+// rejects) still tells the supervisor why, so a bad input is not restarted.
+int failed(int exit_code, const std::string& message) {
+  fmt::print(stderr, "error: {}\n", message);
+  std::fflush(stderr);
+  const char* rank = nullptr;
+  for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"})
+    if (!rank) rank = std::getenv(v);
+  if (rank != nullptr && std::getenv("LOOM_SUPERVISOR") != nullptr) {
+    loom::FailureRecord r;
+    r.kind = loom::failure_kind_for_exit(exit_code);
+    r.rank = std::atoi(rank);
+    r.exit_code = exit_code;
+    r.message = message;
+    loom::send_failure_record(r);
+  }
+  return exit_code;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace loom::cli;
@@ -38,7 +64,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
+    const int rc = app.exit(e);
+    if (rc != 0 && std::getenv("LOOM_SUPERVISOR") != nullptr) return failed(2, e.what());
     return rc == 0 ? 0 : 2;
   }
   try {
@@ -46,11 +73,9 @@ int main(int argc, char** argv) {
       if (sub->parsed()) return run();
     }
   } catch (const loom::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return e.exit_code();
+    return failed(e.exit_code(), e.what());
   } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
+    return failed(1, e.what());
   }
   return 1;
 }

@@ -347,19 +347,23 @@ class MpiComm final : public Comm {
 
   // `seconds`: how long this rank waited, measured here (the deadline, plus scheduling).
   [[noreturn]] void report_hang(const OpTag& waited, double seconds) {
+    FailureRecord r;
+    r.rank = rt_->rank;
+    r.where = rt_->describe(rt_->rank);
+    r.group = name_;
+    r.waited_s = seconds;
+    r.deadline_s = rt_->opt.timeout_s;
+    r.exit_code = 3;
     if (waited.peer >= 0) {
-      fmt::print(stderr,
-                 "{}: deadline of {:.0f} s passed waiting for {} ({} bytes) {} {} of group {} at "
-                 "step {}, micro-batch {} (waited {:.2f} s): it never posted the matching {}\n"
-                 "aborting the job\n",
-                 rt_->describe(rt_->rank), rt_->opt.timeout_s, waited.op, waited.bytes,
-                 std::string(waited.op) == "SEND" ? "to" : "from",
-                 rt_->describe(members_[size_t(waited.peer)]), name_, waited.at.step,
-                 waited.at.micro_batch, seconds,
-                 std::string(waited.op) == "SEND" ? "receive" : "send");
-      std::fflush(stderr);
-      MPI_Abort(MPI_COMM_WORLD, 3);
-      std::_Exit(3);
+      const bool send = std::string(waited.op) == "SEND";
+      fill(r, FailureKind::kPeerDeadline, waited);
+      r.peer = members_[size_t(waited.peer)];
+      r.message = fmt::format(
+          "{}: deadline of {:.0f} s passed waiting for {} ({} bytes) {} {} of group {} at step "
+          "{}, micro-batch {} (waited {:.2f} s): it never posted the matching {}", r.where,
+          r.deadline_s, r.op, r.bytes, send ? "to" : "from", rt_->describe(r.peer), name_,
+          r.step, r.micro_batch, seconds, send ? "receive" : "send");
+      abort_on_hang(r, "");
     }
     // The operation this rank is stuck in may be an earlier one than the one waited for.
     const int64_t mine = __atomic_load_n(rt_->entered + id_, __ATOMIC_SEQ_CST);
@@ -368,23 +372,38 @@ class MpiComm final : public Comm {
       std::lock_guard lock(running_mu_);
       stuck = running_;
     }
+    fill(r, FailureKind::kCollectiveDeadline, stuck);
+    r.seq = stuck.seq;
     std::string missing;
-    for (int r : members_) {
-      const int64_t seen = read_entered(r);
-      if (seen < stuck.seq)
-        missing += fmt::format("{} never entered {} #{} of group {} at step {}\n",
-                               rt_->describe(r), stuck.op, stuck.seq, name_, stuck.at.step);
+    for (int m : members_) {
+      if (read_entered(m) >= stuck.seq) continue;
+      r.missing.push_back(m);
+      missing += fmt::format("{} never entered {} #{} of group {} at step {}\n",
+                             rt_->describe(m), stuck.op, stuck.seq, name_, stuck.at.step);
     }
-    fmt::print(stderr,
-               "{}: deadline of {:.0f} s passed waiting for {} #{} ({} bytes) of group {} at "
-               "step {}, micro-batch {} (waited {:.2f} s)\n{}aborting the job\n",
-               rt_->describe(rt_->rank), rt_->opt.timeout_s, stuck.op, stuck.seq, stuck.bytes,
-               name_, stuck.at.step, stuck.at.micro_batch, seconds,
-               missing.empty() ? "(every rank entered it; a rank may be stuck inside)\n"
-                               : missing);
+    r.message = fmt::format(
+        "{}: deadline of {:.0f} s passed waiting for {} #{} ({} bytes) of group {} at step {}, "
+        "micro-batch {} (waited {:.2f} s)", r.where, r.deadline_s, r.op, r.seq, r.bytes, name_,
+        r.step, r.micro_batch, seconds);
+    abort_on_hang(r, missing.empty() ? "(every rank entered it; a rank may be stuck inside)\n"
+                                     : missing);
+  }
+
+  static void fill(FailureRecord& r, FailureKind kind, const OpTag& op) {
+    r.kind = kind;
+    r.op = op.op;
+    r.bytes = int64_t(op.bytes);
+    r.step = op.at.step;
+    r.micro_batch = op.at.micro_batch;
+  }
+
+  // Prints the report (its message, then `more` lines), hands the record on, ends the job.
+  [[noreturn]] void abort_on_hang(const FailureRecord& r, const std::string& more) {
+    fmt::print(stderr, "{}\n{}aborting the job\n", r.message, more);
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 3);
-    std::_Exit(3);
+    if (rt_->opt.on_failure) rt_->opt.on_failure(r);
+    MPI_Abort(MPI_COMM_WORLD, r.exit_code);
+    std::_Exit(r.exit_code);
   }
 
   int64_t read_entered(int world_rank) {

@@ -10,7 +10,8 @@
 // operation it entered, in an MPI one-sided window (passive target: readable while the
 // owner computes or sleeps). A wait that passes the deadline reads those numbers, prints
 // e.g. "rank 3 (pp 0, dp 3, tp 0) never entered ALLREDUCE #305 of group dp[0..3] at step
-// 12", then MPI_Aborts the job.
+// 12", hands the same facts as a FailureRecord to MpiOptions::on_failure, then MPI_Aborts
+// the job.
 //
 // Tracing: with set_trace(t), each operation adds a TraceEvent to t when the worker has
 // run it ("ALLREDUCE dp[0..3]", cat "collective" on kLaneCollective; SEND/RECV cat "p2p" on
@@ -22,6 +23,7 @@
 #include <string>
 
 #include "comm/comm.h"
+#include "core/failure.h"
 
 namespace loom {
 
@@ -32,6 +34,9 @@ bool launched_under_mpi();
 
 struct MpiOptions {
   double timeout_s = 300;  // deadline of every operation
+  // Called with the record of a passed deadline after its report is printed and before
+  // the job is aborted (loom launch's supervisor decides from it); may be empty.
+  std::function<void(const FailureRecord&)> on_failure = nullptr;
 };
 
 // Owns MPI_Init_thread/MPI_Finalize and the hang-detection window. One per process.

@@ -1,5 +1,6 @@
 #include "launch/heartbeat.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -13,6 +14,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 namespace loom {
@@ -33,8 +36,28 @@ bool same_secret(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-// Connects to "HOST:PORT"; -1 with `err` set on failure.
-int connect_to(const std::string& address, std::string& err) {
+// connect(), abandoned after timeout_s when that is > 0; the socket is left blocking.
+bool connect_within(int fd, const addrinfo* ai, double timeout_s, std::string& err) {
+  const int flags = fcntl(fd, F_GETFL);
+  if (timeout_s > 0) fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+  int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+  if (rc != 0 && errno == EINPROGRESS && timeout_s > 0) {
+    pollfd p{fd, POLLOUT, 0};
+    rc = poll(&p, 1, int(timeout_s * 1000));
+    int so_error = ETIMEDOUT;
+    socklen_t len = sizeof so_error;
+    if (rc == 1) getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len);
+    errno = so_error;
+    rc = so_error == 0 ? 0 : -1;
+  }
+  if (timeout_s > 0) fcntl(fd, F_SETFL, flags);
+  if (rc != 0) err = std::strerror(errno);
+  return rc == 0;
+}
+
+// Connects within timeout_s (0: as long as connect takes) to "HOST:PORT"; -1 with `err`
+// set on failure.
+int connect_to(const std::string& address, std::string& err, double timeout_s = 0) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos) {
     err = "expected HOST:PORT";
@@ -52,8 +75,7 @@ int connect_to(const std::string& address, std::string& err) {
   int fd = -1;
   for (addrinfo* ai = res; ai && fd < 0; ai = ai->ai_next) {
     fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      err = std::strerror(errno);
+    if (fd >= 0 && !connect_within(fd, ai, timeout_s, err)) {
       close(fd);
       fd = -1;
     }
@@ -77,8 +99,108 @@ std::string format_done_line(std::string_view secret, int rank) {
   return fmt::format("{} {} done", secret, rank);
 }
 
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxField = 256;  // host, where, op, group: cut to this many bytes
+
+json record_json(const FailureRecord& r) {
+  auto cut = [](const std::string& s) { return s.substr(0, kMaxField); };
+  return json{{"kind", failure_kind_name(r.kind)}, {"rank", r.rank}, {"host", cut(r.host)},
+              {"where", cut(r.where)}, {"step", r.step}, {"micro_batch", r.micro_batch},
+              {"op", cut(r.op)}, {"group", cut(r.group)}, {"seq", r.seq}, {"bytes", r.bytes},
+              {"peer", r.peer}, {"missing", r.missing}, {"waited_s", r.waited_s},
+              {"deadline_s", r.deadline_s}, {"exit_code", r.exit_code}, {"message", r.message}};
+}
+
+// The field `key` of `j` into `out` when present: false when it has the wrong type or range.
+template <typename T>
+bool take(const json& j, const char* key, T& out) {
+  const auto it = j.find(key);
+  if (it == j.end()) return true;
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (!it->is_string()) return false;
+    out = it->template get<std::string>();
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (!it->is_number()) return false;
+    out = it->template get<double>();
+    return std::isfinite(out) && out >= 0;
+  } else {
+    if (!it->is_number_integer()) return false;
+    const int64_t v = it->is_number_unsigned() && it->template get<uint64_t>() > INT64_MAX
+                          ? INT64_MAX : it->template get<int64_t>();
+    if (v < -1 || v > std::numeric_limits<T>::max()) return false;
+    out = T(v);
+  }
+  return true;
+}
+
+std::optional<FailureRecord> record_from_json(std::string_view text) {
+  const json j = json::parse(text.begin(), text.end(), nullptr, false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("kind") || !j["kind"].is_string())
+    return std::nullopt;
+  const std::optional<FailureKind> kind = parse_failure_kind(j["kind"].get<std::string>());
+  if (!kind) return std::nullopt;
+  FailureRecord r;
+  r.kind = *kind;
+  bool ok = take(j, "rank", r.rank) && take(j, "host", r.host) && take(j, "where", r.where) &&
+            take(j, "step", r.step) && take(j, "micro_batch", r.micro_batch) &&
+            take(j, "op", r.op) && take(j, "group", r.group) && take(j, "seq", r.seq) &&
+            take(j, "bytes", r.bytes) && take(j, "peer", r.peer) &&
+            take(j, "waited_s", r.waited_s) && take(j, "deadline_s", r.deadline_s) &&
+            take(j, "exit_code", r.exit_code) && take(j, "message", r.message);
+  if (const auto m = j.find("missing"); ok && m != j.end()) {
+    ok = m->is_array();
+    for (size_t i = 0; ok && i < m->size(); ++i) {
+      int rank = -1;
+      ok = take(json{{"r", (*m)[i]}}, "r", rank) && rank >= 0;
+      r.missing.push_back(rank);
+    }
+  }
+  for (const std::string* s : {&r.host, &r.where, &r.op, &r.group}) ok &= s->size() <= kMaxField;
+  if (!ok || r.rank < 0) return std::nullopt;
+  return r;
+}
+
+}  // namespace
+
+std::string format_failure_line(std::string_view secret, const FailureRecord& record) {
+  FailureRecord r = record;
+  const std::string head = fmt::format("{} {} fail ", secret, r.rank);
+  auto line = [&] {
+    return head + record_json(r).dump(-1, ' ', false, json::error_handler_t::replace);
+  };
+  std::string out = line();
+  // Each byte of the message takes at least one in the line: cutting the excess is enough,
+  // unless the rest alone is too long (thousands of ranks missing), then the list is cut.
+  const std::string_view mark = " [cut]";
+  while (out.size() > kMaxHeartbeatLine && !(r.message.empty() && r.missing.empty())) {
+    const size_t excess = out.size() - kMaxHeartbeatLine + mark.size();
+    if (r.message.size() > excess) {
+      size_t keep = r.message.size() - excess;
+      while (keep > 0 && (uint8_t(r.message[keep]) & 0xC0) == 0x80) --keep;  // UTF-8
+      r.message = r.message.substr(0, keep) + std::string(mark);
+    } else {
+      r.message.clear();
+      r.missing.resize(r.missing.size() / 2);
+    }
+    out = line();
+  }
+  return out;
+}
+
 std::optional<HeartbeatLine> parse_heartbeat_line(std::string_view line,
                                                   std::string_view secret) {
+  // "SECRET RANK fail JSON": the JSON may hold spaces.
+  const size_t s1 = line.find(' '), s2 = s1 == line.npos ? line.npos : line.find(' ', s1 + 1);
+  if (s2 != line.npos && line.substr(s2 + 1).starts_with("fail ")) {
+    const std::optional<int> rank = to_int(line.substr(s1 + 1, s2 - s1 - 1));
+    if (!same_secret(line.substr(0, s1), secret) || !rank || *rank < 0) return std::nullopt;
+    std::optional<FailureRecord> record = record_from_json(line.substr(s2 + 6));
+    if (!record || record->rank != *rank) return std::nullopt;
+    return HeartbeatLine{*rank, -1, false, -1, std::move(record)};
+  }
   std::vector<std::string_view> f;
   for (size_t begin = 0;;) {
     const size_t sp = line.find(' ', begin);
@@ -89,11 +211,11 @@ std::optional<HeartbeatLine> parse_heartbeat_line(std::string_view line,
   if (f.size() < 3 || f.size() > 4 || !same_secret(f[0], secret)) return std::nullopt;
   const std::optional<int> rank = to_int(f[1]);
   if (!rank || *rank < 0) return std::nullopt;
-  if (f[2] == "done") return f.size() == 3 ? std::optional(HeartbeatLine{*rank, -1, true, -1})
-                                           : std::nullopt;
+  if (f[2] == "done")
+    return f.size() == 3 ? std::optional(HeartbeatLine{*rank, -1, true, -1, {}}) : std::nullopt;
   const std::optional<int> step = to_int(f[2]);
   if (!step || *step < -1) return std::nullopt;
-  HeartbeatLine hb{*rank, *step, false, -1};
+  HeartbeatLine hb{*rank, *step, false, -1, {}};
   if (f.size() == 4 && f[3] != "-") {
     const std::optional<int> idle = to_int(f[3]);
     if (!idle || *idle < 0) return std::nullopt;
@@ -110,6 +232,36 @@ std::unique_ptr<HeartbeatClient> HeartbeatClient::from_env(int world_rank) {
   const double timeout_s = timeout && std::atof(timeout) > 0 ? std::atof(timeout) : 10.0;
   return std::make_unique<HeartbeatClient>(address, secret ? secret : "", world_rank,
                                            timeout_s / 3, timeout_s);
+}
+
+bool send_failure_record(FailureRecord record, double timeout_s) {
+  const char* address = std::getenv("LOOM_SUPERVISOR");
+  const char* secret = std::getenv("LOOM_SUPERVISOR_SECRET");
+  if (address == nullptr || *address == '\0' || secret == nullptr) return false;
+  if (record.host.empty()) {
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    record.host = host;
+  }
+  std::string err;
+  const int fd = connect_to(address, err, timeout_s);
+  if (fd < 0) {
+    fmt::print(stderr, "loom: rank {}: cannot send the failure record to the supervisor at {} "
+               "({})\n", record.rank, address, err);
+    return false;
+  }
+  const timeval tv{time_t(timeout_s), suseconds_t((timeout_s - time_t(timeout_s)) * 1e6)};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  const std::string line = format_failure_line(secret, record) + "\n";
+  size_t sent = 0;
+  while (sent < line.size()) {
+    const ssize_t n = send(fd, line.data() + sent, line.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    sent += size_t(n);
+  }
+  close(fd);
+  return sent == line.size();
 }
 
 namespace {

@@ -12,6 +12,11 @@
 //                              seconds and whenever the step changes. "SECRET RANK STEP" (no
 //                              IDLE) is read as "-".
 //   "SECRET RANK done\n"       the rank finished cleanly and will send no more
+//   "SECRET RANK fail JSON\n"  the rank is failing, and why: a FailureRecord (core/failure.h)
+//                              as one JSON object, its "rank" that of the line. Sent on a
+//                              connection of its own (send_failure_record), so it reaches
+//                              the supervisor before the heartbeat connection exists, and
+//                              whatever state that one is in.
 // A line with a wrong secret is rejected (the supervisor closes that connection). The
 // supervisor never writes: a connection that becomes readable has been closed by it.
 #pragma once
@@ -27,6 +32,8 @@
 #include <string_view>
 #include <thread>
 
+#include "core/failure.h"
+
 namespace loom {
 
 struct HeartbeatLine {
@@ -34,12 +41,25 @@ struct HeartbeatLine {
   int step = -1;
   bool done = false;
   int64_t idle_ms = -1;  // since the rank's last progress; -1 when not in a training step
+  std::optional<FailureRecord> failure;  // a "fail" line's record
 };
+
+// The longest line a supervisor reads; a failure record's message is cut to fit.
+inline constexpr size_t kMaxHeartbeatLine = 16384;
 
 // "SECRET RANK STEP IDLE" ("-" for idle_ms < 0) or "SECRET RANK done" (no newline).
 std::string format_heartbeat_line(std::string_view secret, int rank, int step,
                                   int64_t idle_ms = -1);
 std::string format_done_line(std::string_view secret, int rank);
+
+// "SECRET RANK fail {...}", at most kMaxHeartbeatLine bytes (the message is shortened).
+std::string format_failure_line(std::string_view secret, const FailureRecord& record);
+
+// Sends `record` to the supervisor named by LOOM_SUPERVISOR on a connection of its own,
+// giving up after timeout_s (a host whose link is down must not keep a failing rank
+// alive). Fills in the host name when the record has none. False when not under
+// `loom launch` or the supervisor cannot be reached (the rank's stderr still says why).
+bool send_failure_record(FailureRecord record, double timeout_s = 2);
 
 // The parsed line, or nullopt when it is malformed or its secret is not `secret` (compared
 // in constant time). `line` has no trailing newline.

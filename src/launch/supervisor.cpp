@@ -121,6 +121,7 @@ struct AttemptResult {
   int started_step = -1;  // the first step a rank reported
   std::optional<Clock::time_point> progressed_at;  // first report of a step > started_step
   std::map<int, Clock::time_point> step_seen;      // first report of each step
+  std::vector<FailureRecord> records;              // what failing ranks reported, in order
 };
 
 class Attempt {
@@ -145,6 +146,7 @@ class Attempt {
   void accept_conns();
   void read_conn(Conn& c);
   void on_line(Conn& c, std::string_view line);
+  void on_record(FailureRecord record);
   bool read_stderr(bool flush);  // true at end of file
   std::optional<std::string> silent_rank(Clock::time_point now) const;
   std::optional<std::string> stalled_rank(Clock::time_point now) const;
@@ -159,7 +161,7 @@ class Attempt {
   std::vector<Conn> conns_;
   std::map<int, RankState> ranks_;
   std::string err_buf_;
-  StderrReport report_;
+  std::string mpirun_notice_;  // mpirun's own first "mpirun noticed ..." line
   AttemptResult result_;
   std::vector<int> closed_;  // ranks whose connection closed unfinished, in order
   bool all_said_hello_ = false;
@@ -275,8 +277,9 @@ void Attempt::read_conn(Conn& c) {
     c.buf.erase(0, nl + 1);
     on_line(c, line);
   }
-  if (c.buf.size() > 1024) {
-    say(fmt::format("closed the connection from {}: a line longer than 1024 bytes", c.peer));
+  if (c.buf.size() > kMaxHeartbeatLine) {
+    say(fmt::format("closed the connection from {}: a line longer than {} bytes", c.peer,
+                    kMaxHeartbeatLine));
     c.fd.reset();
   }
 }
@@ -288,6 +291,10 @@ void Attempt::on_line(Conn& c, std::string_view line) {
                     hb ? fmt::format("rank {} is not below -n {}", hb->rank, n_)
                        : std::string("a wrong secret or a malformed line")));
     c.fd.reset();
+    return;
+  }
+  if (hb->failure) {  // on a connection of its own, which then closes: not a heartbeat
+    on_record(std::move(*hb->failure));
     return;
   }
   const Clock::time_point now = Clock::now();
@@ -310,6 +317,11 @@ void Attempt::on_line(Conn& c, std::string_view line) {
   }
 }
 
+void Attempt::on_record(FailureRecord record) {
+  say(fmt::format("failure record: {}", record.summary()));
+  if (result_.records.size() < 64) result_.records.push_back(std::move(record));
+}
+
 void Attempt::note_step(int step, Clock::time_point now) {
   if (result_.started_step < 0) result_.started_step = step;
   if (step > result_.started_step && !result_.progressed_at) result_.progressed_at = now;
@@ -325,7 +337,8 @@ void Attempt::note_step(int step, Clock::time_point now) {
   result_.last_step = std::max(result_.last_step, step);
 }
 
-// Passes mpirun's stderr through line by line, scanning each line for the failure's cause.
+// Passes mpirun's stderr through line by line, keeping mpirun's own notice of a failed
+// process (what loom's ranks say reaches the supervisor as records instead).
 bool Attempt::read_stderr(bool flush) {
   char buf[8192];
   ssize_t n;
@@ -333,12 +346,11 @@ bool Attempt::read_stderr(bool flush) {
   size_t begin = 0;
   for (size_t nl; (nl = err_buf_.find('\n', begin)) != std::string::npos; begin = nl + 1) {
     const std::string_view line(err_buf_.data() + begin, nl - begin);
-    report_.scan(line);
+    if (mpirun_notice_.empty() && is_mpirun_notice(line)) mpirun_notice_ = line;
     fmt::print(stderr, "{}\n", line);
   }
   err_buf_.erase(0, begin);
   if ((flush || err_buf_.size() > 65536) && !err_buf_.empty()) {
-    report_.scan(err_buf_);
     fmt::print(stderr, "{}\n", err_buf_);
     err_buf_.clear();
   }
@@ -414,14 +426,15 @@ void Attempt::end_group() {
   ended_ = true;
 }
 
+// The records first (what the ranks said), then what mpirun's exit and the connections show.
 std::string Attempt::exit_cause() const {
-  std::string cause = fmt::format("mpirun exited with status {}", result_.status);
+  std::string cause = describe_records(result_.records);
+  cause += fmt::format("{}mpirun exited with status {}", cause.empty() ? "" : "; ", result_.status);
   if (result_.status > 128) cause += fmt::format(" ({})", strsignal(result_.status - 128));
   if (!closed_.empty())
     cause += fmt::format("; rank {} (last step {}) was the first to disconnect", closed_[0],
                          ranks_.at(closed_[0]).step);
-  const std::string seen = report_.describe();
-  if (!seen.empty()) cause += "; " + seen;
+  if (!mpirun_notice_.empty()) cause += "; " + mpirun_notice_;
   return cause;
 }
 
@@ -524,30 +537,42 @@ std::string make_job_secret() {
   return hex;
 }
 
-void StderrReport::scan(std::string_view line) {
-  if (line.find("deadline of ") != std::string_view::npos &&
-      line.find(" passed waiting for ") != std::string_view::npos) {
-    if (deadline_.empty()) deadline_ = line;
-  } else if (line.find(" never entered ") != std::string_view::npos) {
-    if (never_entered_.size() < 8) never_entered_.emplace_back(line);
-  } else if (line.starts_with("error (rank ")) {
-    if (errors_.size() < 8) errors_.emplace_back(line);
-  } else if (line.starts_with("mpirun noticed that process rank") ||
-             line.starts_with("MPI_ABORT was invoked on rank")) {
-    if (mpirun_notice_.empty()) mpirun_notice_ = line;
-  }
+bool is_mpirun_notice(std::string_view line) {
+  return line.starts_with("mpirun noticed that process rank") ||
+         line.starts_with("MPI_ABORT was invoked on rank");
 }
 
-std::string StderrReport::describe() const {
-  std::vector<std::string> parts;
-  if (!deadline_.empty()) {
-    std::string d = "deadline report: " + deadline_;
-    for (const std::string& l : never_entered_) d += " / " + l;
-    parts.push_back(d);
+std::string describe_records(const std::vector<FailureRecord>& records) {
+  if (records.empty()) return "";
+  std::string out = records[0].summary();
+  if (records.size() > 1) {
+    std::vector<std::string> more;
+    for (size_t i = 1; i < records.size(); ++i)
+      more.push_back(fmt::format("rank {} ({})", records[i].rank,
+                                 failure_kind_name(records[i].kind)));
+    out += fmt::format(" [{} more record(s): {}]", more.size(), join(more, ", "));
   }
-  parts.insert(parts.end(), errors_.begin(), errors_.end());
-  if (!mpirun_notice_.empty()) parts.push_back(mpirun_notice_);
-  return join(parts, "; ");
+  return out;
+}
+
+FailureDecision decide_after_failure(const std::vector<FailureRecord>& records, int status,
+                                     bool first_attempt, bool started) {
+  auto any = [&](FailureKind k) {
+    return std::any_of(records.begin(), records.end(),
+                       [k](const FailureRecord& r) { return r.kind == k; });
+  };
+  // Without a record (a rank killed, or one that could not reach the supervisor), the exit
+  // status the record would have carried is all there is.
+  const bool non_finite = records.empty() ? status == 4 : any(FailureKind::kNonFinite);
+  const bool bad_input = records.empty() ? status == 2 : any(FailureKind::kBadInput);
+  const char* from = records.empty() ? "mpirun's exit status" : "the ranks' failure records";
+  if (non_finite)
+    return {4, fmt::format("the job stopped on a non-finite loss or gradient ({}): a restart "
+                           "from the same checkpoint would repeat it; not restarting", from)};
+  if (bad_input && first_attempt && !started)
+    return {2, fmt::format("the job failed on bad input ({}) before its first step: not "
+                           "restarting", from)};
+  return {0, ""};
 }
 
 int run_supervisor(const LaunchOptions& opt) {
@@ -589,14 +614,11 @@ int run_supervisor(const LaunchOptions& opt) {
       say("interrupted: the job was ended; not restarting");
       return 128 + r.interrupted_by;
     }
-    if (attempt == 0 && r.status == 2 && r.started_step < 0) {
-      say("the job failed with exit status 2 (bad input) before its first step: not restarting");
-      return 2;
-    }
-    if (r.status == 4) {
-      say("the job stopped on a non-finite loss or gradient (exit status 4): a restart from the "
-          "same checkpoint would repeat it; not restarting");
-      return 4;
+    const FailureDecision d =
+        decide_after_failure(r.records, r.status, attempt == 0, r.started_step >= 0);
+    if (d.stop_with != 0) {
+      say(d.why);
+      return d.stop_with;
     }
     if (attempt < opt.max_restarts)
       say(fmt::format("restarting from the newest checkpoint (restart {} of {})", attempt + 1,

@@ -8,14 +8,17 @@
 // Ranks report their step over the socket (launch/heartbeat.h). An attempt fails when
 // mpirun exits non-zero or by a signal, or when a rank that said hello is silent for
 // heartbeat_s, or whose step stops moving for the progress timeout; the supervisor then names
-// the cause (the silent rank, mpirun's status, the
-// deadline report and "error (rank N)" lines it saw on mpirun's stderr, which it passes
-// through), ends the process group (SIGTERM, SIGKILL 5 s later) and starts the next attempt.
+// the cause (the silent rank, mpirun's status, and the failure records ranks send over the
+// same socket: kind, rank, host, step, collective, group; mpirun's stderr is passed through
+// but not read for decisions), ends the process group (SIGTERM, SIGKILL 5 s later) and
+// starts the next attempt.
 #pragma once
 
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "core/failure.h"
 
 namespace loom {
 
@@ -44,10 +47,8 @@ struct LaunchOptions {
 };
 
 // Runs attempts until one succeeds (returns 0) or max_restarts restarts have failed (returns
-// 1 after a summary). Returns 2 if the first attempt fails with exit status 2 before any rank
-// started a step (bad input: restarting would fail the same way), 4 if an attempt stopped on
-// a non-finite loss or gradient (exit status 4: a restart from the same checkpoint repeats
-// it), 128+signal if the supervisor itself is interrupted (SIGINT/SIGTERM/SIGHUP end the job
+// 1 after a summary). Returns 2 or 4 where decide_after_failure() stops the job (bad input
+// before the first step; a non-finite loss or gradient), 128+signal if the supervisor itself is interrupted (SIGINT/SIGTERM/SIGHUP end the job
 // first).
 int run_supervisor(const LaunchOptions& opt);
 
@@ -59,20 +60,23 @@ std::vector<std::string> attempt_train_args(const std::vector<std::string>& trai
 // 16 bytes of /dev/urandom as 32 lowercase hex digits.
 std::string make_job_secret();
 
-// What mpirun's stderr says about a failure: loom's collective-deadline report (the line
-// "...: deadline of N s passed waiting for ..." and the "never entered" lines after it),
-// "error (rank N): ..." lines, and mpirun's own "mpirun noticed that process rank ..." line.
-class StderrReport {
- public:
-  void scan(std::string_view line);
-  // "deadline report: ...; error (rank 1): ...; mpirun noticed ..." ("" if nothing seen).
-  std::string describe() const;
+// Whether mpirun's stderr line is its own notice of a failed process ("mpirun noticed that
+// process rank 1 ... exited on signal 9", "MPI_ABORT was invoked on rank 1 ..."): kept for
+// the failure's description, never for a decision.
+bool is_mpirun_notice(std::string_view line);
 
- private:
-  std::string deadline_;
-  std::vector<std::string> never_entered_;
-  std::vector<std::string> errors_;
-  std::string mpirun_notice_;
+// The first record's summary, then the ranks and kinds of the others.
+std::string describe_records(const std::vector<FailureRecord>& records);
+
+struct FailureDecision {
+  int stop_with = 0;  // 0: restart; else the supervisor's exit status (2 or 4)
+  std::string why;    // why it stops
 };
+// What the supervisor does after a failed attempt, from the ranks' records: a non-finite
+// loss or gradient stops the job (exit 4: a resume repeats it), as does bad input on the
+// first attempt before any step (exit 2: it would fail the same way); anything else is
+// restarted. Without records, mpirun's exit status (the record's exit code) decides.
+FailureDecision decide_after_failure(const std::vector<FailureRecord>& records, int status,
+                                     bool first_attempt, bool started);
 
 }  // namespace loom

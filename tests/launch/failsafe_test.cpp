@@ -152,8 +152,10 @@ TEST_F(Failsafe, ANonFiniteStopIsNotRestarted) {
                                  "--set train.lr=1e30 --set train.grad_clip=0"));
   EXPECT_EQ(r.code, 4) << r.output;
   EXPECT_TRUE(contains(r.output, "the loss is ")) << r.output;
-  EXPECT_TRUE(contains(r.output, "exit status 4): a restart from the same checkpoint would "
-                                 "repeat it; not restarting")) << r.output;
+  EXPECT_TRUE(contains(r.output, ": non finite (exit status 4) at step 1")) << r.output;
+  EXPECT_TRUE(contains(r.output, "non-finite loss or gradient (the ranks' failure records): a "
+                                 "restart from the same checkpoint would repeat it; not "
+                                 "restarting")) << r.output;
   EXPECT_FALSE(contains(r.output, "attempt 2 of")) << r.output;
 }
 

@@ -1,7 +1,10 @@
-// `loom launch` and its parts: fault specs and injection, the heartbeat protocol, the
-// supervisor against a scripted fake mpirun (rejected secrets, a silent rank, a deadline
-// report, bad input), and end to end under mpirun: a rank killed, hung, or exiting in the
-// middle of a checkpoint, after which the job finishes with the bytes of an unbroken run.
+// `loom launch` and its parts: fault specs and injection, the heartbeat protocol and its
+// failure records, the supervisor's decisions, the supervisor against a scripted fake
+// mpirun (rejected secrets, a silent rank, failure records in words it does not read, bad
+// input), and end to end under mpirun: a rank killed, hung, or exiting in the middle of a
+// checkpoint, after which the job finishes with the bytes of an unbroken run, and the
+// records of a deadline and of bad input.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -159,18 +162,106 @@ TEST(Supervisor, RestartsResumeAutoReplacingTheUsersResume) {
             (std::vector<std::string>{"train", "--config", "c.toml", "--resume", "auto"}));
 }
 
-TEST(Supervisor, StderrReportNamesTheDeadlineAndTheErrors) {
-  loom::StderrReport report;
-  report.scan("step     3/8 | loss 10.8");
-  EXPECT_EQ(report.describe(), "");
-  report.scan("rank 1 (pp 0, dp 1, tp 0): deadline of 5 s passed waiting for ALLREDUCE #7 "
-              "(64 bytes) of group dp[0..1] at step 3, micro-batch 0");
-  report.scan("rank 0 (pp 0, dp 0, tp 0) never entered ALLREDUCE #7 of group dp[0..1] at step 3");
-  report.scan("error (rank 1): something broke");
-  const std::string d = report.describe();
-  EXPECT_TRUE(contains(d, "deadline report: rank 1 (pp 0, dp 1, tp 0): deadline of 5 s")) << d;
-  EXPECT_TRUE(contains(d, "rank 0 (pp 0, dp 0, tp 0) never entered ALLREDUCE #7")) << d;
-  EXPECT_TRUE(contains(d, "error (rank 1): something broke")) << d;
+loom::FailureRecord deadline_record() {
+  loom::FailureRecord r;
+  r.kind = loom::FailureKind::kCollectiveDeadline;
+  r.rank = 1;
+  r.host = "host-b";
+  r.where = "rank 1 (pp 0, dp 1, tp 0)";
+  r.step = 3;
+  r.micro_batch = 0;
+  r.op = "ALLREDUCE";
+  r.group = "dp[0..1]";
+  r.seq = 7;
+  r.bytes = 64;
+  r.missing = {0};
+  r.waited_s = 5.004;
+  r.deadline_s = 5;
+  r.exit_code = 3;
+  r.message = "any words at all: \"quoted\", tabs\t, ünïcödé";
+  return r;
+}
+
+TEST(Heartbeat, FailureRecordsRoundTripAndMalformedOnesAreRefused) {
+  const std::string secret = "0123456789abcdef0123456789abcdef";
+  const loom::FailureRecord r = deadline_record();
+  const std::string line = loom::format_failure_line(secret, r);
+  EXPECT_TRUE(line.starts_with(secret + " 1 fail {")) << line;
+  const auto hb = loom::parse_heartbeat_line(line, secret);
+  ASSERT_TRUE(hb && hb->failure) << line;
+  EXPECT_EQ(hb->rank, 1);
+  EXPECT_FALSE(hb->done);
+  EXPECT_EQ(*hb->failure, r);
+  EXPECT_EQ(r.summary(), "rank 1 (pp 0, dp 1, tp 0) on host-b: collective deadline: ALLREDUCE "
+                         "#7 (64 bytes) of group dp[0..1] at step 3, micro-batch 0 (waited 5.00 "
+                         "s of 5 s); never entered: rank 0");
+
+  const std::string bad_secret = "f123456789abcdef0123456789abcdef";
+  EXPECT_FALSE(loom::parse_heartbeat_line(loom::format_failure_line(bad_secret, r), secret));
+  const std::string head = secret + " 1 fail ";
+  for (const std::string json : {
+           R"({"kind":"collective_deadline","rank":2})",      // not the line's rank
+           R"({"kind":"falling_sky","rank":1})",              // unknown kind
+           R"({"rank":1})",                                   // no kind
+           R"({"kind":"error","rank":"1"})",                  // wrong type
+           R"({"kind":"error","rank":1,"step":1.5})",         // not an integer
+           R"({"kind":"error","rank":1,"missing":[0,-3]})",   // not a rank
+           R"({"kind":"error","rank":1,"waited_s":-1})",      // a negative time
+           R"({"kind":"error","rank":1,"exit_code":99999999999})",
+           R"(["kind","error"])", R"({"kind":"error","rank":1)", "", "{}"})
+    EXPECT_FALSE(loom::parse_heartbeat_line(head + json, secret)) << json;
+  // Unknown fields are ignored, missing ones take their defaults.
+  const auto minimal =
+      loom::parse_heartbeat_line(head + R"({"kind":"bad_input","rank":1,"later":[1,2]})", secret);
+  ASSERT_TRUE(minimal && minimal->failure);
+  EXPECT_EQ(minimal->failure->kind, loom::FailureKind::kBadInput);
+  EXPECT_EQ(minimal->failure->step, -1);
+
+  // A message too long for a line is cut (on a UTF-8 boundary), and the rest survives.
+  loom::FailureRecord big = r;
+  big.message.clear();
+  for (int i = 0; i < 20000; ++i) big.message += "é";
+  const std::string cut = loom::format_failure_line(secret, big);
+  EXPECT_LE(cut.size(), loom::kMaxHeartbeatLine);
+  const auto back = loom::parse_heartbeat_line(cut, secret);
+  ASSERT_TRUE(back && back->failure);
+  EXPECT_TRUE(back->failure->message.ends_with("é [cut]")) << back->failure->message.substr(0, 40);
+  EXPECT_EQ(back->failure->missing, r.missing);
+}
+
+// The supervisor's decisions come from the records' kinds, whatever their words and
+// whatever status mpirun exits with; only without a record does the status decide.
+TEST(Supervisor, DecidesFromTheRecordsNotFromTheirWords) {
+  using loom::FailureKind;
+  auto record = [](FailureKind k) {
+    loom::FailureRecord r;
+    r.kind = k;
+    r.rank = 0;
+    r.message = "wörter, die niemand liest";
+    return r;
+  };
+  const auto decide = [](std::vector<loom::FailureRecord> records, int status, bool first,
+                         bool started) {
+    return loom::decide_after_failure(records, status, first, started).stop_with;
+  };
+  EXPECT_EQ(decide({record(FailureKind::kNonFinite)}, 1, false, true), 4);
+  EXPECT_EQ(decide({record(FailureKind::kCollectiveDeadline), record(FailureKind::kNonFinite)},
+                   3, true, true), 4);
+  EXPECT_EQ(decide({record(FailureKind::kBadInput)}, 1, true, false), 2);
+  EXPECT_EQ(decide({record(FailureKind::kBadInput)}, 1, true, true), 0);   // it trained before
+  EXPECT_EQ(decide({record(FailureKind::kBadInput)}, 1, false, false), 0); // a restart's
+  EXPECT_EQ(decide({record(FailureKind::kError)}, 2, true, false), 0);     // the record says
+  EXPECT_EQ(decide({record(FailureKind::kPeerDeadline)}, 4, true, true), 0);
+  EXPECT_EQ(decide({}, 4, false, true), 4);  // no record: the status the record would carry
+  EXPECT_EQ(decide({}, 2, true, false), 2);
+  EXPECT_EQ(decide({}, 137, true, true), 0);
+  const std::string why = loom::decide_after_failure({record(FailureKind::kNonFinite)}, 1, true,
+                                                     true).why;
+  EXPECT_TRUE(contains(why, "the ranks' failure records")) << why;
+
+  const std::string d = loom::describe_records({deadline_record(), record(FailureKind::kError)});
+  EXPECT_TRUE(d.starts_with(deadline_record().summary())) << d;
+  EXPECT_TRUE(contains(d, "[1 more record(s): rank 0 (error)]")) << d;
 }
 
 // The supervisor against a fake mpirun: a bash script that speaks the heartbeat protocol
@@ -180,10 +271,12 @@ class FakeMpirun : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = loom::test::scratch_dir("launch_fake");
     std::ofstream s(dir_ / "mpirun.sh");
-    s << R"(#!/bin/bash
+    s << R"sh(#!/bin/bash
 echo "$@" > "$FAKE_DIR/args_$LOOM_ATTEMPT"
 IFS=: read -r host port <<< "$LOOM_SUPERVISOR"
 beat() { echo "$LOOM_SUPERVISOR_SECRET 0 $1" >&3; }
+# A failure record on a connection of its own, as a failing rank sends it.
+record() { exec 4<>"/dev/tcp/$host/$port"; echo "$LOOM_SUPERVISOR_SECRET $1 fail $2" >&4; exec 4>&-; }
 exec 3<>"/dev/tcp/$host/$port"
 case "$MODE" in
   crowd)
@@ -202,12 +295,24 @@ case "$MODE" in
     beat 1; beat 2; beat done; exit 0 ;;
   deadline)
     beat -1; beat 3
-    echo "rank 1 (pp 0, dp 1, tp 0): deadline of 5 s passed waiting for ALLREDUCE #7 (64 bytes) of group dp[0..1] at step 3, micro-batch 0" >&2
+    echo "Rang 1: Frist von 5 s verstrichen" >&2
+    record 1 '{"kind":"collective_deadline","rank":1,"host":"host-b","where":"rank 1 (pp 0, dp 1, tp 0)","step":3,"micro_batch":0,"op":"ALLREDUCE","group":"dp[0..1]","seq":7,"bytes":64,"missing":[0],"waited_s":5.0,"deadline_s":5,"exit_code":3,"message":"Rang 1: Frist von 5 s verstrichen"}'
     exit 3 ;;
   bad-input)
-    echo "error (rank 0): config.toml: unknown key 'x'" >&2; exit 2 ;;
+    echo "Konfiguration abgelehnt" >&2
+    record 0 '{"kind":"bad_input","rank":0,"exit_code":2,"message":"Konfiguration abgelehnt"}'
+    exit 1 ;;
+  non-finite)
+    beat -1; beat 5
+    record 0 '{"kind":"non_finite","rank":0,"step":5,"exit_code":4,"message":"NaN, quelque part"}'
+    exit 1 ;;
+  old-words)
+    beat -1; beat 2
+    echo "error (rank 0): config.toml: unknown key 'x'" >&2
+    echo "rank 1 (pp 0, dp 1, tp 0): deadline of 5 s passed waiting for ALLREDUCE #7 (64 bytes) of group dp[0..1] at step 3, micro-batch 0" >&2
+    exit 2 ;;
 esac
-)";
+)sh";
     s.close();
     fs::permissions(dir_ / "mpirun.sh", fs::perms::owner_all);
   }
@@ -275,19 +380,40 @@ TEST_F(FakeMpirun, AnAvailableCmdThatHangsOrPrintsGarbageUsesTheLastKnownCount) 
 TEST_F(FakeMpirun, GivesUpAfterMaxRestartsNamingTheDeadline) {
   const Result r = launch("deadline", "-n 2 --heartbeat-s 5 --max-restarts 1");
   EXPECT_EQ(r.code, 1) << r.output;
-  EXPECT_TRUE(contains(r.output, "attempt 1 failed: mpirun exited with status 3")) << r.output;
-  EXPECT_TRUE(contains(r.output, "deadline report: rank 1 (pp 0, dp 1, tp 0): deadline of 5 s "
-                                 "passed waiting for ALLREDUCE #7")) << r.output;
+  const std::string record = "rank 1 (pp 0, dp 1, tp 0) on host-b: collective deadline: "
+                             "ALLREDUCE #7 (64 bytes) of group dp[0..1] at step 3, micro-batch 0 "
+                             "(waited 5.00 s of 5 s); never entered: rank 0";
+  EXPECT_TRUE(contains(r.output, "failure record: " + record)) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: " + record + "; mpirun exited with status 3"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "Rang 1: Frist von 5 s verstrichen")) << r.output;  // passed on
   EXPECT_TRUE(contains(r.output, "attempt 2 failed")) << r.output;
   EXPECT_TRUE(contains(r.output, "gave up: 2 attempt(s) failed")) << r.output;
 }
 
+// Decisions follow the records whatever the words and the exit status: bad input is not
+// restarted though mpirun exits 1, nor is a non-finite loss; and stderr in loom's old
+// wording, with no record, is passed through and decides nothing.
 TEST_F(FakeMpirun, BadInputIsNotRestarted) {
   Result r = launch("bad-input", "-n 1 --max-restarts 3");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_TRUE(contains(r.output, "error (rank 0): config.toml: unknown key 'x'")) << r.output;
-  EXPECT_TRUE(contains(r.output, "not restarting")) << r.output;
+  EXPECT_TRUE(contains(r.output, "failure record: rank 0: bad input (exit status 2) at step -1: "
+                                 "Konfiguration abgelehnt")) << r.output;
+  EXPECT_TRUE(contains(r.output, "bad input (the ranks' failure records) before its first step: "
+                                 "not restarting")) << r.output;
   EXPECT_FALSE(contains(r.output, "attempt 2")) << r.output;
+
+  r = launch("non-finite", "-n 1 --max-restarts 3");
+  EXPECT_EQ(r.code, 4) << r.output;
+  EXPECT_TRUE(contains(r.output, "non finite (exit status 4) at step 5: NaN, quelque part"))
+      << r.output;
+  EXPECT_FALSE(contains(r.output, "attempt 2")) << r.output;
+
+  r = launch("old-words", "-n 1 --heartbeat-s 5 --max-restarts 1");
+  EXPECT_EQ(r.code, 1) << r.output;  // status 2, but after a step: restarted, then given up
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: mpirun exited with status 2")) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 2 failed")) << r.output;
+  EXPECT_FALSE(contains(r.output, "failure record")) << r.output;
 
   r = sh(LOOM_BINARY " launch -n 2 --min-n 3 -- train --config x.toml");
   EXPECT_EQ(r.code, 2) << r.output;
@@ -361,12 +487,43 @@ TEST_F(LaunchEndToEnd, AHungRankIsDetectedRestartedAndCompletes) {
   EXPECT_TRUE(contains(r.output, "injected fault: rank 0 hangs at step 3")) << r.output;
   // Caught by its progress (the default timeout: 5 x the median step, at least 5 s), or by
   // the 5 s collective deadline, whichever comes first.
-  const bool named = contains(r.output, "deadline report: ") ||
+  const bool named = contains(r.output, "failure record: ") ||
                      contains(r.output, "made no progress for ");
   EXPECT_TRUE(named) << r.output;
   EXPECT_TRUE(contains(r.output, "at step 2")) << r.output;
   EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
   EXPECT_TRUE(final_model("hung") == final_model("base")) << "the final weights differ";
+}
+
+// The waiting rank's deadline reaches the supervisor as a record naming the rank, its host,
+// the collective, its group and step, and the rank that never entered it; bad input found
+// before MPI starts is a record too, and is not restarted.
+TEST_F(LaunchEndToEnd, FailuresReachTheSupervisorAsRecords) {
+  expect_baseline();
+  Result r = sh("env OMP_NUM_THREADS=1 " LOOM_BINARY " launch -n 2 --max-restarts 0 "
+                "--heartbeat-s 5 --progress-timeout 600 -- train --config " +
+                (dir_ / "tiny.toml").string() + " --dp 2 --set run.dir=" +
+                (dir_ / "records").string() + " --set comm.timeout_s=3 "
+                "--inject-fault hang:rank=0:step=3");
+  EXPECT_EQ(r.code, 1) << r.output;
+  char host[256] = "";
+  gethostname(host, sizeof host - 1);
+  const std::string who = fmt::format("rank 1 (pp 0, dp 1, tp 0) on {}: collective deadline: ",
+                                      host);
+  EXPECT_TRUE(contains(r.output, "failure record: " + who)) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: " + who)) << r.output;
+  EXPECT_TRUE(contains(r.output, "of group dp[0..1] at step 3")) << r.output;
+  EXPECT_TRUE(contains(r.output, "(waited ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "; never entered: rank 0")) << r.output;
+
+  r = sh(LOOM_BINARY " launch -n 2 --max-restarts 2 -- train --config " +
+         (dir_ / "tiny.toml").string() + " --dp 2 --set model.n_head=3");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_TRUE(contains(r.output, fmt::format("failure record: rank 0 on {}: bad input (exit "
+                                             "status 2) at step -1: n_embd=16 is not divisible "
+                                             "by n_head=3", host))) << r.output;
+  EXPECT_TRUE(contains(r.output, "not restarting")) << r.output;
+  EXPECT_FALSE(contains(r.output, "attempt 2")) << r.output;
 }
 
 TEST_F(LaunchEndToEnd, ExitDuringACheckpointKeepsThePreviousOne) {
