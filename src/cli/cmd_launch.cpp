@@ -1,4 +1,5 @@
-// loom launch -n N [--max-restarts R] [--heartbeat-s S] [--min-n M] [--hosts h1:s1,h2:s2]
+// loom launch -n N [--max-restarts R] [--heartbeat-s S] [--available-cmd CMD [--min-n M]]
+//             [--hosts h1:s1,h2:s2]
 //             [--mpirun PATH] -- train --config FILE.toml --dp D --tp T --pp P ...
 // Runs the train command under mpirun and, when a rank dies or hangs, restarts the job from
 // its newest checkpoint (launch/supervisor.h).
@@ -20,8 +21,8 @@ std::vector<std::string> default_mpirun_args(const std::string& hosts) {
                                    "--bind-to", "none"};
   if (geteuid() == 0) args.push_back("--allow-run-as-root");
   if (!hosts.empty()) {
-    args.insert(args.end(), {"--host", hosts});
-    // Ranks on other hosts need the supervisor's address, secret and attempt too.
+    // Ranks on other hosts need the supervisor's address, secret and attempt too (the
+    // supervisor adds each attempt's --host list).
     for (const char* v : {"LOOM_SUPERVISOR", "LOOM_SUPERVISOR_SECRET", "LOOM_HEARTBEAT_S",
                           "LOOM_ATTEMPT"})
       args.insert(args.end(), {"-x", v});
@@ -50,7 +51,15 @@ RunFn setup_launch(CLI::App& sub) {
   sub.add_option("--min-n", o->min_n,
                  "elastic: restart on fewer processes (as --available-cmd reports), down to this");
   sub.add_option("--available-cmd", o->available_cmd,
-                 "elastic: a shell command printing how many processes can run now");
+                 "a shell command printing how many processes can run now, or on which hosts "
+                 "(h1:2,h2:2), asked before each restart: elastic with --min-n, else the restart "
+                 "waits until all -n are available");
+  sub.add_option("--available-poll-s", o->available_poll_s,
+                 "while waiting for all -n processes, ask --available-cmd this often (default 2)")
+      ->check(in_range(0.01, 1e5));
+  sub.add_option("--available-wait-s", o->available_wait_s,
+                 "wait at most this long for all -n processes before giving up (default 600)")
+      ->check(in_range(0, 1e7));
   sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (the supervisor "
                  "then listens on the job's network, by this host's name)");
   sub.add_option("--mpirun", o->mpirun,

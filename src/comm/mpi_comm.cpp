@@ -1,6 +1,7 @@
 #include "comm/mpi_comm.h"
 
 #include <mpi.h>
+#include <unistd.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -57,6 +58,7 @@ struct MpiRuntime::State {
   CommProgress progress;
   std::atomic<Trace*> trace{nullptr};  // set_trace; read by every worker
   std::function<std::string(int)> describe = [](int r) { return fmt::format("rank {}", r); };
+  std::vector<std::string> hosts;  // every world rank's host name
   MPI_Op bf16_sum = MPI_OP_NULL;  // bf16 sum (fp32 add, rounded), created once
 };
 
@@ -374,19 +376,47 @@ class MpiComm final : public Comm {
     }
     fill(r, FailureKind::kCollectiveDeadline, stuck);
     r.seq = stuck.seq;
-    std::string missing;
-    for (int m : members_) {
-      if (read_entered(m) >= stuck.seq) continue;
-      r.missing.push_back(m);
-      missing += fmt::format("{} never entered {} #{} of group {} at step {}\n",
-                             rt_->describe(m), stuck.op, stuck.seq, name_, stuck.at.step);
-    }
     r.message = fmt::format(
         "{}: deadline of {:.0f} s passed waiting for {} #{} ({} bytes) of group {} at step {}, "
         "micro-batch {} (waited {:.2f} s)", r.where, r.deadline_s, r.op, r.seq, r.bytes, name_,
         r.step, r.micro_batch, seconds);
-    abort_on_hang(r, missing.empty() ? "(every rank entered it; a rank may be stuck inside)\n"
-                                     : missing);
+    fmt::print(stderr, "{}\n", r.message);
+    // The members on this host first: their counters are read through shared memory. A read
+    // across hosts can end this process (libfabric aborts on a cut link), so the record goes
+    // to the supervisor before those are read, naming them as not read yet; a second record
+    // replaces it once they have been.
+    std::vector<int> here, away;
+    for (int m : members_) (rt_->hosts[size_t(m)] == rt_->hosts[size_t(rt_->rank)] ? here : away)
+        .push_back(m);
+    std::string lines = classify(r, here, stuck);
+    if (!away.empty()) {
+      r.unread = away;
+      if (rt_->opt.on_failure) rt_->opt.on_failure(r);
+      r.unread.clear();
+      lines += classify(r, away, stuck);
+    }
+    abort_on_hang(r, lines.empty() ? "(every rank entered it; a rank may be stuck inside)\n"
+                                   : lines);
+  }
+
+  // Reads `ranks`' counters and adds those that never entered `stuck` (or did not answer)
+  // to the record; returns the report's lines for them.
+  std::string classify(FailureRecord& r, const std::vector<int>& ranks, const OpTag& stuck) {
+    std::string lines;
+    const std::vector<int64_t> seen = read_entered_within(ranks, kReadLimitS);
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      const int m = ranks[i];
+      if (seen[i] == kNoAnswer) {
+        r.unreachable.push_back(m);
+        lines += fmt::format("{} on {} did not answer within {:g} s (its host cannot be "
+                             "reached?)\n", rt_->describe(m), rt_->hosts[size_t(m)], kReadLimitS);
+      } else if (seen[i] < stuck.seq) {
+        r.missing.push_back(m);
+        lines += fmt::format("{} never entered {} #{} of group {} at step {}\n",
+                             rt_->describe(m), stuck.op, stuck.seq, name_, stuck.at.step);
+      }
+    }
+    return lines;
   }
 
   static void fill(FailureRecord& r, FailureKind kind, const OpTag& op) {
@@ -397,21 +427,65 @@ class MpiComm final : public Comm {
     r.micro_batch = op.at.micro_batch;
   }
 
-  // Prints the report (its message, then `more` lines), hands the record on, ends the job.
+  // Prints the report (a peer deadline's message, then `more` lines), hands the record on,
+  // and ends the
+  // job after a grace as long as a report's reads may take: the ranks whose deadlines pass
+  // a little later (waiting on a host that does not answer) report too, and together the
+  // reports say where the job broke.
   [[noreturn]] void abort_on_hang(const FailureRecord& r, const std::string& more) {
-    fmt::print(stderr, "{}\n{}aborting the job\n", r.message, more);
+    if (r.kind == FailureKind::kPeerDeadline) fmt::print(stderr, "{}\n", r.message);
+    fmt::print(stderr, "{}aborting the job\n", more);
     std::fflush(stderr);
-    if (rt_->opt.on_failure) rt_->opt.on_failure(r);
+    if (rt_->opt.on_failure) {
+      rt_->opt.on_failure(r);
+      std::this_thread::sleep_for(std::chrono::duration<double>(kReadLimitS + 0.5));
+    }
     MPI_Abort(MPI_COMM_WORLD, r.exit_code);
     std::_Exit(r.exit_code);
   }
 
-  int64_t read_entered(int world_rank) {
+  // How long a hang report waits for the members' counters; a member whose host does not
+  // answer by then (a cut link) is reported as such.
+  static constexpr double kReadLimitS = 2;
+  static constexpr int64_t kNoAnswer = INT64_MIN;
+
+  static int64_t read_entered(MPI_Win win, int id, int world_rank) {
     int64_t value = -1;
-    MPI_Win_lock(MPI_LOCK_SHARED, world_rank, 0, rt_->win);
-    MPI_Get(&value, 1, MPI_INT64_T, world_rank, id_, 1, MPI_INT64_T, rt_->win);
-    MPI_Win_unlock(world_rank, rt_->win);
+    MPI_Win_lock(MPI_LOCK_SHARED, world_rank, 0, win);
+    MPI_Get(&value, 1, MPI_INT64_T, world_rank, id, 1, MPI_INT64_T, win);
+    MPI_Win_unlock(world_rank, win);
     return value;
+  }
+
+  // The published counters of `ranks` (kNoAnswer for those not read within limit_s), read
+  // by up to 16 threads of their own: a read from a host that cannot be reached blocks in
+  // MPI, and is left blocked (the job is about to abort).
+  std::vector<int64_t> read_entered_within(const std::vector<int>& ranks, double limit_s) {
+    struct Reads {
+      std::mutex mu;
+      std::condition_variable cv;
+      std::vector<int64_t> seen;
+      size_t done = 0;
+      std::atomic<size_t> next{0};
+    };
+    auto reads = std::make_shared<Reads>();
+    reads->seen.assign(ranks.size(), kNoAnswer);
+    const size_t threads = std::min<size_t>(16, ranks.size());
+    for (size_t t = 0; t < threads; ++t) {
+      std::thread([reads, rt = rt_, id = id_, members = ranks] {
+        for (size_t i; (i = reads->next.fetch_add(1)) < members.size();) {
+          const int64_t v = read_entered(rt->win, id, members[i]);
+          std::lock_guard lock(reads->mu);
+          reads->seen[i] = v;
+          ++reads->done;
+          reads->cv.notify_all();
+        }
+      }).detach();
+    }
+    std::unique_lock lock(reads->mu);
+    reads->cv.wait_for(lock, std::chrono::duration<double>(limit_s),
+                       [&] { return reads->done == ranks.size(); });
+    return reads->seen;
   }
 
   std::vector<int> world_ranks() const {
@@ -462,7 +536,14 @@ MpiRuntime::MpiRuntime(const MpiOptions& opt) : state_(std::make_shared<State>()
             "MPI_Win_allocate");
   for (int i = 0; i < kMaxComms; ++i) state_->entered[i] = 0;
   mpi_check(MPI_Op_create(&bf16_sum, 1, &state_->bf16_sum), "MPI_Op_create");
-  MPI_Barrier(MPI_COMM_WORLD);
+  // Every rank's host name: a hang report reads its own host's counters first.
+  char name[64] = "";
+  gethostname(name, sizeof name - 1);
+  std::vector<char> names(sizeof name * size_t(state_->size));
+  mpi_check(MPI_Allgather(name, sizeof name, MPI_CHAR, names.data(), sizeof name, MPI_CHAR,
+                          MPI_COMM_WORLD), "MPI_Allgather");
+  for (int r = 0; r < state_->size; ++r)
+    state_->hosts.emplace_back(names.data() + sizeof name * size_t(r));
 }
 
 MpiRuntime::~MpiRuntime() {

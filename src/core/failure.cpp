@@ -49,6 +49,10 @@ std::string FailureRecord::summary() const {
                                   "(waited {:.2f} s of {:g} s)", who, op, seq, bytes, group, at,
                                   waited_s, deadline_s);
       if (!missing.empty()) s += fmt::format("; never entered: rank {}", fmt::join(missing, ", "));
+      if (!unreachable.empty())
+        s += fmt::format("; no answer from: rank {}", fmt::join(unreachable, ", "));
+      if (!unread.empty())
+        s += fmt::format("; on other hosts, not read yet: rank {}", fmt::join(unread, ", "));
       return s;
     }
     case FailureKind::kPeerDeadline:

@@ -40,6 +40,12 @@ struct FailureRecord {
   int64_t seq = -1, bytes = -1;
   int peer = -1;             // a send or receive: the world rank that never posted the match
   std::vector<int> missing;  // a collective: the world ranks that never entered it
+  // A collective: the world ranks whose progress could not be read in time (their host
+  // does not answer: a cut link, a host gone); whether they entered it is unknown.
+  std::vector<int> unreachable;
+  // A collective: the world ranks on other hosts whose progress was not read yet when this
+  // record was sent (a later record from the same rank, once they are read, replaces it).
+  std::vector<int> unread;
   double waited_s = 0, deadline_s = 0;
   int exit_code = 1;  // the status the rank ends with
   std::string message;  // what the rank printed, for people
@@ -47,7 +53,7 @@ struct FailureRecord {
   bool operator==(const FailureRecord&) const = default;
   // One line: who, where, what, e.g. "rank 1 (pp 0, dp 1, tp 0) on host-b: collective
   // deadline: ALLREDUCE #7 (64 bytes) of group dp[0..1] at step 3, micro-batch 0 (waited
-  // 5.01 s of 5 s); never entered: rank 0".
+  // 5.01 s of 5 s); never entered: rank 0" (and "; no answer from: rank 2, 3").
   std::string summary() const;
 };
 

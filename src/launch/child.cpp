@@ -1,6 +1,7 @@
 #include "launch/child.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -125,6 +126,11 @@ CommandResult run_command(const std::string& command, double timeout_s) {
   r.status = *exited(child.pid);
   kill_group(child.pid);  // reaps it (and anything it left in its group)
   return r;
+}
+
+void launch_say(const std::string& msg) {
+  fmt::print(stderr, "{}loom launch: {}\n", isatty(STDERR_FILENO) ? "\r\x1b[K" : "", msg);
+  std::fflush(stderr);
 }
 
 }  // namespace loom

@@ -44,6 +44,9 @@ std::optional<int> exited(pid_t pid);
 // Kills the whole group and reaps its leader.
 void kill_group(pid_t pgid);
 
+// "loom launch: MSG" on stderr, on a clean line (rank 0's progress line may be unfinished).
+void launch_say(const std::string& msg);
+
 struct CommandResult {
   bool timed_out = false;
   int status = -1;     // exit status (128 + signal), when it exited

@@ -110,7 +110,9 @@ json record_json(const FailureRecord& r) {
   return json{{"kind", failure_kind_name(r.kind)}, {"rank", r.rank}, {"host", cut(r.host)},
               {"where", cut(r.where)}, {"step", r.step}, {"micro_batch", r.micro_batch},
               {"op", cut(r.op)}, {"group", cut(r.group)}, {"seq", r.seq}, {"bytes", r.bytes},
-              {"peer", r.peer}, {"missing", r.missing}, {"waited_s", r.waited_s},
+              {"peer", r.peer}, {"missing", r.missing}, {"unreachable", r.unreachable},
+              {"unread", r.unread},
+              {"waited_s", r.waited_s},
               {"deadline_s", r.deadline_s}, {"exit_code", r.exit_code}, {"message", r.message}};
 }
 
@@ -136,6 +138,19 @@ bool take(const json& j, const char* key, T& out) {
   return true;
 }
 
+// A list of world ranks (>= 0) at `key`, when present.
+bool take_ranks(const json& j, const char* key, std::vector<int>& out) {
+  const auto m = j.find(key);
+  if (m == j.end()) return true;
+  if (!m->is_array()) return false;
+  for (const json& x : *m) {
+    int rank = -1;
+    if (!take(json{{"r", x}}, "r", rank) || rank < 0) return false;
+    out.push_back(rank);
+  }
+  return true;
+}
+
 std::optional<FailureRecord> record_from_json(std::string_view text) {
   const json j = json::parse(text.begin(), text.end(), nullptr, false);
   if (j.is_discarded() || !j.is_object() || !j.contains("kind") || !j["kind"].is_string())
@@ -150,14 +165,8 @@ std::optional<FailureRecord> record_from_json(std::string_view text) {
             take(j, "bytes", r.bytes) && take(j, "peer", r.peer) &&
             take(j, "waited_s", r.waited_s) && take(j, "deadline_s", r.deadline_s) &&
             take(j, "exit_code", r.exit_code) && take(j, "message", r.message);
-  if (const auto m = j.find("missing"); ok && m != j.end()) {
-    ok = m->is_array();
-    for (size_t i = 0; ok && i < m->size(); ++i) {
-      int rank = -1;
-      ok = take(json{{"r", (*m)[i]}}, "r", rank) && rank >= 0;
-      r.missing.push_back(rank);
-    }
-  }
+  ok = ok && take_ranks(j, "missing", r.missing) && take_ranks(j, "unreachable", r.unreachable) &&
+       take_ranks(j, "unread", r.unread);
   for (const std::string* s : {&r.host, &r.where, &r.op, &r.group}) ok &= s->size() <= kMaxField;
   if (!ok || r.rank < 0) return std::nullopt;
   return r;
@@ -175,7 +184,9 @@ std::string format_failure_line(std::string_view secret, const FailureRecord& re
   // Each byte of the message takes at least one in the line: cutting the excess is enough,
   // unless the rest alone is too long (thousands of ranks missing), then the list is cut.
   const std::string_view mark = " [cut]";
-  while (out.size() > kMaxHeartbeatLine && !(r.message.empty() && r.missing.empty())) {
+  while (out.size() > kMaxHeartbeatLine &&
+         !(r.message.empty() && r.missing.empty() && r.unreachable.empty() &&
+           r.unread.empty())) {
     const size_t excess = out.size() - kMaxHeartbeatLine + mark.size();
     if (r.message.size() > excess) {
       size_t keep = r.message.size() - excess;
@@ -184,6 +195,8 @@ std::string format_failure_line(std::string_view secret, const FailureRecord& re
     } else {
       r.message.clear();
       r.missing.resize(r.missing.size() / 2);
+      r.unreachable.resize(r.unreachable.size() / 2);
+      r.unread.resize(r.unread.size() / 2);
     }
     out = line();
   }

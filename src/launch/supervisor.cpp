@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -13,7 +14,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "launch/availability.h"
 #include "launch/child.h"
 #include "launch/heartbeat.h"
 
@@ -36,11 +37,7 @@ double seconds(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
 }
 
-void say(const std::string& msg) {
-  // On a terminal, rank 0's progress line may be unfinished: start on a clean line.
-  fmt::print(stderr, "{}loom launch: {}\n", isatty(STDERR_FILENO) ? "\r\x1b[K" : "", msg);
-  std::fflush(stderr);
-}
+void say(const std::string& msg) { launch_say(msg); }
 
 // A TCP listener at an ephemeral port (returned in `port`): on 127.0.0.1, or on every
 // interface when ranks run on other hosts (the per-job secret keeps other processes out).
@@ -72,6 +69,17 @@ Fd interrupt_fd() {
   return fd;
 }
 
+// A peer's host name from its address (/etc/hosts or DNS; the address itself when it has
+// no name), or "" for this host's loopback.
+std::string host_name(const sockaddr_in& peer) {
+  if ((ntohl(peer.sin_addr.s_addr) >> 24) == 127) return "";
+  char host[NI_MAXHOST] = "";
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&peer), sizeof peer, host, sizeof host,
+                  nullptr, 0, 0) != 0)
+    return "?";
+  return host;
+}
+
 std::vector<std::string> child_env(const std::string& address, const std::string& secret,
                                    double heartbeat_s, int attempt) {
   std::vector<std::string> env;
@@ -97,6 +105,7 @@ std::string join(const std::vector<std::string>& v, const char* sep = " ") {
 
 struct RankState {
   int step = -1;  // the last step it reported (-1: none yet)
+  std::string host;  // where its connection came from, by name ("" on this host's loopback)
   Clock::time_point last_heard;
   std::optional<Clock::time_point> progress_at;  // its last progress, while in a step
   bool done = false;    // said "done"
@@ -107,6 +116,7 @@ struct Conn {
   Fd fd;
   std::string buf;  // bytes after the last complete line
   std::string peer;
+  std::string host;  // the peer's host name (its address if it has none; "" for loopback)
   int rank = -1;    // from its first valid line
 };
 
@@ -126,10 +136,10 @@ struct AttemptResult {
 
 class Attempt {
  public:
-  Attempt(const LaunchOptions& opt, int index, int n, int listen_fd, int signal_fd,
-          const std::string& address, const std::string& secret)
-      : opt_(opt), index_(index), n_(n), listen_fd_(listen_fd), signal_fd_(signal_fd),
-        address_(address), secret_(secret) {}
+  Attempt(const LaunchOptions& opt, int index, const Placement& where, int listen_fd,
+          int signal_fd, const std::string& address, const std::string& secret)
+      : opt_(opt), index_(index), n_(where.n), hosts_(where.hosts), listen_fd_(listen_fd),
+        signal_fd_(signal_fd), address_(address), secret_(secret) {}
   // An attempt left by an exception still ends the process group it started.
   ~Attempt() {
     if (child_.pid > 0 && !ended_) kill_group(child_.pid);
@@ -149,13 +159,17 @@ class Attempt {
   void on_record(FailureRecord record);
   bool read_stderr(bool flush);  // true at end of file
   std::optional<std::string> silent_rank(Clock::time_point now) const;
+  std::string name(int rank) const;  // "rank 3", or "rank 3 on node2" from another host
+  std::map<int, std::string> rank_hosts() const;  // the ranks heard from another host
   std::optional<std::string> stalled_rank(Clock::time_point now) const;
   void note_step(int step, Clock::time_point now);
   void end_group();
   std::string exit_cause() const;
 
   const LaunchOptions& opt_;
-  int index_, n_, listen_fd_, signal_fd_;
+  int index_, n_;
+  std::string hosts_;  // mpirun --host for this attempt ("" = none)
+  int listen_fd_, signal_fd_;
   const std::string &address_, &secret_;
   Child child_;
   std::vector<Conn> conns_;
@@ -177,6 +191,7 @@ std::vector<std::string> Attempt::argv() const {
     a = {opt_.mpirun, "-n", std::to_string(n_), "--kill-on-bad-exit=1", "--export=ALL"};
   } else {
     a = {opt_.mpirun, "-np", std::to_string(n_)};
+    if (!hosts_.empty()) a.insert(a.end(), {"--host", hosts_});
     a.insert(a.end(), opt_.mpirun_args.begin(), opt_.mpirun_args.end());
   }
   a.push_back(opt_.loom_binary);
@@ -193,7 +208,11 @@ AttemptResult Attempt::run() {
   child_ = spawn_child(args, child_env(address_, secret_, opt_.heartbeat_s, index_), STDERR_FILENO);
   watch();
   end_group();
-  if (!result_.ok && result_.cause.empty()) result_.cause = exit_cause();
+  if (!result_.ok && result_.cause.empty()) {
+    result_.cause = exit_cause();
+  } else if (!result_.ok && !result_.records.empty()) {  // a silent or stalled rank, and why
+    result_.cause += "; " + describe_records(result_.records, rank_hosts());
+  }
   return std::move(result_);
 }
 
@@ -255,7 +274,8 @@ void Attempt::accept_conns() {
     if (fd < 0) return;
     char ip[INET_ADDRSTRLEN] = "?";
     inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
-    conns_.push_back(Conn{Fd(fd), "", fmt::format("{}:{}", ip, ntohs(peer.sin_port))});
+    conns_.push_back(Conn{Fd(fd), "", fmt::format("{}:{}", ip, ntohs(peer.sin_port)),
+                          host_name(peer)});
   }
 }
 
@@ -299,6 +319,7 @@ void Attempt::on_line(Conn& c, std::string_view line) {
   }
   const Clock::time_point now = Clock::now();
   RankState& r = ranks_[hb->rank];
+  r.host = c.host;
   r.last_heard = now;
   r.closed = false;
   r.progress_at.reset();
@@ -317,9 +338,14 @@ void Attempt::on_line(Conn& c, std::string_view line) {
   }
 }
 
+// A rank's later record replaces its earlier one (it read what the first left unread).
 void Attempt::on_record(FailureRecord record) {
   say(fmt::format("failure record: {}", record.summary()));
-  if (result_.records.size() < 64) result_.records.push_back(std::move(record));
+  auto& records = result_.records;
+  const auto same = std::find_if(records.begin(), records.end(),
+                                 [&](const FailureRecord& r) { return r.rank == record.rank; });
+  if (same != records.end()) *same = std::move(record);
+  else if (records.size() < 64) records.push_back(std::move(record));
 }
 
 void Attempt::note_step(int step, Clock::time_point now) {
@@ -358,10 +384,24 @@ bool Attempt::read_stderr(bool flush) {
   return n == 0;
 }
 
+std::map<int, std::string> Attempt::rank_hosts() const {
+  std::map<int, std::string> out;
+  for (const auto& [rank, r] : ranks_)
+    if (!r.host.empty()) out[rank] = r.host;
+  return out;
+}
+
+std::string Attempt::name(int rank) const {
+  const auto it = ranks_.find(rank);
+  return it == ranks_.end() || it->second.host.empty()
+             ? fmt::format("rank {}", rank)
+             : fmt::format("rank {} on {}", rank, it->second.host);
+}
+
 std::optional<std::string> Attempt::silent_rank(Clock::time_point now) const {
   for (const auto& [rank, r] : ranks_) {
     if (r.done || seconds(r.last_heard, now) < opt_.heartbeat_s) continue;
-    return fmt::format("rank {} missed its heartbeat for {:g} s (last step {})", rank,
+    return fmt::format("{} missed its heartbeat for {:g} s (last step {})", name(rank),
                        opt_.heartbeat_s, r.step);
   }
   return std::nullopt;
@@ -396,22 +436,20 @@ std::optional<std::string> Attempt::stalled_rank(Clock::time_point now) const {
   }
   if (!worst) return std::nullopt;
   std::erase(others, std::to_string(*worst));
-  return fmt::format("rank {} made no progress for {:.1f} s in step {} ({}){}", *worst,
+  return fmt::format("{} made no progress for {:.1f} s in step {} ({}){}", name(*worst),
                      worst_idle, ranks_.at(*worst).step, why,
                      others.empty() ? "" : "; stalled too: rank " + join(others, ", "));
 }
 
 // Ends whatever is left of the process group: SIGTERM, then SIGKILL after 5 s; reaps mpirun
-// and reads the rest of its stderr.
+// and reads the rest of its stderr and of the ranks' failure records.
 void Attempt::end_group() {
   const pid_t pgid = child_.pid;
   if (!exited(pgid)) {
     kill(-pgid, SIGTERM);
     const Clock::time_point start = Clock::now();
-    while (!exited(pgid) && seconds(start, Clock::now()) < 5.0) {
-      pollfd p{err_eof_ ? -1 : child_.out.get(), POLLIN, 0};
-      if (poll(&p, 1, 50) > 0) err_eof_ = read_stderr(false);
-    }
+    // Records the failing ranks send meanwhile are still read.
+    while (!exited(pgid) && seconds(start, Clock::now()) < 5.0) poll_once(50);
   }
   kill(-pgid, SIGKILL);  // stragglers; mpirun itself is a zombie or still running
   int status = 0;
@@ -428,11 +466,11 @@ void Attempt::end_group() {
 
 // The records first (what the ranks said), then what mpirun's exit and the connections show.
 std::string Attempt::exit_cause() const {
-  std::string cause = describe_records(result_.records);
+  std::string cause = describe_records(result_.records, rank_hosts());
   cause += fmt::format("{}mpirun exited with status {}", cause.empty() ? "" : "; ", result_.status);
   if (result_.status > 128) cause += fmt::format(" ({})", strsignal(result_.status - 128));
   if (!closed_.empty())
-    cause += fmt::format("; rank {} (last step {}) was the first to disconnect", closed_[0],
+    cause += fmt::format("; {} (last step {}) was the first to disconnect", name(closed_[0]),
                          ranks_.at(closed_[0]).step);
   if (!mpirun_notice_.empty()) cause += "; " + mpirun_notice_;
   return cause;
@@ -467,50 +505,6 @@ void print_recovery(const std::vector<Failure>& failures, const std::vector<Atte
 
 }  // namespace
 
-// The count --available-cmd printed: a whole non-negative number, blanks around it allowed.
-static std::optional<int> parse_count(const std::string& text) {
-  const size_t begin = text.find_first_not_of(" \t\r\n");
-  if (begin == std::string::npos) return std::nullopt;
-  const size_t end = text.find_last_not_of(" \t\r\n") + 1;
-  int v = -1;
-  const auto [ptr, ec] = std::from_chars(text.data() + begin, text.data() + end, v);
-  if (ec != std::errc() || ptr != text.data() + end || v < 0) return std::nullopt;
-  return v;
-}
-
-// How many processes the next attempt runs on: -n, or with --min-n (elastic) what
-// --available-cmd reports, if at least --min-n; -1 (after saying why) if too few remain. A
-// command that fails, times out or prints something other than a count is reported, and
-// the last count it gave (-n before any) is used.
-static int restart_size(const LaunchOptions& opt, int& last_known) {
-  if (opt.min_n == 0 || opt.available_cmd.empty()) return opt.n;
-  const CommandResult r = run_command(opt.available_cmd, opt.available_timeout_s);
-  std::optional<int> available = r.status == 0 ? parse_count(r.output) : std::nullopt;
-  if (!available) {
-    std::string out = r.output.substr(0, 80);
-    std::erase(out, '\n');
-    const std::string what =
-        r.timed_out ? fmt::format("gave no answer within {:g} s (--available-timeout-s); it "
-                                  "was killed", opt.available_timeout_s)
-        : r.status != 0 ? fmt::format("exited with status {}", r.status)
-                        : fmt::format("printed '{}', which is not a process count", out);
-    say(fmt::format("--available-cmd '{}' {}: using the last known count, {}", opt.available_cmd,
-                    what, last_known));
-    available = last_known;
-  }
-  last_known = *available;
-  const int n = std::min(opt.n, *available);
-  if (n < opt.min_n) {
-    say(fmt::format("only {} process(es) available, below --min-n {}: giving up", *available,
-                    opt.min_n));
-    return -1;
-  }
-  if (n < opt.n)
-    say(fmt::format("elastic: {} of {} processes available; restarting on {} (train reshapes "
-                    "data parallelism and keeps the global batch)", *available, opt.n, n));
-  return n;
-}
-
 std::vector<std::string> attempt_train_args(const std::vector<std::string>& train_args,
                                             int attempt) {
   if (attempt == 0) return train_args;
@@ -542,16 +536,33 @@ bool is_mpirun_notice(std::string_view line) {
          line.starts_with("MPI_ABORT was invoked on rank");
 }
 
-std::string describe_records(const std::vector<FailureRecord>& records) {
+std::string describe_records(const std::vector<FailureRecord>& records,
+                             const std::map<int, std::string>& host_of) {
   if (records.empty()) return "";
-  std::string out = records[0].summary();
-  if (records.size() > 1) {
-    std::vector<std::string> more;
-    for (size_t i = 1; i < records.size(); ++i)
-      more.push_back(fmt::format("rank {} ({})", records[i].rank,
-                                 failure_kind_name(records[i].kind)));
+  auto first = [&](auto pred) {
+    return std::find_if(records.begin(), records.end(), pred);
+  };
+  auto primary = first([](const FailureRecord& r) { return !r.unreachable.empty(); });
+  if (primary == records.end())
+    primary = first([](const FailureRecord& r) { return !r.unread.empty(); });
+  if (primary == records.end())
+    primary = first([](const FailureRecord& r) {
+      return r.kind != FailureKind::kCollectiveDeadline && r.kind != FailureKind::kPeerDeadline;
+    });
+  if (primary == records.end()) primary = records.begin();
+  std::string out = primary->summary();
+  std::vector<std::string> away;
+  for (const std::vector<int>* ranks : {&primary->unreachable, &primary->unread})
+    for (int rank : *ranks)
+      if (const auto h = host_of.find(rank); h != host_of.end() && !h->second.empty())
+        away.push_back(fmt::format("rank {} on {}", rank, h->second));
+  if (!away.empty()) out += fmt::format(" ({})", join(away, ", "));
+  std::vector<std::string> more;
+  for (auto r = records.begin(); r != records.end(); ++r)
+    if (r != primary)
+      more.push_back(fmt::format("rank {} ({})", r->rank, failure_kind_name(r->kind)));
+  if (!more.empty())
     out += fmt::format(" [{} more record(s): {}]", more.size(), join(more, ", "));
-  }
   return out;
 }
 
@@ -597,11 +608,13 @@ int run_supervisor(const LaunchOptions& opt) {
                   opt.n, opt.max_restarts, opt.heartbeat_s, address));
   std::vector<AttemptResult> runs;
   std::vector<Failure> failures;
-  int last_known = opt.n;
+  RestartPlanner planner(opt, signals.get());
   for (int attempt = 0; attempt <= opt.max_restarts; ++attempt) {
-    const int n = attempt == 0 ? opt.n : restart_size(opt, last_known);
-    if (n < 0) return 1;
-    runs.push_back(Attempt(opt, attempt, n, listener.get(), signals.get(), address, secret).run());
+    const std::optional<Placement> where =
+        attempt == 0 ? Placement{opt.n, opt.hosts} : planner.next();
+    if (!where) return planner.interrupted_by() ? 128 + planner.interrupted_by() : 1;
+    runs.push_back(
+        Attempt(opt, attempt, *where, listener.get(), signals.get(), address, secret).run());
     const AttemptResult& r = runs.back();
     if (r.ok) {
       say(fmt::format("completed after {} restart(s)", attempt));

@@ -14,6 +14,7 @@
 // starts the next attempt.
 #pragma once
 
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -32,11 +33,15 @@ struct LaunchOptions {
   double progress_timeout_s = 0;
   double available_timeout_s = 30;      // --available-cmd gets this long to answer
   int min_n = 0;                        // elastic lower bound (0 = not elastic)
-  // Elastic: a shell command printing how many processes can run now (a scheduler's or a
-  // host check's answer); with min_n > 0 a restart runs on min(n, that) if >= min_n, with
-  // `--elastic` added so train reshapes data parallelism for the new world size.
+  // A shell command printing how many processes can run now, or on which hosts ("h1:2,h2:2":
+  // a scheduler's or a host check's answer), asked before each restart. With min_n > 0
+  // (elastic) a restart runs on min(n, that) if >= min_n, on those hosts, with `--elastic`
+  // added so train reshapes data parallelism for the new world size; without, the restart
+  // waits until all n are available, asking every available_poll_s for up to
+  // available_wait_s (launch/availability.h).
   std::string available_cmd;
-  std::string hosts;                    // "h1:s1,h2:s2" (informational; see mpirun_args)
+  double available_poll_s = 2, available_wait_s = 600;
+  std::string hosts;                    // "h1:s1,h2:s2": mpirun --host (empty: its default)
   std::vector<std::string> train_args;  // "train", "--config", FILE, ...
   std::string loom_binary;              // the loom executable each rank runs
   std::string mpirun = "mpirun";        // the launcher binary, looked up in PATH
@@ -65,8 +70,13 @@ std::string make_job_secret();
 // the failure's description, never for a decision.
 bool is_mpirun_notice(std::string_view line);
 
-// The first record's summary, then the ranks and kinds of the others.
-std::string describe_records(const std::vector<FailureRecord>& records);
+// The summary of the record nearest the cause, then the ranks and kinds of the others. The
+// nearest: one naming ranks that did not answer (a cut link, a host gone: what made the
+// others wait), else one naming ranks on other hosts it could not read, else one that is
+// not a deadline (an error, a non-finite loss), else the first. `host_of` names the hosts
+// of those ranks, where known.
+std::string describe_records(const std::vector<FailureRecord>& records,
+                             const std::map<int, std::string>& host_of = {});
 
 struct FailureDecision {
   int stop_with = 0;  // 0: restart; else the supervisor's exit status (2 or 4)

@@ -21,8 +21,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     loom::FailureRecord a = *hb->failure, b = *back->failure;
     if (a.message != b.message && !b.message.ends_with(" [cut]")) std::abort();
     if (a.missing != b.missing && b.missing.size() >= a.missing.size()) std::abort();
+    if (a.unreachable != b.unreachable && b.unreachable.size() >= a.unreachable.size())
+      std::abort();
     a.message = b.message;
     a.missing = b.missing;
+    a.unreachable = b.unreachable;
+    if (a.unread != b.unread && b.unread.size() >= a.unread.size()) std::abort();
+    a.unread = b.unread;
     if (!(a == b)) std::abort();
     return 0;
   }

@@ -123,4 +123,100 @@ TEST_F(TwoHosts, AKilledRankOnTheSecondHostIsRestartedFromTheLastCheckpoint) {
   EXPECT_TRUE(final_model("killed") == final_model("base")) << "the final weights differ";
 }
 
+// The link is cut once the run has a checkpoint at step 40, for 30 s (`up_after_s`; 0: left
+// down until the job ends), while `launch_flags` supervise 400 steps across both hosts.
+std::string cut_link_then(const fs::path& hosts, const fs::path& run, int up_after_s,
+                          const std::string& launch) {
+  const std::string t = kTwohost + " link " + hosts.string();
+  const std::string cut =
+      "( timeout 120 sh -c 'until [ -d " + (run / "checkpoints/step_00000040").string() +
+      " ]; do sleep 0.05; done' && " + t + " down" +
+      (up_after_s > 0 ? " && sleep " + std::to_string(up_after_s) + " && " + t + " up" : "") +
+      " ) >/dev/null 2>&1 & ";
+  return "sh -c \"" + cut + launch + "; rc=\\$?; wait; " + t + " up; exit \\$rc\"";
+}
+
+class CutLink : public TwoHosts {
+ protected:
+  // A shell command printing the hosts that can be reached: both while the link is up.
+  static std::string available() {
+    return "'[ \\$(" + kTwohost + " link " + (dir_ / "hosts").string() + " state) = up ] && echo " +
+           hosts(2) + " || echo " + env_["HOST_A"] + ":2'";
+  }
+  static std::string launch_cmd(const std::string& run, const std::string& flags) {
+    std::string vars;
+    for (const auto& [k, v] : env_)
+      if (k.starts_with("OMPI_MCA_")) vars += " " + k + "=" + v;
+    return kTwohost + " on " + (dir_ / "hosts").string() + " a env" + vars +
+           " OMP_NUM_THREADS=1 " LOOM_BINARY " launch -n 4 --hosts " + hosts(2) +
+           " --heartbeat-s 6 " + flags + " -- train --config " + (dir_ / "tiny.toml").string() +
+           " --dp 2 --tp 2 --set run.dir=" + (dir_ / run).string() +
+           " --set train.steps=400 --set train.checkpoint_every=20 --set comm.timeout_s=2";
+  }
+  static double last_loss(const std::string& run) {
+    const std::string m = slurp(dir_ / run / "metrics.jsonl");
+    const size_t at = m.rfind("\"loss\":");
+    return at == std::string::npos ? -1.0 : std::stod(m.substr(at + 7));
+  }
+  static std::string model_400(const std::string& run) {
+    return slurp(dir_ / run / "checkpoints/step_00000400/model-00000.safetensors");
+  }
+  // The uninterrupted run both tests compare with, once.
+  static const Result& base() {
+    static const Result r = sh(launch_cmd("base400", "--max-restarts 0"), 300);
+    return r;
+  }
+};
+
+// Cut for 30 s: the ranks on the first host name the collective that the second host's
+// ranks never answered, the supervisor names the silent host, waits until --available-cmd
+// reports every process again, restarts from the last checkpoint and ends with the bytes
+// of the uninterrupted run.
+TEST_F(CutLink, TheJobRestartsWhenTheLinkReturnsAndEndsAsIfUncut) {
+  ASSERT_EQ(base().code, 0) << base().output;
+  const Result r = sh(cut_link_then(dir_ / "hosts", dir_ / "cut", 30,
+                                    launch_cmd("cut", "--max-restarts 2 --available-cmd " +
+                                                          available())), 400);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const std::string b = env_["HOST_B"];
+  // A rank on the first host names the collective it waited in, and the ranks across the
+  // link it could not read (libfabric may end it before they answer, or they time out);
+  // the supervisor names the second host's silent ranks.
+  EXPECT_TRUE(contains(r.output, "failure record: rank ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "on " + env_["HOST_A"] + ": collective deadline: ALLREDUCE"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "; on other hosts, not read yet: rank ") ||
+              contains(r.output, "; no answer from: rank ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "attempt 1 failed: rank 2 on " + b + " missed its heartbeat") ||
+              contains(r.output, "attempt 1 failed: rank 3 on " + b + " missed its heartbeat"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, " on " + b + ")")) << r.output;  // the unread rank's host
+  EXPECT_TRUE(contains(r.output, "waiting for all 4 processes before restarting: "
+                                 "--available-cmd reports 2 (" + env_["HOST_A"] + ":2)"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "all 4 processes are available again after ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  ASSERT_FALSE(model_400("base400").empty());
+  EXPECT_TRUE(model_400("cut") == model_400("base400")) << "the final weights differ";
+}
+
+// Cut for good, with --min-n: the job goes on elastically on the host that is left (dp 2 ->
+// 1, twice the accumulation, the same global batch) and ends where the uncut run did.
+TEST_F(CutLink, WithMinNTheJobShrinksToTheHostLeft) {
+  ASSERT_EQ(base().code, 0) << base().output;
+  const Result r = sh(cut_link_then(dir_ / "hosts", dir_ / "shrunk", 0,
+                                    launch_cmd("shrunk", "--max-restarts 2 --min-n 2 "
+                                                         "--available-cmd " + available())),
+                      400);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "elastic: 2 of 4 processes available on " + env_["HOST_A"] +
+                                 ":2; restarting on 2")) << r.output;
+  EXPECT_TRUE(contains(r.output, "-np 2 --host " + env_["HOST_A"] + ":2 ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "dp 2 -> 1, grad_accum 1 -> 2")) << r.output;
+  EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
+  const double base_loss = last_loss("base400"), loss = last_loss("shrunk");
+  ASSERT_GT(base_loss, 0);
+  EXPECT_NEAR(loss, base_loss, 1e-5 * base_loss);
+}
+
 }  // namespace

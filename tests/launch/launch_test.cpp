@@ -17,6 +17,7 @@
 #include "../shell_util.h"
 #include "core/check.h"
 #include "launch/fault.h"
+#include "launch/availability.h"
 #include "launch/heartbeat.h"
 #include "launch/supervisor.h"
 
@@ -259,9 +260,38 @@ TEST(Supervisor, DecidesFromTheRecordsNotFromTheirWords) {
                                                      true).why;
   EXPECT_TRUE(contains(why, "the ranks' failure records")) << why;
 
+  // An error leads the deadlines it caused in other ranks.
   const std::string d = loom::describe_records({deadline_record(), record(FailureKind::kError)});
-  EXPECT_TRUE(d.starts_with(deadline_record().summary())) << d;
-  EXPECT_TRUE(contains(d, "[1 more record(s): rank 0 (error)]")) << d;
+  EXPECT_TRUE(d.starts_with(record(FailureKind::kError).summary())) << d;
+  EXPECT_TRUE(contains(d, "[1 more record(s): rank 1 (collective_deadline)]")) << d;
+}
+
+TEST(Supervisor, AvailableCmdAnswersAreACountOrAHostList) {
+  using loom::parse_available;
+  EXPECT_EQ(parse_available(" 3\n")->n, 3);
+  EXPECT_EQ(parse_available("3")->hosts, "");
+  const auto p = parse_available("node1:2,node2:4\n");
+  ASSERT_TRUE(p);
+  EXPECT_EQ(p->n, 6);
+  EXPECT_EQ(p->hosts, "node1:2,node2:4");
+  for (const char* bad : {"", "x", "-1", "node1", "node1:0", ":2", "node1:2,", "a:2, b:2",
+                          "node1:2x", "2 3"})
+    EXPECT_FALSE(parse_available(bad)) << bad;
+}
+
+// The records' hosts: the one nearest the cause (a rank that could not read ranks on
+// another host) leads, and the supervisor adds where those ranks run.
+TEST(Supervisor, TheRecordNearestTheCauseLeadsWithTheHostsItCouldNotRead) {
+  loom::FailureRecord tp = deadline_record(), dp = deadline_record();
+  tp.rank = 0;
+  tp.missing = {1};
+  dp.rank = 1;
+  dp.missing.clear();
+  dp.unread = {3};
+  const std::string d = loom::describe_records({tp, dp}, {{3, "node2"}});
+  EXPECT_TRUE(d.starts_with(dp.summary() + " (rank 3 on node2)")) << d;
+  EXPECT_TRUE(contains(d, "; on other hosts, not read yet: rank 3")) << d;
+  EXPECT_TRUE(contains(d, "[1 more record(s): rank 0 (collective_deadline)]")) << d;
 }
 
 // The supervisor against a fake mpirun: a bash script that speaks the heartbeat protocol
@@ -375,6 +405,36 @@ TEST_F(FakeMpirun, AnAvailableCmdThatHangsOrPrintsGarbageUsesTheLastKnownCount) 
   EXPECT_TRUE(contains(r.output, "printed 'garbage', which is not a process count: using the "
                                  "last known count, 1")) << r.output;
   EXPECT_FALSE(contains(r.output, "only 0 process")) << r.output;
+}
+
+// Without --min-n, a restart waits until --available-cmd reports every process again (a
+// link back up); with it, a host list places the smaller restart on the hosts left.
+TEST_F(FakeMpirun, ARestartWaitsForEveryProcessOrShrinksOntoTheHostsLeft) {
+  const std::string counter = (dir_ / "asked").string();
+  fs::remove(counter);
+  // Answers 1, 1, then 2 processes: the restart waits two rounds.
+  const std::string cmd = "'echo x >> " + counter + "; [ $(wc -l < " + counter +
+                          ") -ge 3 ] && echo h1:1,h2:1 || echo h1:1'";
+  Result r = launch("silent", "-n 2 --heartbeat-s 1 --max-restarts 1 --available-poll-s 0.1 "
+                    "--available-cmd " + cmd);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "waiting for all 2 processes before restarting: "
+                                 "--available-cmd reports 1 (h1:1); asking every 0.1 s")) << r.output;
+  EXPECT_TRUE(contains(r.output, "all 2 processes are available again after ")) << r.output;
+  EXPECT_TRUE(contains(slurp(dir_ / "args_1"), "-np 2 ")) << slurp(dir_ / "args_1");
+
+  r = launch("silent", "-n 2 --heartbeat-s 1 --max-restarts 1 --available-cmd 'echo h1:1' "
+             "--available-wait-s 0.3 --available-poll-s 0.1");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "gave up waiting: after 0 s (--available-wait-s) only 1 of 2"))
+      << r.output;
+
+  r = launch("silent", "-n 2 --heartbeat-s 1 --max-restarts 1 --min-n 1 "
+             "--available-cmd 'echo h1:1'");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "elastic: 1 of 2 processes available on h1:1; restarting on 1"))
+      << r.output;
+  EXPECT_TRUE(contains(slurp(dir_ / "args_1"), "-np 1 --host h1:1 ")) << slurp(dir_ / "args_1");
 }
 
 TEST_F(FakeMpirun, GivesUpAfterMaxRestartsNamingTheDeadline) {
