@@ -20,6 +20,7 @@ class SingleComm final : public Comm {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string name() const override { return name_ + "[0]"; }
+  Traffic traffic() const override { return {}; }
   std::unique_ptr<CommHandle> allreduce_async(float*, size_t, ReduceOp) override {
     return std::make_unique<DoneHandle>();
   }

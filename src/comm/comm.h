@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -18,6 +19,15 @@ struct CommProgress {
   int64_t step = -1;
   int micro_batch = -1;
 };
+
+// What a communicator's operations of one kind ("ALLREDUCE", "SEND", ...) carried from this
+// rank: how many, and the bytes of the buffers handed to them (an all-gather's or a
+// reduce-scatter's whole buffer; how much of it crosses the wire is up to MPI's algorithm,
+// e.g. 2(g-1)/g of an all-reduce's for a ring).
+struct TrafficCount {
+  uint64_t ops = 0, bytes = 0;
+};
+using Traffic = std::map<std::string, TrafficCount>;
 
 // A handle on an asynchronous operation; wait() blocks until it completed (or the
 // deadline passed, which ends the job).
@@ -36,6 +46,8 @@ class Comm {
   virtual int size() const = 0;
   // A name for messages, e.g. "dp[0..3]".
   virtual std::string name() const = 0;
+  // Every operation this communicator ran so far, by kind (none for a one-rank job).
+  virtual Traffic traffic() const = 0;
 
   // In-place all-reduce of `count` values.
   virtual std::unique_ptr<CommHandle> allreduce_async(float* data, size_t count, ReduceOp op) = 0;

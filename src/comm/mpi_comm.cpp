@@ -180,6 +180,10 @@ class MpiComm final : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string name() const override { return name_; }
+  Traffic traffic() const override {
+    std::lock_guard lock(traffic_mu_);
+    return traffic_;
+  }
 
   std::unique_ptr<CommHandle> allreduce_async(float* data, size_t count, ReduceOp op) override {
     const MPI_Op mop = op == ReduceOp::kSum ? MPI_SUM : MPI_MAX;
@@ -320,6 +324,12 @@ class MpiComm final : public Comm {
   std::unique_ptr<CommHandle> submit(const char* what, size_t bytes, std::function<void()> fn,
                                      std::shared_ptr<OpState> op = nullptr, int peer = -1) {
     if (!op) op = std::make_shared<OpState>();
+    if (bytes > 0) {
+      std::lock_guard lock(traffic_mu_);
+      TrafficCount& t = traffic_[what];
+      ++t.ops;
+      t.bytes += bytes;
+    }
     const bool p2p = op && op->p2p;
     const OpTag tag{what, p2p ? 0 : ++seq_, bytes, rt_->progress, peer};
     int64_t* slot = rt_->entered + id_;
@@ -516,6 +526,8 @@ class MpiComm final : public Comm {
   int64_t seq_ = 0;  // operations submitted (by the owning thread)
   std::mutex running_mu_;
   OpTag running_{"NONE", 0, 0, {}};  // the operation the worker runs now
+  mutable std::mutex traffic_mu_;
+  Traffic traffic_;  // what submit() was handed, by kind
   std::unique_ptr<Worker> worker_ = std::make_unique<Worker>();
 };
 

@@ -188,12 +188,22 @@ namespace {
 
 struct DpSide {
   std::vector<double> seconds, waits, hidden;
+  Traffic traffic;  // what the dp group's operations carried in the last timed step
 };
 
-DpSide time_steps(Trainer& tr, int warmup) {
+DpSide time_steps(Trainer& tr, int warmup, const Comm& dp) {
   DpSide d;
   for (int i = 0; i < tr.config().train.steps; ++i) {
+    const Traffic before = dp.traffic();
     const StepStats st = tr.train_step();
+    d.traffic = dp.traffic();
+    for (auto& [kind, count] : d.traffic) {
+      if (const auto b = before.find(kind); b != before.end()) {
+        count.ops -= b->second.ops;
+        count.bytes -= b->second.bytes;
+      }
+    }
+    std::erase_if(d.traffic, [](const auto& kv) { return kv.second.ops == 0; });
     if (i < warmup) continue;
     d.seconds.push_back(st.seconds);
     d.waits.push_back(tr.data_parallel().last_wait_seconds());
@@ -247,11 +257,11 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
   if (root) {
     const ProcessGrid alone = ProcessGrid::single();
     Trainer tr(one, alone);
-    single = time_steps(tr, opt.warmup);
+    single = time_steps(tr, opt.warmup, alone.dp_comm());
   }
   grid.world().barrier();
   Trainer tr(many, grid);
-  const DpSide multi = time_steps(tr, opt.warmup);
+  const DpSide multi = time_steps(tr, opt.warmup, grid.dp_comm());
   const double comm_s = comm_only_seconds(tr, grid.dp_comm(), 3);
   double wait_s = median(multi.waits), step_s = median(multi.seconds);
   grid.world().allreduce(&wait_s, 1, ReduceOp::kMax);
@@ -268,9 +278,23 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
              cfg.model.n_layer, cfg.model.n_embd, cfg.train.seq_len, cfg.train.micro_batch,
              opt.steps);
   fmt::print("{}; gemm {}; {}\n", opt.cpu, cfg.run.gemm, opt.openblas);
-  fmt::print("{:<8} {:>12} {:>12} {:>12}\n", "dp", "s/step", "tokens/s", "efficiency");
-  fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>12}\n", 1, median(single.seconds), tps1, "-");
-  fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>11.1f}%\n", n, step_s, tpsn, 100 * efficiency);
+  uint64_t bytes = 0;
+  nlohmann::json kinds = nlohmann::json::object();
+  std::string by_kind;
+  for (const auto& [kind, count] : multi.traffic) {
+    bytes += count.bytes;
+    kinds[kind] = {{"ops", count.ops}, {"bytes", count.bytes}};
+    by_kind += fmt::format("{}{} x{} {:.2f} MiB", by_kind.empty() ? "" : ", ", kind, count.ops,
+                           count.bytes / 1048576.0);
+  }
+  fmt::print("{:<8} {:>12} {:>12} {:>12} {:>16}\n", "dp", "s/step", "tokens/s", "efficiency",
+             "dp MiB/step");
+  fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>12} {:>16}\n", 1, median(single.seconds), tps1, "-",
+             "-");
+  fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>11.1f}% {:>16.2f}\n", n, step_s, tpsn,
+             100 * efficiency, bytes / 1048576.0);
+  fmt::print("dp traffic per step and rank (the buffers handed to the group's operations, "
+             "counted by the trainer's communicator): {}\n", by_kind);
   fmt::print("gradient all-reduce: {:.3f} s with nothing to overlap ({} buckets); in training "
              "{} buckets, {:.1f}% of the gradient bytes, were reduced behind backward; the "
              "optimizer then waited {:.3f} s (the rest, plus rank skew)\n",
@@ -283,7 +307,8 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
       {"exposed_wait_s", wait_s}, {"hidden_fraction", hidden},
       {"buckets", tr.data_parallel().buckets().size()},
       {"buckets_complete_before_backward_end", tr.data_parallel().last_early_buckets()},
-      {"step_seconds_dp1", single.seconds}, {"step_seconds_dpn", multi.seconds}};
+      {"step_seconds_dp1", single.seconds}, {"step_seconds_dpn", multi.seconds},
+      {"dp_bytes_per_step", bytes}, {"dp_traffic_per_step", kinds}};
   write_file_atomic(opt.json_out, out.dump(2));
   fmt::print("wrote {}\n", opt.json_out.string());
   return 0;

@@ -27,6 +27,33 @@ std::string format_eta(double seconds) {
   return fmt::format("{}s", s);
 }
 
+// Everything this rank's communicators carried so far, by group.
+std::map<std::string, Traffic> grid_traffic(const ProcessGrid& g) {
+  return {{"world", g.world().traffic()}, {"dp", g.dp_comm().traffic()},
+          {"tp", g.tp_comm().traffic()}, {"pp", g.pp_comm().traffic()}};
+}
+
+// What this rank handed its collectives between two snapshots: {"total": bytes, "dp":
+// {"ALLREDUCE": bytes, ...}, ...}, groups and kinds that carried nothing left out.
+nlohmann::json step_traffic(const std::map<std::string, Traffic>& before,
+                            const std::map<std::string, Traffic>& after) {
+  nlohmann::json out = {{"total", 0}};
+  uint64_t total = 0;
+  for (const auto& [group, kinds] : after) {
+    for (const auto& [kind, count] : kinds) {
+      uint64_t earlier = 0;
+      if (const auto g = before.find(group); g != before.end())
+        if (const auto k = g->second.find(kind); k != g->second.end()) earlier = k->second.bytes;
+      const uint64_t bytes = count.bytes - earlier;
+      if (bytes == 0) continue;
+      out[group][kind] = bytes;
+      total += bytes;
+    }
+  }
+  out["total"] = total;
+  return out;
+}
+
 // Tells the busy observer (heartbeats) that what runs in this scope is not a step.
 class Busy {
  public:
@@ -187,14 +214,16 @@ void Trainer::run(std::FILE* progress_out) {
   double ema_tps = 0.0;
   while (step_ < t.steps) {
     if (step_observer_) step_observer_(step_);
+    const std::map<std::string, Traffic> before = grid_traffic(*grid_);
     const StepStats s = train_step();
+    const nlohmann::json traffic = step_traffic(before, grid_traffic(*grid_));
     ema_tps = ema_tps == 0.0 ? s.tokens_per_s : 0.8 * ema_tps + 0.2 * s.tokens_per_s;
     // MFU against the peak of all the job's ranks.
     const double mfu = s.tokens_per_s * flops / (peak * grid_->shape().world());
     const double eta = (wall.seconds() / (step_ - first)) * (t.steps - step_);
     nlohmann::json rec = {{"step", s.step + 1}, {"loss", s.loss}, {"lr", s.lr},
                           {"grad_norm", s.grad_norm}, {"tokens_per_s", s.tokens_per_s},
-                          {"mfu", mfu}};
+                          {"mfu", mfu}, {"comm_bytes", traffic}};
     if (scaler_.enabled()) {
       rec["loss_scale"] = s.loss_scale;
       rec["skipped"] = s.skipped;

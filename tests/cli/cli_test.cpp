@@ -153,6 +153,41 @@ TEST_F(Cli, DataParallelUnderMpirunResumesAndRejectsBadLayouts) {
   EXPECT_TRUE(contains(r.output, "mpirun -np 2")) << r.output;
 }
 
+// metrics.jsonl's comm_bytes: what each step handed the rank's collectives, by group and
+// kind. Nothing for one process; a bf16 gradient reduction hands over exactly half of fp32's
+// gradient bytes (the rest of the dp group's all-reduces, a scalar or two, stays fp32).
+TEST_F(Cli, MetricsCountTheBytesEachStepHandsItsCollectives) {
+  ASSERT_EQ(trained_.code, 0) << trained_.output;
+  auto last = [](const fs::path& run) {
+    const std::string m = slurp(run / "metrics.jsonl");
+    const size_t end = m.find_last_not_of('\n');
+    return nlohmann::json::parse(m.substr(m.rfind('\n', end) + 1, end + 1));
+  };
+  EXPECT_EQ(last(dir_ / "run")["comm_bytes"], nlohmann::json({{"total", 0}}));
+  const std::string cfg = "train --config " + (dir_ / "tiny.toml").string() + " --dp 2";
+  Result r = run(cfg + " --set run.dir=" + (dir_ / "bytes32").string(), "OMP_NUM_THREADS=1", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run(cfg + " --set run.dir=" + (dir_ / "bytes16").string() +
+          " --set parallel.grad_reduce='\"bf16\"'", "OMP_NUM_THREADS=1", 2);
+  ASSERT_EQ(r.code, 0) << r.output;
+  const nlohmann::json fp32 = last(dir_ / "bytes32")["comm_bytes"];
+  const nlohmann::json bf16 = last(dir_ / "bytes16")["comm_bytes"];
+  const uint64_t scalars = bf16["dp"]["ALLREDUCE"].get<uint64_t>();
+  EXPECT_GT(scalars, 0u) << bf16.dump();
+  EXPECT_LT(scalars, 64u) << bf16.dump();
+  EXPECT_EQ(fp32["dp"]["ALLREDUCE"].get<uint64_t>(),
+            2 * bf16["dp"]["ALLREDUCE(bf16)"].get<uint64_t>() + scalars) << fp32 << bf16;
+  // The gradients: 4 bytes a parameter ("0.81M params" of this model, vocabulary padded).
+  EXPECT_GT(bf16["dp"]["ALLREDUCE(bf16)"].get<uint64_t>(), 2 * 800000u) << bf16.dump();
+  for (const nlohmann::json& j : {fp32, bf16}) {
+    uint64_t sum = 0;
+    for (const auto& [group, kinds] : j.items())
+      if (group != "total")
+        for (const auto& [kind, bytes] : kinds.items()) sum += bytes.get<uint64_t>();
+    EXPECT_EQ(j["total"].get<uint64_t>(), sum) << j.dump();
+  }
+}
+
 // `[run] threads = 0` on N ranks of one host: the host's cores divided among them (never
 // fewer than 1), said on the start-up line; an explicit number is kept.
 TEST_F(Cli, ThreadsZeroDividesTheHostsCoresAmongItsRanks) {
