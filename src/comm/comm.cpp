@@ -1,5 +1,7 @@
 #include "comm/comm.h"
 
+#include <algorithm>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -60,6 +62,16 @@ class SingleComm final : public Comm {
     return std::make_unique<DoneHandle>();
   }
   std::unique_ptr<CommHandle> broadcast_bytes_async(std::byte*, size_t, int) override {
+    return std::make_unique<DoneHandle>();
+  }
+  std::unique_ptr<CommHandle> alltoall_bytes_async(const std::byte* send, std::byte* recv,
+                                                   size_t count) override {
+    if (send != recv) std::copy(send, send + count, recv);
+    return std::make_unique<DoneHandle>();
+  }
+  std::unique_ptr<CommHandle> allgather_bytes_async(const std::byte* send, std::byte* recv,
+                                                    size_t count) override {
+    if (send != recv) std::copy(send, send + count, recv);
     return std::make_unique<DoneHandle>();
   }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }

@@ -20,10 +20,12 @@ struct CommProgress {
   int micro_batch = -1;
 };
 
-// What a communicator's operations of one kind ("ALLREDUCE", "SEND", ...) carried from this
-// rank: how many, and the bytes of the buffers handed to them (an all-gather's or a
-// reduce-scatter's whole buffer; how much of it crosses the wire is up to MPI's algorithm,
-// e.g. 2(g-1)/g of an all-reduce's for a ring).
+// What a communicator's operations of one kind ("ALLREDUCE", "SEND", ...) cost this rank:
+// how many, and the bytes it sends for them under the bandwidth-optimal algorithm over the
+// g ranks of the group: an all-reduce of B bytes 2(g-1)/g B (reduce-scatter, then
+// all-gather), a reduce-scatter, all-gather, all-to-all, reduce or broadcast (g-1)/g of its
+// whole buffer, a send its bytes, a receive none. The count is exact for what loom asks;
+// the algorithm MPI picks may send more (a tree, a small message's latency-bound one).
 struct TrafficCount {
   uint64_t ops = 0, bytes = 0;
 };
@@ -77,6 +79,13 @@ class Comm {
   // `count` bytes from root to every rank: control messages (a server's step inputs).
   virtual std::unique_ptr<CommHandle> broadcast_bytes_async(std::byte* data, size_t count,
                                                             int root) = 0;
+  // Bytes: rank r's `count` bytes at send + q*count go to rank q, landing at recv + r*count
+  // (compressed gradient blocks to the rank that sums them).
+  virtual std::unique_ptr<CommHandle> alltoall_bytes_async(const std::byte* send,
+                                                           std::byte* recv, size_t count) = 0;
+  // Bytes: every rank's `count` bytes, rank r's landing at recv + r*count.
+  virtual std::unique_ptr<CommHandle> allgather_bytes_async(const std::byte* send,
+                                                            std::byte* recv, size_t count) = 0;
   // Ends every process of the job (MPI_Abort for MPI); for one rank, exits.
   [[noreturn]] virtual void abort(int exit_code) = 0;
   // A sub-communicator of the ranks passing the same color, ordered by key (collective).

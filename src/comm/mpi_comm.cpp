@@ -267,6 +267,23 @@ class MpiComm final : public Comm {
       mpi_check(MPI_Bcast(data, as_int(count), MPI_BYTE, root, comm_), "MPI_Bcast");
     });
   }
+  std::unique_ptr<CommHandle> alltoall_bytes_async(const std::byte* send, std::byte* recv,
+                                                   size_t count) override {
+    return submit("ALLTOALL(bytes)", count * size_t(size_), [=, this] {
+      mpi_check(MPI_Alltoall(send, as_int(count), MPI_BYTE, recv, as_int(count), MPI_BYTE,
+                             comm_),
+                "MPI_Alltoall");
+    });
+  }
+  std::unique_ptr<CommHandle> allgather_bytes_async(const std::byte* send, std::byte* recv,
+                                                    size_t count) override {
+    return submit("ALLGATHER(bytes)", count * size_t(size_), [=, this] {
+      const void* src = send == recv + size_t(rank_) * count ? MPI_IN_PLACE : send;
+      mpi_check(MPI_Allgather(src, as_int(count), MPI_BYTE, recv, as_int(count), MPI_BYTE,
+                              comm_),
+                "MPI_Allgather");
+    });
+  }
   std::unique_ptr<CommHandle> barrier_async() override {
     return submit("BARRIER", 0, [this] { mpi_check(MPI_Barrier(comm_), "MPI_Barrier"); });
   }
@@ -328,7 +345,7 @@ class MpiComm final : public Comm {
       std::lock_guard lock(traffic_mu_);
       TrafficCount& t = traffic_[what];
       ++t.ops;
-      t.bytes += bytes;
+      t.bytes += sent_bytes(what, bytes);
     }
     const bool p2p = op && op->p2p;
     const OpTag tag{what, p2p ? 0 : ++seq_, bytes, rt_->progress, peer};
@@ -348,6 +365,16 @@ class MpiComm final : public Comm {
       op->cv.notify_all();
     });
     return std::make_unique<MpiHandle>(this, op, tag);
+  }
+
+  // What this rank sends for an operation on a `bytes` buffer under the bandwidth-optimal
+  // algorithm (comm.h's TrafficCount).
+  uint64_t sent_bytes(std::string_view what, size_t bytes) const {
+    const double g = size_, share = (g - 1) / g;
+    if (what == "SEND") return bytes;
+    if (what == "RECV") return 0;
+    if (what.starts_with("ALLREDUCE")) return uint64_t(2 * share * double(bytes) + 0.5);
+    return uint64_t(share * double(bytes) + 0.5);
   }
 
   // The event of an operation that started at t0 (microseconds of the trace's clock).

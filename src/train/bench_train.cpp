@@ -293,8 +293,8 @@ int bench_train_dp(RunConfig cfg, const TrainBenchOptions& opt, const ProcessGri
              "-");
   fmt::print("{:<8} {:>12.3f} {:>12.1f} {:>11.1f}% {:>16.2f}\n", n, step_s, tpsn,
              100 * efficiency, bytes / 1048576.0);
-  fmt::print("dp traffic per step and rank (the buffers handed to the group's operations, "
-             "counted by the trainer's communicator): {}\n", by_kind);
+  fmt::print("dp traffic per step and rank (bytes sent, as the bandwidth-optimal algorithm "
+             "sends them; counted by the trainer's communicator): {}\n", by_kind);
   fmt::print("gradient all-reduce: {:.3f} s with nothing to overlap ({} buckets); in training "
              "{} buckets, {:.1f}% of the gradient bytes, were reduced behind backward; the "
              "optimizer then waited {:.3f} s (the rest, plus rank skew)\n",

@@ -33,7 +33,7 @@ std::map<std::string, Traffic> grid_traffic(const ProcessGrid& g) {
           {"tp", g.tp_comm().traffic()}, {"pp", g.pp_comm().traffic()}};
 }
 
-// What this rank handed its collectives between two snapshots: {"total": bytes, "dp":
+// What this rank sent between two snapshots (comm.h's TrafficCount): {"total": bytes, "dp":
 // {"ALLREDUCE": bytes, ...}, ...}, groups and kinds that carried nothing left out.
 nlohmann::json step_traffic(const std::map<std::string, Traffic>& before,
                             const std::map<std::string, Traffic>& after) {

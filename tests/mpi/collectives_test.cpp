@@ -51,6 +51,27 @@ TEST(Collectives, AllgatherAndReduceScatterOddSizes) {
     ASSERT_EQ(recv[i], float(n * (n + 1) / 2) * float(r * count + i));
 }
 
+TEST(Collectives, BytesAllToAllAndAllGather) {
+  auto world = test::mpi().world();
+  const int n = world->size(), r = world->rank();
+  const size_t count = 3;
+  std::vector<std::byte> send(count * n), recv(count * n);
+  for (int q = 0; q < n; ++q)  // the bytes for rank q say who sent them and to whom
+    for (size_t i = 0; i < count; ++i) send[q * count + i] = std::byte(16 * r + q + int(i));
+  world->alltoall_bytes_async(send.data(), recv.data(), count)->wait();
+  for (int q = 0; q < n; ++q)
+    for (size_t i = 0; i < count; ++i)
+      ASSERT_EQ(recv[q * count + i], std::byte(16 * q + r + int(i))) << q << " " << i;
+  std::vector<std::byte> mine(count, std::byte(r + 1)), all(count * n);
+  world->allgather_bytes_async(mine.data(), all.data(), count)->wait();
+  for (int q = 0; q < n; ++q)
+    for (size_t i = 0; i < count; ++i) ASSERT_EQ(all[q * count + i], std::byte(q + 1));
+  // Each kind counted with what the rank sends: (g - 1) / g of its whole buffer.
+  const Traffic t = world->traffic();
+  EXPECT_EQ(t.at("ALLTOALL(bytes)").bytes, count * size_t(n - 1)) << n;
+  EXPECT_GE(t.at("ALLGATHER(bytes)").ops, 1u);
+}
+
 TEST(Collectives, AsyncHandlesCompleteOutOfOrder) {
   auto world = test::mpi().world();
   const int n = world->size(), r = world->rank();
