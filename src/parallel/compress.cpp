@@ -54,31 +54,62 @@ void orthogonalize(float* P, int n, int r, float eps) {
   }
 }
 
-void PowerSgd::reduce(Comm& dp, int id, float* M, int n, int m) {
-  LOOM_CHECK(n > 0 && m > 0, "PowerSGD of a {} x {} matrix", n, m);
-  const int r = std::min({rank_, n, m});
-  State& s = state_[id];
-  const size_t nm = size_t(n) * size_t(m);
-  if (s.q.empty()) {  // the same random start on every rank (per parameter id)
-    const Philox rng(seed_, uint64_t(id));
-    s.q.resize(size_t(m) * size_t(r));
-    for (size_t i = 0; i < s.q.size(); ++i) s.q[i] = rng.normal(i);
-    s.error.assign(nm, 0.0f);
+void PowerSgd::reduce_all(Comm& dp, const std::vector<Matrix>& mats) {
+  // Each matrix's state, and where its P and Q sit in the packed buffers.
+  std::vector<size_t> p_at, q_at;
+  size_t p_total = 0, q_total = 0;
+  for (const Matrix& x : mats) {
+    LOOM_CHECK(x.n > 0 && x.m > 0, "PowerSGD of a {} x {} matrix", x.n, x.m);
+    const int r = std::min({rank_, x.n, x.m});
+    State& s = state_[x.id];
+    const size_t nm = size_t(x.n) * size_t(x.m);
+    if (s.q.empty()) {  // the same random start on every rank (per parameter id)
+      const Philox rng(seed_, uint64_t(x.id));
+      s.q.resize(size_t(x.m) * size_t(r));
+      for (size_t i = 0; i < s.q.size(); ++i) s.q[i] = rng.normal(i);
+      s.error.assign(nm, 0.0f);
+    }
+    LOOM_CHECK(s.q.size() == size_t(x.m) * size_t(r) && s.error.size() == nm,
+               "PowerSGD state of parameter {} does not fit a {} x {} matrix at rank {}", x.id,
+               x.n, x.m, r);
+    p_at.push_back(p_total);
+    q_at.push_back(q_total);
+    p_total += size_t(x.n) * size_t(r);
+    q_total += size_t(x.m) * size_t(r);
   }
-  LOOM_CHECK(s.q.size() == size_t(m) * size_t(r) && s.error.size() == nm,
-             "PowerSGD state of parameter {} does not fit a {} x {} matrix at rank {}", id, n,
-             m, r);
-  for (size_t i = 0; i < nm; ++i) M[i] += s.error[i];  // error feedback
-  std::copy(M, M + nm, s.error.begin());               // the input, kept for the new error
-  p_.resize(size_t(n) * size_t(r));
-  kernels::gemm(false, false, n, r, m, 1.0f, M, m, s.q.data(), r, 0.0f, p_.data(), r);
+  p_.resize(p_total);
+  q_.resize(q_total);
+  for (size_t k = 0; k < mats.size(); ++k) {  // error feedback, then P = M Q
+    const Matrix& x = mats[k];
+    State& s = state_[x.id];
+    const int r = int(s.q.size() / size_t(x.m));
+    const size_t nm = size_t(x.n) * size_t(x.m);
+    for (size_t i = 0; i < nm; ++i) x.M[i] += s.error[i];
+    std::copy(x.M, x.M + nm, s.error.begin());  // the input, kept for the new error
+    kernels::gemm(false, false, x.n, r, x.m, 1.0f, x.M, x.m, s.q.data(), r, 0.0f,
+                  p_.data() + p_at[k], r);
+  }
   dp.allreduce(p_.data(), p_.size(), ReduceOp::kSum);
-  orthogonalize(p_.data(), n, r);
-  kernels::gemm(true, false, m, r, n, 1.0f, M, m, p_.data(), r, 0.0f, s.q.data(), r);
-  dp.allreduce(s.q.data(), s.q.size(), ReduceOp::kSum);
-  kernels::gemm(false, true, n, m, r, 1.0f, p_.data(), r, s.q.data(), r, 0.0f, M, m);
+  for (size_t k = 0; k < mats.size(); ++k) {  // orthogonalize P, then Q = M^T P
+    const Matrix& x = mats[k];
+    const int r = int(state_[x.id].q.size() / size_t(x.m));
+    orthogonalize(p_.data() + p_at[k], x.n, r);
+    kernels::gemm(true, false, x.m, r, x.n, 1.0f, x.M, x.m, p_.data() + p_at[k], r, 0.0f,
+                  q_.data() + q_at[k], r);
+  }
+  dp.allreduce(q_.data(), q_.size(), ReduceOp::kSum);
   const float share = 1.0f / float(dp.size());
-  for (size_t i = 0; i < nm; ++i) s.error[i] -= M[i] * share;
+  for (size_t k = 0; k < mats.size(); ++k) {  // M = P Q^T; error = input - M / dp
+    const Matrix& x = mats[k];
+    State& s = state_[x.id];
+    const int r = int(s.q.size() / size_t(x.m));
+    std::copy(q_.begin() + ptrdiff_t(q_at[k]), q_.begin() + ptrdiff_t(q_at[k] + s.q.size()),
+              s.q.begin());  // warm start for the next step
+    kernels::gemm(false, true, x.n, x.m, r, 1.0f, p_.data() + p_at[k], r, s.q.data(), r, 0.0f,
+                  x.M, x.m);
+    const size_t nm = size_t(x.n) * size_t(x.m);
+    for (size_t i = 0; i < nm; ++i) s.error[i] -= x.M[i] * share;
+  }
 }
 
 }  // namespace loom

@@ -44,7 +44,15 @@ class PowerSgd {
   // Q = M^T P; all-reduce Q; M = P Q^T; error = (M before) - (M after) / dp size. Q and the
   // error are kept per `id` (a parameter) and carried to the next step. Two all-reduces of
   // (n + m) r values instead of one of n m. Every rank ends with the same bits.
-  void reduce(Comm& dp, int id, float* M, int n, int m);
+  void reduce(Comm& dp, int id, float* M, int n, int m) { reduce_all(dp, {{id, M, n, m}}); }
+  // The same for several matrices at once: their P's travel in one all-reduce, their Q's
+  // in another.
+  struct Matrix {
+    int id;
+    float* M;
+    int n, m;
+  };
+  void reduce_all(Comm& dp, const std::vector<Matrix>& mats);
 
   int rank() const { return rank_; }
   // The carried state, per id: Q (m x r) then the error (n x m), for checkpoints.
@@ -58,7 +66,7 @@ class PowerSgd {
   int rank_;
   uint64_t seed_;
   std::map<int, State> state_;
-  std::vector<float> p_;  // n x r scratch
+  std::vector<float> p_, q_;  // every matrix's P (n x r) and Q (m x r), packed
 };
 
 }  // namespace loom

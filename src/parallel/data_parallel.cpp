@@ -232,6 +232,22 @@ void DataParallel::set_grad_reduce(DType t) {
   low_.assign(t == DType::kBF16 && dp_.size() > 1 ? model_.grads().size() : 0, 0);
 }
 
+void DataParallel::set_compression(GradCompression kind, int powersgd_rank,
+                                   int powersgd_start, uint64_t seed) {
+  compressor_.reset();
+  if (kind == GradCompression::kNone) return;
+  if (kind == GradCompression::kBf16) {
+    set_grad_reduce(DType::kBF16);
+    return;
+  }
+  LOOM_REQUIRE(zero_ <= 1, "grad_compression='{}' needs ZeRO 0 or 1, not {}",
+               grad_compression_name(kind), zero_);
+  LOOM_REQUIRE(reduce_dtype_ == DType::kF32, "grad_compression='{}' needs grad_reduce='fp32'",
+               grad_compression_name(kind));
+  compressor_ = std::make_unique<GradCompressor>(kind, model_.params(), model_.grads().size(),
+                                                 powersgd_rank, powersgd_start, seed);
+}
+
 void DataParallel::launch(GradBucket& b) {
   float* g = model_.grads().data();
   if (reduce_dtype_ == DType::kBF16) {
@@ -266,7 +282,7 @@ void DataParallel::on_layer_ready(int layer) {
 
 void DataParallel::arm_for_last_micro_batch() {
   next_bucket_ = 0;
-  if (dp_.size() == 1) {
+  if (dp_.size() == 1 || compressor_) {  // compression reduces in finish()
     model_.set_backward_hook(nullptr);
     return;
   }
@@ -277,7 +293,10 @@ const float* DataParallel::finish() {
   model_.set_backward_hook(nullptr);
   Timer wait;
   float* grads = model_.grads().data();
-  if (dp_.size() > 1) {
+  if (compressor_) {
+    early_ = early_floats_ = 0;
+    compressor_->reduce(dp_, grads);
+  } else if (dp_.size() > 1) {
     early_ = 0;
     early_floats_ = 0;
     for (size_t i = 0; i < next_bucket_; ++i) {

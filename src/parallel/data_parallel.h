@@ -38,6 +38,7 @@
 
 #include "comm/comm.h"
 #include "model/gpt.h"
+#include "parallel/grad_compression.h"
 
 namespace loom {
 
@@ -58,6 +59,11 @@ class DataParallel {
   // gradients; accumulation over micro-batches stays fp32).
   void set_grad_reduce(DType t);
   DType grad_reduce() const { return reduce_dtype_; }
+  // [parallel] grad_compression: bf16 is set_grad_reduce(bf16); int8 and powersgd reduce
+  // the whole gradient in finish(), after backward (parallel/grad_compression.h; ZeRO 0/1).
+  void set_compression(GradCompression kind, int powersgd_rank, int powersgd_start,
+                       uint64_t seed);
+  const GradCompressor* compressor() const { return compressor_.get(); }
   // The dtype ZeRO's weight gathers move the compute-only weights in: fp32, or the
   // model's low precision (the trainer's choice whenever it trains in one).
   void set_weight_gather(DType t);
@@ -160,6 +166,7 @@ class DataParallel {
   std::vector<Segment> segments_;  // the flat buffer, in order (one fp32 segment in fp32)
   std::vector<uint16_t> wire_;     // the words of one unit
   size_t gathered_bytes_ = 0;
+  std::unique_ptr<GradCompressor> compressor_;  // int8 / powersgd
 };
 
 }  // namespace loom

@@ -53,6 +53,9 @@ std::vector<Field> fields(RunConfig& c) {
       {"parallel", "stage_layers", &c.parallel.stage_layers},
       {"parallel", "sequence_parallel", &c.parallel.sequence_parallel},
       {"parallel", "grad_reduce", &c.parallel.grad_reduce},
+      {"parallel", "grad_compression", &c.parallel.grad_compression},
+      {"parallel", "powersgd_rank", &c.parallel.powersgd_rank},
+      {"parallel", "powersgd_start", &c.parallel.powersgd_start},
       {"comm", "timeout_s", &c.comm.timeout_s},
       {"checkpoint", "async", &c.checkpoint.async},
   };
@@ -141,6 +144,7 @@ toml::table override_table(const std::string& text) {
 }  // namespace
 
 void validate_model_parallel(const RunConfig& c);
+void validate_grad_compression(const ParallelConfig& p);
 
 void RunConfig::validate() const {
   model.validate();
@@ -180,6 +184,7 @@ void RunConfig::validate() const {
   LOOM_REQUIRE(p.zero >= 0 && p.zero <= 3, "[parallel] zero={} is not a ZeRO stage: use 0-3",
                p.zero);
   LOOM_REQUIRE(p.bucket_mb > 0, "[parallel] bucket_mb={} must be > 0", p.bucket_mb);
+  validate_grad_compression(p);
   LOOM_REQUIRE(comm.timeout_s > 0, "[comm] timeout_s={} must be > 0", comm.timeout_s);
   const int64_t derived = int64_t(t.micro_batch) * t.grad_accum * p.dp;
   LOOM_REQUIRE(t.global_batch == 0 || t.global_batch == derived,
@@ -188,6 +193,24 @@ void RunConfig::validate() const {
                t.global_batch, t.micro_batch, t.grad_accum, p.dp, derived);
   LOOM_REQUIRE(run.gemm == "onednn" || run.gemm == "openblas",
                "[run] gemm='{}' must be 'onednn' or 'openblas'", run.gemm);
+}
+
+// Compressed gradients: what does not combine, and why.
+void validate_grad_compression(const ParallelConfig& p) {
+  const std::string& c = p.grad_compression;
+  LOOM_REQUIRE(c == "none" || c == "bf16" || c == "int8" || c == "powersgd",
+               "[parallel] grad_compression='{}' must be none, bf16, int8 or powersgd", c);
+  if (c != "int8" && c != "powersgd") return;
+  LOOM_REQUIRE(p.zero <= 1,
+               "[parallel] grad_compression='{}' needs zero 0 or 1, not {}: it reduces the whole "
+               "gradient on every rank, while ZeRO {} reduces each bucket only to its owner", c,
+               p.zero, p.zero);
+  LOOM_REQUIRE(p.grad_reduce == "fp32",
+               "[parallel] grad_compression='{}' compresses fp32 gradients itself: leave "
+               "grad_reduce='fp32' (grad_compression='bf16' is the bf16 reduction)", c);
+  LOOM_REQUIRE(p.powersgd_rank >= 1 && p.powersgd_start >= 0,
+               "[parallel] powersgd_rank={} must be >= 1 and powersgd_start={} >= 0",
+               p.powersgd_rank, p.powersgd_start);
 }
 
 // Tensor and pipeline parallelism: everything that does not combine is rejected here,

@@ -61,6 +61,11 @@ struct ParallelConfig {
   // Data-parallel gradient reduction dtype: "fp32" | "bf16" (half the bytes of every
   // all-reduce / reduce; micro-batch accumulation stays fp32).
   std::string grad_reduce = "fp32";
+  // Data-parallel gradient compression: "none" | "bf16" (= grad_reduce bf16) | "int8" |
+  // "powersgd" (parallel/grad_compression.h); ZeRO 0 and 1 only.
+  std::string grad_compression = "none";
+  int powersgd_rank = 4;   // the rank of PowerSGD's factors
+  int powersgd_start = 10; // reductions left uncompressed first (PyTorch's start_powerSGD_iter)
 };
 
 struct CommConfig {

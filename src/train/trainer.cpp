@@ -86,6 +86,9 @@ Trainer::Trainer(const RunConfig& cfg, const ProcessGrid& grid)
   model_.set_attention(parse_attention(cfg_.train.attention));
   model_.set_precision(parse_dtype(cfg_.train.precision));
   dp_.set_grad_reduce(parse_dtype(cfg_.parallel.grad_reduce));
+  dp_.set_compression(parse_grad_compression(cfg_.parallel.grad_compression),
+                      cfg_.parallel.powersgd_rank, cfg_.parallel.powersgd_start,
+                      cfg_.train.seed);
   dp_.set_weight_gather(model_.precision());
   model_.reserve(B, T, slots);
   init_params(model_.params(), cfg_.train.seed, model_.weights().data());

@@ -43,6 +43,11 @@ void Trainer::resume(const fs::path& ckpt_dir) {
   // fp16 resumes its scale; a checkpoint of another precision starts from the initial one.
   if (scaler_.enabled() && st.loss_scale > 0)
     scaler_.restore({st.loss_scale, st.loss_scale_growth_tracker});
+  if (dp_.compressor() && grid_->rank() == 0)
+    fmt::print(stderr, "warning: grad_compression='{}': checkpoints do not carry its error "
+               "feedback (nor PowerSGD's Q) yet; they start afresh, so this resumed run is not "
+               "bitwise the uninterrupted one\n",
+               grad_compression_name(dp_.compressor()->kind()));
 }
 
 CheckpointState Trainer::checkpoint_state() const {

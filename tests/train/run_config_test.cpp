@@ -76,6 +76,31 @@ TEST(RunConfig, PrecisionAndGradReduce) {
   EXPECT_EQ(parse_run_config(c.to_toml(), "resolved.toml").to_toml(), c.to_toml());
 }
 
+// What does not combine with compressed gradients is refused, saying why.
+TEST(RunConfig, GradCompressionAndWhatItDoesNotCombineWith) {
+  RunConfig c = parse_run_config(kBase, "cfg.toml");
+  EXPECT_EQ(c.parallel.grad_compression, "none");
+  EXPECT_EQ(c.parallel.powersgd_rank, 4);
+  c = parse_run_config(kBase, "cfg.toml",
+                       {"parallel.grad_compression=\"powersgd\"", "parallel.powersgd_rank=2",
+                        "parallel.zero=1"});
+  EXPECT_EQ(c.parallel.grad_compression, "powersgd");
+  EXPECT_EQ(parse_run_config(c.to_toml(), "resolved.toml").to_toml(), c.to_toml());
+  EXPECT_NE(error_of(kBase, {"parallel.grad_compression=\"zip\""})
+                .find("none, bf16, int8 or powersgd"), std::string::npos);
+  const std::string zero2 = error_of(kBase, {"parallel.grad_compression=\"int8\"",
+                                             "parallel.zero=2"});
+  EXPECT_NE(zero2.find("needs zero 0 or 1, not 2: it reduces the whole gradient on every "
+                       "rank, while ZeRO 2 reduces each bucket only to its owner"),
+            std::string::npos) << zero2;
+  EXPECT_NE(error_of(kBase, {"parallel.grad_compression=\"powersgd\"",
+                             "parallel.grad_reduce=\"bf16\""}).find("leave grad_reduce='fp32'"),
+            std::string::npos);
+  EXPECT_NE(error_of(kBase, {"parallel.grad_compression=\"powersgd\"",
+                             "parallel.powersgd_rank=0"}).find("powersgd_rank=0 must be >= 1"),
+            std::string::npos);
+}
+
 TEST(Schedule, WarmupThenCosineToMinLr) {
   TrainConfig t;
   t.lr = 1.0;
