@@ -62,6 +62,9 @@ RunFn setup_launch(CLI::App& sub) {
       ->check(in_range(0, 1e7));
   sub.add_option("--hosts", o->hosts, "mpirun --host list, e.g. h1:4,h2:4 (the supervisor "
                  "then listens on the job's network, by this host's name)");
+  sub.add_option("--supervisor-address", o->supervisor_address,
+                 "with --hosts: the name or address ranks reach the supervisor at (default: "
+                 "this host's name)");
   sub.add_option("--mpirun", o->mpirun,
                  "the launcher binary to run (default: mpirun, or srun with --launcher srun)");
   sub.add_option("--launcher", o->launcher,

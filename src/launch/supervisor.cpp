@@ -3,7 +3,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -69,15 +68,14 @@ Fd interrupt_fd() {
   return fd;
 }
 
-// A peer's host name from its address (/etc/hosts or DNS; the address itself when it has
-// no name), or "" for this host's loopback.
+// A peer's host by its address, or "" for this host's loopback. Numeric: a reverse lookup
+// could stall the supervisor's loop on a name server that does not answer (the ranks' own
+// records carry their host names).
 std::string host_name(const sockaddr_in& peer) {
   if ((ntohl(peer.sin_addr.s_addr) >> 24) == 127) return "";
-  char host[NI_MAXHOST] = "";
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&peer), sizeof peer, host, sizeof host,
-                  nullptr, 0, 0) != 0)
-    return "?";
-  return host;
+  char ip[INET_ADDRSTRLEN] = "?";
+  inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
+  return ip;
 }
 
 std::vector<std::string> child_env(const std::string& address, const std::string& secret,
@@ -105,7 +103,7 @@ std::string join(const std::vector<std::string>& v, const char* sep = " ") {
 
 struct RankState {
   int step = -1;  // the last step it reported (-1: none yet)
-  std::string host;  // where its connection came from, by name ("" on this host's loopback)
+  std::string host;  // where its connection came from, by address ("" on this loopback)
   Clock::time_point last_heard;
   std::optional<Clock::time_point> progress_at;  // its last progress, while in a step
   bool done = false;    // said "done"
@@ -116,7 +114,7 @@ struct Conn {
   Fd fd;
   std::string buf;  // bytes after the last complete line
   std::string peer;
-  std::string host;  // the peer's host name (its address if it has none; "" for loopback)
+  std::string host;  // the peer's address ("" for loopback)
   int rank = -1;    // from its first valid line
 };
 
@@ -159,7 +157,7 @@ class Attempt {
   void on_record(FailureRecord record);
   bool read_stderr(bool flush);  // true at end of file
   std::optional<std::string> silent_rank(Clock::time_point now) const;
-  std::string name(int rank) const;  // "rank 3", or "rank 3 on node2" from another host
+  std::string name(int rank) const;  // "rank 3", or "rank 3 on 10.0.0.2" from another host
   std::map<int, std::string> rank_hosts() const;  // the ranks heard from another host
   std::optional<std::string> stalled_rank(Clock::time_point now) const;
   void note_step(int step, Clock::time_point now);
@@ -603,7 +601,9 @@ int run_supervisor(const LaunchOptions& opt) {
   const Fd signals = interrupt_fd();
   char host[256] = "127.0.0.1";
   if (remote) LOOM_CHECK(gethostname(host, sizeof host - 1) == 0, "gethostname failed");
-  const std::string address = fmt::format("{}:{}", host, port), secret = make_job_secret();
+  const std::string address =
+      fmt::format("{}:{}", opt.supervisor_address.empty() ? host : opt.supervisor_address, port);
+  const std::string secret = make_job_secret();
   say(fmt::format("{} processes, up to {} restart(s), heartbeat timeout {:g} s, listening on {}",
                   opt.n, opt.max_restarts, opt.heartbeat_s, address));
   std::vector<AttemptResult> runs;

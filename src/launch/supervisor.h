@@ -42,6 +42,9 @@ struct LaunchOptions {
   std::string available_cmd;
   double available_poll_s = 2, available_wait_s = 600;
   std::string hosts;                    // "h1:s1,h2:s2": mpirun --host (empty: its default)
+  // With hosts: the name or address ranks reach the supervisor at (its port is chosen);
+  // empty = this host's name.
+  std::string supervisor_address;
   std::vector<std::string> train_args;  // "train", "--config", FILE, ...
   std::string loom_binary;              // the loom executable each rank runs
   std::string mpirun = "mpirun";        // the launcher binary, looked up in PATH

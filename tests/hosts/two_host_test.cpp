@@ -62,12 +62,13 @@ class TwoHosts : public ::testing::Test {
               " OMP_NUM_THREADS=1 " + cmd, timeout_s);
   }
   static std::string hosts(int per_host) {
-    return fmt::format("{}:{},{}:{}", env_["HOST_A"], per_host, env_["HOST_B"], per_host);
+    return fmt::format("{}:{},{}:{}", env_["ADDR_A"], per_host, env_["ADDR_B"], per_host);
   }
   // `loom launch` on host a over both hosts: tp 2 inside each host, dp 2 across.
   static Result launch(const std::string& run, const std::string& flags,
                        const std::string& train_flags = "") {
-    return on("a", LOOM_BINARY " launch -n 4 --hosts " + hosts(2) + " --heartbeat-s 5 " + flags +
+    return on("a", LOOM_BINARY " launch -n 4 --hosts " + hosts(2) + " --supervisor-address " +
+                       env_["ADDR_A"] + " --heartbeat-s 5 " + flags +
                        " -- train --config " + (dir_ / "tiny.toml").string() +
                        " --dp 2 --tp 2 --set run.dir=" + (dir_ / run).string() + " " +
                        train_flags);
@@ -102,7 +103,7 @@ TEST_F(TwoHosts, MpiRunsAcrossTheLinkBetweenNamedHosts) {
 TEST_F(TwoHosts, HybridTrainingUnderLaunchMatchesOneHost) {
   const Result r = launch("across", "--max-restarts 0");
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_TRUE(contains(r.output, "listening on " + env_["HOST_A"] + ":")) << r.output;
+  EXPECT_TRUE(contains(r.output, "listening on " + env_["ADDR_A"] + ":")) << r.output;
   EXPECT_TRUE(contains(r.output, "all 4 ranks are reporting")) << r.output;
   const Result one = sh("env OMP_NUM_THREADS=1 " LOOM_MPIRUN " -np 4 " LOOM_BINARY
                         " train --config " + (dir_ / "tiny.toml").string() +
@@ -141,7 +142,7 @@ class CutLink : public TwoHosts {
   // A shell command printing the hosts that can be reached: both while the link is up.
   static std::string available() {
     return "'[ \\$(" + kTwohost + " link " + (dir_ / "hosts").string() + " state) = up ] && echo " +
-           hosts(2) + " || echo " + env_["HOST_A"] + ":2'";
+           hosts(2) + " || echo " + env_["ADDR_A"] + ":2'";
   }
   static std::string launch_cmd(const std::string& run, const std::string& flags) {
     std::string vars;
@@ -149,7 +150,8 @@ class CutLink : public TwoHosts {
       if (k.starts_with("OMPI_MCA_")) vars += " " + k + "=" + v;
     return kTwohost + " on " + (dir_ / "hosts").string() + " a env" + vars +
            " OMP_NUM_THREADS=1 " LOOM_BINARY " launch -n 4 --hosts " + hosts(2) +
-           " --heartbeat-s 6 " + flags + " -- train --config " + (dir_ / "tiny.toml").string() +
+           " --supervisor-address " + env_["ADDR_A"] + " --heartbeat-s 6 " + flags +
+           " -- train --config " + (dir_ / "tiny.toml").string() +
            " --dp 2 --tp 2 --set run.dir=" + (dir_ / run).string() +
            " --set train.steps=400 --set train.checkpoint_every=20 --set comm.timeout_s=2";
   }
@@ -178,7 +180,7 @@ TEST_F(CutLink, TheJobRestartsWhenTheLinkReturnsAndEndsAsIfUncut) {
                                     launch_cmd("cut", "--max-restarts 2 --available-cmd " +
                                                           available())), 400);
   ASSERT_EQ(r.code, 0) << r.output;
-  const std::string b = env_["HOST_B"];
+  const std::string b = env_["ADDR_B"];
   // A rank on the first host names the collective it waited in, and the ranks across the
   // link it could not read (libfabric may end it before they answer, or they time out);
   // the supervisor names the second host's silent ranks.
@@ -192,7 +194,7 @@ TEST_F(CutLink, TheJobRestartsWhenTheLinkReturnsAndEndsAsIfUncut) {
       << r.output;
   EXPECT_TRUE(contains(r.output, " on " + b + ")")) << r.output;  // the unread rank's host
   EXPECT_TRUE(contains(r.output, "waiting for all 4 processes before restarting: "
-                                 "--available-cmd reports 2 (" + env_["HOST_A"] + ":2)"))
+                                 "--available-cmd reports 2 (" + env_["ADDR_A"] + ":2)"))
       << r.output;
   EXPECT_TRUE(contains(r.output, "all 4 processes are available again after ")) << r.output;
   EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
@@ -209,9 +211,9 @@ TEST_F(CutLink, WithMinNTheJobShrinksToTheHostLeft) {
                                                          "--available-cmd " + available())),
                       400);
   ASSERT_EQ(r.code, 0) << r.output;
-  EXPECT_TRUE(contains(r.output, "elastic: 2 of 4 processes available on " + env_["HOST_A"] +
+  EXPECT_TRUE(contains(r.output, "elastic: 2 of 4 processes available on " + env_["ADDR_A"] +
                                  ":2; restarting on 2")) << r.output;
-  EXPECT_TRUE(contains(r.output, "-np 2 --host " + env_["HOST_A"] + ":2 ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "-np 2 --host " + env_["ADDR_A"] + ":2 ")) << r.output;
   EXPECT_TRUE(contains(r.output, "dp 2 -> 1, grad_accum 1 -> 2")) << r.output;
   EXPECT_TRUE(contains(r.output, "completed after 1 restart(s)")) << r.output;
   const double base_loss = last_loss("base400"), loss = last_loss("shrunk");
