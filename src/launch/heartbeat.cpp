@@ -116,26 +116,31 @@ json record_json(const FailureRecord& r) {
               {"deadline_s", r.deadline_s}, {"exit_code", r.exit_code}, {"message", r.message}};
 }
 
-// The field `key` of `j` into `out` when present: false when it has the wrong type or range.
+// A value into `out`: false when it has the wrong type or range.
+template <typename T>
+bool read_value(const json& v, T& out) {
+  if constexpr (std::is_same_v<T, std::string>) {
+    if (!v.is_string()) return false;
+    out = v.get<std::string>();
+  } else if constexpr (std::is_same_v<T, double>) {
+    if (!v.is_number()) return false;
+    out = v.get<double>();
+    return std::isfinite(out) && out >= 0;
+  } else {
+    if (!v.is_number_integer()) return false;
+    const int64_t x =
+        v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX ? INT64_MAX : v.get<int64_t>();
+    if (x < -1 || x > std::numeric_limits<T>::max()) return false;
+    out = T(x);
+  }
+  return true;
+}
+
+// The field `key` of `j` into `out` when present.
 template <typename T>
 bool take(const json& j, const char* key, T& out) {
   const auto it = j.find(key);
-  if (it == j.end()) return true;
-  if constexpr (std::is_same_v<T, std::string>) {
-    if (!it->is_string()) return false;
-    out = it->template get<std::string>();
-  } else if constexpr (std::is_same_v<T, double>) {
-    if (!it->is_number()) return false;
-    out = it->template get<double>();
-    return std::isfinite(out) && out >= 0;
-  } else {
-    if (!it->is_number_integer()) return false;
-    const int64_t v = it->is_number_unsigned() && it->template get<uint64_t>() > INT64_MAX
-                          ? INT64_MAX : it->template get<int64_t>();
-    if (v < -1 || v > std::numeric_limits<T>::max()) return false;
-    out = T(v);
-  }
-  return true;
+  return it == j.end() || read_value(*it, out);
 }
 
 // A list of world ranks (>= 0) at `key`, when present.
@@ -145,7 +150,7 @@ bool take_ranks(const json& j, const char* key, std::vector<int>& out) {
   if (!m->is_array()) return false;
   for (const json& x : *m) {
     int rank = -1;
-    if (!take(json{{"r", x}}, "r", rank) || rank < 0) return false;
+    if (!read_value(x, rank) || rank < 0) return false;
     out.push_back(rank);
   }
   return true;

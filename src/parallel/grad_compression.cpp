@@ -28,13 +28,31 @@ const char* grad_compression_name(GradCompression c) {
 
 GradCompressor::GradCompressor(GradCompression kind, const std::vector<ParamSpec>& params,
                                size_t n, int powersgd_rank, int powersgd_start, uint64_t seed)
-    : kind_(kind), params_(params), n_(n), start_(powersgd_start), psgd_(powersgd_rank, seed) {
-  std::sort(params_.begin(), params_.end(),
-            [](const ParamSpec& a, const ParamSpec& b) { return a.offset < b.offset; });
+    : kind_(kind), n_(n), start_(powersgd_start), psgd_(powersgd_rank, seed) {
   LOOM_CHECK(kind == GradCompression::kInt8 || kind == GradCompression::kPowerSgd,
              "GradCompressor is for int8 and powersgd");
   LOOM_REQUIRE(powersgd_rank >= 1, "[parallel] powersgd_rank={} must be >= 1", powersgd_rank);
   LOOM_REQUIRE(powersgd_start >= 0, "[parallel] powersgd_start={} must be >= 0", powersgd_start);
+  // 2-D parameters whose factors are smaller than they are go through PowerSGD; the rest,
+  // in flat order with the padding, in one all-reduce.
+  std::vector<ParamSpec> sorted = params;
+  std::sort(sorted.begin(), sorted.end(),
+            [](const ParamSpec& a, const ParamSpec& b) { return a.offset < b.offset; });
+  size_t at = 0;
+  for (size_t k = 0; k < sorted.size(); ++k) {
+    const ParamSpec& p = sorted[k];
+    if (p.offset > at) rest_ranges_.push_back({at, p.offset});
+    at = p.offset + p.numel;
+    if (p.local_shape.size() == 2) {
+      const int64_t rows = p.local_shape[0], cols = p.local_shape[1], r = powersgd_rank;
+      if (rows * cols > (rows + cols) * r) {
+        compressed_.push_back({int(k), p.offset, int(rows), int(cols)});
+        continue;
+      }
+    }
+    rest_ranges_.push_back({p.offset, p.offset + p.numel});
+  }
+  if (at < n_) rest_ranges_.push_back({at, n_});
 }
 
 void GradCompressor::reduce(Comm& dp, float* grads) {
@@ -78,18 +96,19 @@ void GradCompressor::reduce_int8(Comm& dp, float* grads) {
   }
   send_.resize(g * per);
   recv_.resize(g * per);
-  std::vector<float> scales, tmp, sum(chunk, 0.0f);
+  sum_.assign(chunk, 0.0f);
   for (size_t q = 0; q < g; ++q)  // chunk q of this rank's gradient, for rank q
-    pack(grads + q * chunk, residual_.data() + q * chunk, chunk, send_.data() + q * per, scales);
+    pack(grads + q * chunk, residual_.data() + q * chunk, chunk, send_.data() + q * per,
+         scales_);
   dp.alltoall_bytes_async(send_.data(), recv_.data(), per)->wait();
   for (size_t q = 0; q < g; ++q)  // every rank's part of this rank's chunk, in rank order
-    unpack(recv_.data() + q * per, chunk, sum.data(), true, scales, tmp);
+    unpack(recv_.data() + q * per, chunk, sum_.data(), true, scales_, tmp_);
   mine_.resize(per);
   all_.resize(g * per);
-  pack(sum.data(), server_residual_.data(), chunk, mine_.data(), scales);
+  pack(sum_.data(), server_residual_.data(), chunk, mine_.data(), scales_);
   dp.allgather_bytes_async(mine_.data(), all_.data(), per)->wait();
   for (size_t q = 0; q < g; ++q)
-    unpack(all_.data() + q * per, chunk, grads + q * chunk, false, scales, tmp);
+    unpack(all_.data() + q * per, chunk, grads + q * chunk, false, scales_, tmp_);
 }
 
 void GradCompressor::reduce_powersgd(Comm& dp, float* grads) {
@@ -97,31 +116,13 @@ void GradCompressor::reduce_powersgd(Comm& dp, float* grads) {
     dp.allreduce(grads, n_, ReduceOp::kSum);
     return;
   }
-  // 2-D parameters whose factors are smaller than they are go through PowerSGD; the
-  // rest, packed in flat order with the padding, in one all-reduce.
   std::vector<PowerSgd::Matrix> mats;
-  std::vector<std::pair<size_t, size_t>> rest;
-  size_t at = 0;
-  for (size_t k = 0; k < params_.size(); ++k) {
-    const ParamSpec& p = params_[k];
-    if (p.offset > at) rest.push_back({at, p.offset});
-    at = p.offset + p.numel;
-    if (p.local_shape.size() == 2) {
-      const int64_t n = p.local_shape[0], m = p.local_shape[1], r = psgd_.rank();
-      if (n * m > (n + m) * r) {
-        mats.push_back({int(k), grads + p.offset, int(n), int(m)});
-        continue;
-      }
-    }
-    rest.push_back({p.offset, p.offset + p.numel});
-  }
-  if (at < n_) rest.push_back({at, n_});
+  for (const Compressed& c : compressed_) mats.push_back({c.id, grads + c.offset, c.n, c.m});
   rest_.clear();
-  for (auto [a, b] : rest) rest_.insert(rest_.end(), grads + a, grads + b);
-  auto handle = dp.allreduce_async(rest_.data(), rest_.size(), ReduceOp::kSum);
-  handle->wait();
+  for (auto [a, b] : rest_ranges_) rest_.insert(rest_.end(), grads + a, grads + b);
+  dp.allreduce(rest_.data(), rest_.size(), ReduceOp::kSum);
   size_t from = 0;
-  for (auto [a, b] : rest) {
+  for (auto [a, b] : rest_ranges_) {
     std::copy(rest_.begin() + ptrdiff_t(from), rest_.begin() + ptrdiff_t(from + b - a), grads + a);
     from += b - a;
   }

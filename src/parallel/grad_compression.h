@@ -44,13 +44,22 @@ class GradCompressor {
   void reduce_powersgd(Comm& dp, float* grads);
 
   GradCompression kind_;
-  std::vector<ParamSpec> params_;
   size_t n_;
   int start_;
   int64_t reductions_ = 0;
   std::vector<float> residual_, server_residual_;  // int8 error feedback
   std::vector<std::byte> send_, recv_, mine_, all_;
+  std::vector<float> scales_, tmp_, sum_;  // int8 scratch
   PowerSgd psgd_;
+  // PowerSGD's split of the flat buffer, fixed by the parameters: the 2-D parameters it
+  // compresses (id, offset, rows, columns) and the ranges reduced as they are.
+  struct Compressed {
+    int id;
+    size_t offset;
+    int n, m;
+  };
+  std::vector<Compressed> compressed_;
+  std::vector<std::pair<size_t, size_t>> rest_ranges_;
   std::vector<float> rest_;  // PowerSGD: the uncompressed values, packed
 };
 
